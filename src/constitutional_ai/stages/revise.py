@@ -1,0 +1,269 @@
+"""SL-CAI data: critique → revision (Bai et al. 2022, section 3).
+
+    cai revise --limit 8 --rounds 2 --out runs/revise
+
+For every prompt (and each of ``--samples`` samples) the model writes an initial response,
+then ``--rounds`` sequential rounds follow: a critique/revision principle is drawn at random
+**per round, with replacement**, the model critiques its current response under that
+principle, and revises it. Few-shot exemplars from the constitution precede every request.
+Every round's revision is kept (SL-CAI-n trains on revisions up to round n).
+
+Output folder:
+  records.jsonl   one provenance record per prompt × sample (appended as each finishes)
+  failures.jsonl  prompts that could not be processed, with the error (retried on rerun)
+  sft.jsonl       TRL conversational SFT data (``messages``) for the chosen round(s)
+  manifest.json   written last
+
+Work is batched across prompts: all chains in a chunk take their initial response together,
+then their round-1 critiques together, and so on. Each chain's randomness (principle draws,
+sampling) comes from seeds derived from ``(--seed, prompt id, sample, step)``, so a resumed
+run reproduces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from ..config import opt, parse_config
+from ..constitution import Constitution, load_constitution
+from ..data import DataError, PromptItem, builtin_path, load_prompts, write_jsonl_atomic
+from ..models import Backend, PromptTooLong, Sampling, derive_seed, load_backend
+from ..prompts import STOP_STRINGS, clean_text, critique_messages, revision_messages
+from ..store import StageDir, file_sha256
+
+
+@dataclass
+class ReviseConfig:
+    out: str = opt("runs/revise", "Output folder (created; rerun the same command to resume)")
+    prompts: str = opt("builtin:red_team", "Prompt file (.jsonl/.csv/.txt, HH transcripts) or builtin:red_team / builtin:helpful")
+    model: str = opt("default", "Model spec: default (embedded SmolLM2-135M), a checkpoint folder, a hub id, or openai:MODEL@URL")
+    constitution: str = opt("default", "Constitution file (native YAML/JSON, Anthropic or llm-swarm JSON) or 'default'")
+    rounds: int = opt(4, "Sequential critique/revision rounds per response (paper: 4)")
+    samples: int = opt(1, "Independent initial responses (each revised) per prompt")
+    limit: int | None = opt(None, "Use only the first N prompts")
+    seed: int = opt(0, "Seed for principle draws and sampling")
+    temperature: float = opt(1.0, "Sampling temperature for every generation (paper: 1)")
+    top_p: float = opt(1.0, "Nucleus sampling threshold (1 = off)")
+    max_new_tokens: int = opt(200, "Token budget for each response, critique and revision")
+    few_shot: int | None = opt(None, "Number of the constitution's revision exemplars shown before each request (default: all)")
+    no_critique: bool = opt(False, "Revise directly without a critique step (the paper's ablation)")
+    sft_rounds: str = opt("last", "Revisions in sft.jsonl: 'last', 'all' (one example per round), or N (round N only)")
+    batch_size: int = opt(16, "Conversations per model batch; also the number of prompts in flight")
+    truncation: str = opt("error", "Prompts longer than the context: 'error' or 'left' (drop oldest turns)")
+
+
+def settings_of(cfg: ReviseConfig, constitution: Constitution, prompts_hash: str) -> dict:
+    """The settings that change the records; a rerun must match them exactly."""
+    return {
+        "prompts_sha256": prompts_hash,
+        "model": cfg.model,
+        "constitution_sha256": constitution.fingerprint(),
+        "rounds": cfg.rounds,
+        "samples": cfg.samples,
+        "seed": cfg.seed,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "max_new_tokens": cfg.max_new_tokens,
+        "few_shot": cfg.few_shot,
+        "no_critique": cfg.no_critique,
+    }
+
+
+def prompts_file(spec: str) -> Path:
+    return builtin_path(spec.split(":", 1)[1]) if spec.startswith("builtin:") else Path(spec)
+
+
+def check_lengths(backend: Backend, items: Sequence[PromptItem], budget: int) -> None:
+    """Fail before any work if a prompt alone cannot fit in the model's context."""
+    ctx = getattr(backend, "context_length", None)
+    count = getattr(backend, "count_tokens", None)
+    if ctx is None or count is None:
+        return  # remote backends: the server reports over-long prompts per request
+    for it in items:
+        n = count(backend.render(it.messages))
+        if n + budget > ctx:
+            raise DataError(
+                f"{it.source}: field 'prompt': the prompt has {n} tokens; with max_new_tokens={budget} "
+                f"the model ({ctx}-token context) cannot answer it. Shorten or drop it."
+            )
+
+
+def run_chains(
+    backend: Backend,
+    constitution: Constitution,
+    cfg: ReviseConfig,
+    chains: list[dict],
+    bar: tqdm,
+) -> tuple[list[dict], list[dict]]:
+    """Run the initial response and every critique/revision round for a chunk of chains.
+
+    Returns (finished records, failures). A chain whose prompt outgrows the context is
+    reported as a failure and dropped; the others go on.
+    """
+    exemplars = constitution.revision_examples[: cfg.few_shot] if cfg.few_shot is not None else constitution.revision_examples
+    sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=STOP_STRINGS)
+    failures: list[dict] = []
+
+    def step(live: list[dict], name: str, build) -> list[dict]:
+        """Generate one turn for every live chain; returns the chains still alive."""
+        convs, seeds, ok = [], [], []
+        for ch in live:
+            convs.append(build(ch))
+            seeds.append(derive_seed(cfg.seed, ch["key"], name))
+            ok.append(ch)
+        try:
+            texts = backend.generate(convs, sampling, seeds=seeds)
+        except PromptTooLong:
+            # Retry one by one so a single over-long chain does not sink its batch.
+            texts, survivors = [], []
+            for ch, conv, seed in zip(ok, convs, seeds):
+                try:
+                    texts.append(backend.generate([conv], sampling, seeds=[seed])[0])
+                    survivors.append(ch)
+                except PromptTooLong as e1:
+                    failures.append({"key": ch["key"], "prompt_id": ch["prompt_id"], "step": name, "error": str(e1)})
+            ok = survivors
+        bar.update(len(live))
+        for ch, t in zip(ok, texts):
+            ch["_last_raw"] = t
+        return ok
+
+    live = step(chains, "initial", lambda ch: ch["messages"])
+    for ch in live:
+        ch["initial_response"] = clean_text(ch.pop("_last_raw"))
+        ch["_current"] = ch["initial_response"]
+        ch["rounds"] = []
+    for r in range(1, cfg.rounds + 1):
+        for ch in live:
+            rng = random.Random(derive_seed(cfg.seed, ch["key"], "principle", r))
+            ch["_principle"] = rng.choice(constitution.critique_revision)  # with replacement
+        if not cfg.no_critique:
+            live = step(live, f"critique{r}", lambda ch: critique_messages(
+                ch["messages"], ch["_current"], ch["_principle"], exemplars, constitution))
+            for ch in live:
+                ch["_critique"] = clean_text(ch.pop("_last_raw"))
+        live = step(live, f"revision{r}", lambda ch: revision_messages(
+            ch["messages"], ch["_current"], ch["_principle"], exemplars, constitution,
+            None if cfg.no_critique else ch["_critique"]))
+        for ch in live:
+            raw = ch.pop("_last_raw")
+            revision = clean_text(raw)
+            ch["rounds"].append({
+                "round": r,
+                "principle": ch["_principle"].id,
+                "critique": "" if cfg.no_critique else ch["_critique"],
+                "revision": revision or ch["_current"],
+                "raw_revision": raw,
+                "empty_revision": not revision,  # kept the previous response instead
+            })
+            if revision:
+                ch["_current"] = revision
+    done = []
+    for ch in live:
+        done.append({k: v for k, v in ch.items() if not k.startswith("_")})
+    return done, failures
+
+
+def sft_rows(records: list[dict], which: str) -> list[dict]:
+    """TRL conversational SFT examples from finished records."""
+    rows = []
+    for rec in records:
+        rounds = rec["rounds"]
+        if not rounds:
+            continue
+        if which == "all":
+            chosen = rounds
+        elif which == "last":
+            chosen = rounds[-1:]
+        else:
+            n = int(which)
+            chosen = [x for x in rounds if x["round"] == n]
+        for x in chosen:
+            rows.append({
+                "messages": list(rec["messages"]) + [{"role": "assistant", "content": x["revision"]}],
+                "prompt_id": rec["prompt_id"],
+                "round": x["round"],
+                "principle": x["principle"],
+            })
+    return rows
+
+
+def main(cfg: ReviseConfig) -> Path:
+    """Run the stage; returns the output folder."""
+    if cfg.rounds < 1 or cfg.samples < 1:
+        raise ValueError("--rounds and --samples must be at least 1")
+    if cfg.sft_rounds not in ("last", "all") and not (cfg.sft_rounds.isdigit() and 1 <= int(cfg.sft_rounds) <= cfg.rounds):
+        raise ValueError(f"--sft-rounds must be 'last', 'all' or a round number 1..{cfg.rounds}, got {cfg.sft_rounds!r}")
+    pfile = prompts_file(cfg.prompts)
+    items = load_prompts(pfile, limit=cfg.limit)
+    constitution = load_constitution(cfg.constitution)
+    if not constitution.critique_revision:
+        raise ValueError(f"{constitution.source}: the constitution has no critique/revision principles")
+    out = StageDir(cfg.out, "revise", settings_of(cfg, constitution, file_sha256(pfile)))
+    records = out.records("records.jsonl")
+    failures_file = out.records("failures.jsonl")
+    todo = [
+        {"key": f"{it.id}/s{s}", "prompt_id": it.id, "sample": s, "category": it.category,
+         "source": it.source, "messages": [dict(m) for m in it.messages]}
+        for it in items for s in range(cfg.samples)
+    ]
+    todo = [ch for ch in todo if ch["key"] not in records]
+    t0 = time.time()
+    if todo:
+        out.reopen()
+        backend = load_backend(cfg.model, batch_size=cfg.batch_size, truncation=cfg.truncation)
+        check_lengths(backend, items, cfg.max_new_tokens)
+        steps_per_chain = 1 + cfg.rounds * (1 if cfg.no_critique else 2)
+        print(f"[revise] {len(todo)} responses to write ({len(records)} already done) with {backend.name}", file=sys.stderr)
+        with tqdm(total=len(todo) * steps_per_chain, desc="revise", unit="gen", dynamic_ncols=True) as bar:
+            for start in range(0, len(todo), cfg.batch_size):
+                chunk = todo[start : start + cfg.batch_size]
+                done, failed = run_chains(backend, constitution, cfg, chunk, bar)
+                for rec in done:
+                    rec.update(model=backend.name, seed=cfg.seed, mode="no-critique" if cfg.no_critique else "critique",
+                               constitution=constitution.fingerprint())
+                    records.append(rec)
+                for f in failed:
+                    f["key"] = f"{f['key']}@{int(time.time() * 1000)}"  # a failure log, not a record set
+                    failures_file.append(f)
+                bar.set_postfix(done=len(records), failed=len(failed))
+    else:
+        print(f"[revise] all {len(records)} responses already done in {cfg.out}", file=sys.stderr)
+    wanted = {f"{it.id}/s{s}" for it in items for s in range(cfg.samples)}
+    finished = [r for r in records if r["key"] in wanted]
+    rows = sft_rows(finished, cfg.sft_rounds)
+    write_jsonl_atomic(Path(cfg.out) / "sft.jsonl", rows)
+    missing = len(wanted) - len(finished)
+    principle_counts: dict[str, int] = {}
+    for r in finished:
+        for x in r["rounds"]:
+            principle_counts[x["principle"]] = principle_counts.get(x["principle"], 0) + 1
+    manifest = out.finish({
+        "config": asdict(cfg),
+        "inputs": {"prompts": str(pfile), "constitution": constitution.source},
+        "counts": {
+            "prompts": len(items), "records": len(finished), "sft_examples": len(rows),
+            "failed": missing, "empty_revisions": sum(x["empty_revision"] for r in finished for x in r["rounds"]),
+        },
+        "principle_counts": principle_counts,
+        "files": {"records": "records.jsonl", "sft": "sft.jsonl", "failures": "failures.jsonl"},
+        "seconds": round(time.time() - t0, 1),
+    })
+    out.close()
+    print(f"[revise] {len(finished)} records, {len(rows)} SFT examples, {missing} failed -> {manifest.parent}", file=sys.stderr)
+    if missing:
+        print(f"[revise] see {Path(cfg.out) / 'failures.jsonl'}; rerun the same command to retry them", file=sys.stderr)
+    return Path(cfg.out)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    cfg = parse_config(ReviseConfig, argv, "cai revise", __doc__.split("\n\n")[0])
+    main(cfg)
+    return 0

@@ -1,0 +1,88 @@
+"""A scripted backend for unit tests of stage logic (no model)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Sequence
+
+from constitutional_ai.models.base import LogprobsUnavailable, Sampling
+
+
+class FakeBackend:
+    """Deterministic: each reply is a function of the conversation and its seed only.
+
+    ``replies`` maps a substring of the last user message to a fixed reply (first match);
+    otherwise the reply is ``"reply-<hash>"``. ``choice_logprobs`` maps a substring of a
+    scoring prompt to the option log-probs to return. ``delay`` sleeps per generate call,
+    so tests can kill a run mid-way.
+    """
+
+    name = "fake"
+    context_length = 100_000
+
+    def __init__(self, replies: dict[str, str] | None = None, choice_logprobs=None, delay: float = 0.0, logprobs: bool = True):
+        self.replies = replies or {}
+        self.choice_logprobs = choice_logprobs or {}
+        self.delay = delay
+        self.logprobs = logprobs
+        self.generate_calls: list[list] = []
+        self.score_calls: list[list[str]] = []
+
+    def render(self, conversation, add_generation_prompt: bool = True) -> str:
+        text = "".join(f"<{m['role']}>{m['content']}\n" for m in conversation)
+        return text + ("<assistant>" if add_generation_prompt else "")
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def generate(self, conversations: Sequence, sampling: Sampling, seeds=None) -> list[str]:
+        self.generate_calls.append([list(c) for c in conversations])
+        if self.delay:
+            time.sleep(self.delay)
+        seeds = seeds or [sampling.seed] * len(conversations)
+        out = []
+        for conv, seed in zip(conversations, seeds):
+            last = conv[-1]["content"]
+            for needle, reply in self.replies.items():
+                if needle in last:
+                    out.append(reply)
+                    break
+            else:
+                h = hashlib.sha256(f"{self.render(conv)}|{seed}".encode()).hexdigest()[:10]
+                out.append(f"reply-{h}")
+        return out
+
+    def score_choices(self, prompts: Sequence[str], options: Sequence[str]) -> list[list[float]]:
+        if not self.logprobs:
+            raise LogprobsUnavailable("fake backend configured without log-probabilities")
+        self.score_calls.append(list(prompts))
+        out = []
+        for p in prompts:
+            for needle, lps in self.choice_logprobs.items():
+                if needle in p:
+                    out.append(list(lps))
+                    break
+            else:
+                out.append([-1.0] * len(options))
+        return out
+
+
+def install(backend, monkeypatch=None) -> None:
+    """Make every stage's ``load_backend`` return ``backend``.
+
+    With pytest's ``monkeypatch`` the change is undone after the test; without it (in a
+    subprocess script) it lasts for the process.
+    """
+    import sys
+
+    def load_backend(spec=None, **options):
+        return backend
+
+    for mod in list(sys.modules.values()):
+        name = getattr(mod, "__name__", "") or ""
+        if name.startswith("constitutional_ai.stages") and hasattr(mod, "load_backend"):
+            if monkeypatch is not None:
+                monkeypatch.setattr(mod, "load_backend", load_backend)
+            else:
+                mod.load_backend = load_backend
