@@ -10,6 +10,11 @@ import sys
 # is instant and a stage's heavy imports happen only when it runs.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "revise": ("constitutional_ai.stages.revise", "cli", "SL-CAI data: critique and revise responses to red-team prompts"),
+    "train sft": ("constitutional_ai.stages.train_sft", "cli", "SL-CAI: finetune on revisions (+ helpful samples) with TRL's SFTTrainer"),
+    "sample-pairs": ("constitutional_ai.stages.sample_pairs", "cli", "two independent responses per prompt from a policy model"),
+    "label": ("constitutional_ai.stages.label", "cli", "RLAIF: soft preference labels from a feedback model (multiple choice)"),
+    "train pm": ("constitutional_ai.stages.train_pm", "cli", "preference model on soft AI labels (+ helpfulness comparisons)"),
+    "score": ("constitutional_ai.stages.score", "cli", "score responses with a preference model"),
     "constitution": ("constitutional_ai.constitution", "cli_main", "validate, show or convert a constitution file"),
 }
 
