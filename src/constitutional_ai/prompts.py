@@ -125,3 +125,57 @@ def clean_text(text: str) -> str:
     if len(text) >= 2 and text[0] == text[-1] == '"' and text.count('"') == 2:
         text = text[1:-1].strip()
     return text
+
+
+# ------------------------------------------------------------------- AI feedback (RL stage)
+#: The model's answer turn is prefilled up to the option letter, so "A" and "B" are single
+#: next tokens whose log-probabilities the backend compares (paper: "The answer is:").
+ANSWER_PREFIX = "The answer is: ("
+COT_PREFIX = "Let's think step by step:"
+COT_ANSWER = "\nSo the answer is: ("
+COT_STOP = ("So the answer is", "The answer is", "the answer is:")
+
+
+def transcript(messages: Sequence[dict]) -> str:
+    """A chat conversation as the paper's "Human: ... Assistant: ..." text."""
+    names = {"user": "Human", "assistant": "Assistant", "system": "System"}
+    return "\n\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in messages)
+
+
+def feedback_question(messages: Sequence[dict], response_a: str, response_b: str, principle: str) -> str:
+    """The paper's multiple-choice feedback question for one ordered pair."""
+    return (
+        "Consider the following conversation between a human and an assistant:\n\n"
+        f"{transcript(messages)}\n\n{principle}\nOptions:\n(A) {response_a}\n(B) {response_b}"
+    )
+
+
+def feedback_messages(
+    question: str,
+    exemplars: Sequence[tuple[str, str, str | None]],
+    cot: bool = False,
+    reasoning: str | None = None,
+) -> Messages:
+    """Chat turns for one label: few-shot (question, answer letter, reasoning) exemplars,
+    then the question, with the answer turn prefilled.
+
+    Without ``cot`` the prefill is ``"The answer is: ("``: score "A"/"B" next. With ``cot``
+    and no ``reasoning`` the prefill is ``"Let's think step by step:"`` for the model to
+    continue; with ``reasoning`` it is the reasoning followed by ``"So the answer is: ("``.
+    """
+    msgs: Messages = []
+    for q, letter, why in exemplars:
+        msgs.append(_turn("user", q))
+        if cot and why:
+            msgs.append(_turn("assistant", f"{COT_PREFIX} {why}{COT_ANSWER}{letter})"))
+        else:
+            msgs.append(_turn("assistant", f"{ANSWER_PREFIX}{letter})"))
+    msgs.append(_turn("user", question))
+    if not cot:
+        prefill = ANSWER_PREFIX
+    elif reasoning is None:
+        prefill = COT_PREFIX
+    else:
+        prefill = f"{COT_PREFIX} {reasoning.strip()}{COT_ANSWER}"
+    msgs.append(_turn("assistant", prefill))
+    return msgs

@@ -139,8 +139,13 @@ class LocalBackend:
 
     # ------------------------------------------------------------------ prompts
     def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
+        """Chat template → raw prompt. A conversation ending with an assistant message is
+        *continued* (prefill): its text is left open for the model to extend."""
+        conversation = list(conversation)
+        if conversation and conversation[-1].get("role") == "assistant":
+            return self.tokenizer.apply_chat_template(conversation, tokenize=False, continue_final_message=True)
         return self.tokenizer.apply_chat_template(
-            list(conversation), tokenize=False, add_generation_prompt=add_generation_prompt
+            conversation, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
     def count_tokens(self, text: str) -> int:
@@ -269,10 +274,12 @@ class LocalBackend:
     def score_choices(self, prompts: Sequence[str], options: Sequence[str]) -> list[list[float]]:
         """Log-probabilities of each option after each prompt.
 
-        When every option is a single token after the prompt (the usual ``(`` → ``A``/``B``
-        case), one forward pass per prompt computes only the last position's logits.
-        Otherwise each prompt+option sequence is scored and the option tokens' log-probs
-        are summed.
+        Prompts that share a long token prefix (the same conversation labelled under both
+        option orders, or under several principles) have that prefix encoded **once**; its
+        KV cache is copied to every prompt of the group and only the differing suffixes run.
+        When every option is a single token (the usual ``(`` → ``A``/``B`` case) a suffix
+        needs only its last position's logits; otherwise each option's tokens are appended
+        and their log-probs summed.
         """
         if not prompts:
             return []
@@ -284,7 +291,7 @@ class LocalBackend:
             for o in options:
                 full = tok(p + o, add_special_tokens=False).input_ids
                 # Tokenisers may merge across the boundary; fall back to separate encoding.
-                row.append(full[len(pids):] if full[: len(pids)] == pids else tok(o, add_special_tokens=False).input_ids)
+                row.append(full[len(pids):] if full[: len(pids)] == pids and len(full) > len(pids) else tok(o, add_special_tokens=False).input_ids)
             option_ids.append(row)
         for i, pids in enumerate(prompt_ids):
             longest = max(len(o) for o in option_ids[i])
@@ -292,47 +299,88 @@ class LocalBackend:
                 raise PromptTooLong(i, len(pids) + longest, self.context_length)
         single = all(len(o) == 1 for row in option_ids for o in row)
         results: list[list[float]] = [[0.0] * len(options) for _ in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            if single:
-                logp = self._last_logprobs([prompt_ids[i] for i in idx])
-                for b, i in enumerate(idx):
-                    results[i] = [float(logp[b, o[0]]) for o in option_ids[i]]
-            else:
-                seqs = [(i, j, prompt_ids[i] + option_ids[i][j]) for i in idx for j in range(len(options))]
-                scores = self._continuation_logprobs([s for _, _, s in seqs], [len(prompt_ids[i]) for i, _, _ in seqs])
-                for (i, j, _), s in zip(seqs, scores):
-                    results[i][j] = s
+        for batch in self._prefix_batches(prompt_ids):
+            rows = []  # (prompt index, option index or -1, group, suffix tokens, n target tokens)
+            for g, (plen, members) in enumerate(batch):
+                for i in members:
+                    if single:
+                        rows.append((i, -1, g, prompt_ids[i][plen:], 0))
+                    else:
+                        for j, o in enumerate(option_ids[i]):
+                            rows.append((i, j, g, prompt_ids[i][plen:] + o, len(o)))
+            logp = self._suffix_logprobs([prompt_ids[m[0]][:plen] for plen, m in batch], rows)
+            for (i, j, _, suffix, n), lp in zip(rows, logp):
+                if single:
+                    results[i] = [float(lp[-1, o[0]]) for o in option_ids[i]]
+                else:
+                    targets = torch.tensor(suffix[len(suffix) - n:])
+                    pos = torch.arange(len(suffix) - n - 1, len(suffix) - 1)
+                    results[i][j] = float(lp[pos, targets].sum())
         return results
 
-    def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        L = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), L), self.tokenizer.pad_token_id, dtype=torch.long)
-        attn = torch.zeros((len(seqs), L), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, L - len(s):] = torch.tensor(s)
-            attn[i, L - len(s):] = 1
-        pos = (attn.cumsum(-1) - 1).clamp_min(0)
-        return ids.to(self.device), attn.to(self.device), pos.to(self.device)
+    def _prefix_batches(self, prompt_ids: list[list[int]], min_shared: int = 16):
+        """Group prompts sharing a token prefix; yield batches of (prefix_len, members).
 
-    def _last_logprobs(self, seqs: list[list[int]]) -> torch.Tensor:
-        ids, attn, pos = self._left_pad(seqs)
-        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=1)
-        return out.logits[:, -1, :].float().log_softmax(-1).cpu()
+        Sorting the token lists puts prompts with common prefixes next to each other; a
+        group's prefix stops one token short of its shortest member so every member keeps a
+        suffix to score.
+        """
+        order = sorted(range(len(prompt_ids)), key=lambda i: prompt_ids[i])
+        groups: list[tuple[int, list[int]]] = []
+        for i in order:
+            ids = prompt_ids[i]
+            if groups:
+                plen, members = groups[-1]
+                first = prompt_ids[members[0]]
+                k = 0
+                lim = min(plen, len(ids) - 1)
+                while k < lim and first[k] == ids[k]:
+                    k += 1
+                if k >= min_shared:
+                    groups[-1] = (k, members + [i])
+                    continue
+            groups.append((len(ids) - 1, [i]))
+        batch, n = [], 0
+        for g in groups:
+            if batch and n + len(g[1]) > self.batch_size:
+                yield batch
+                batch, n = [], 0
+            batch.append(g)
+            n += len(g[1])
+        if batch:
+            yield batch
 
-    def _continuation_logprobs(self, seqs: list[list[int]], prompt_lens: list[int]) -> list[float]:
-        ids, attn, pos = self._left_pad(seqs)
-        logits = self.model(input_ids=ids, attention_mask=attn, position_ids=pos).logits.float()
-        logp = logits[:, :-1].log_softmax(-1)
-        L = ids.shape[1]
-        out = []
-        for b, (s, n) in enumerate(zip(seqs, prompt_lens)):
-            off = L - len(s)
-            targets = torch.tensor(s[n:], device=logp.device)
-            rows = torch.arange(off + n - 1, off + len(s) - 1, device=logp.device)
-            out.append(float(logp[b, rows, targets].sum()))
-        return out
+    def _suffix_logprobs(self, prefixes: list[list[int]], rows: list[tuple]) -> list[torch.Tensor]:
+        """Encode each group's prefix once, then every row's suffix on a copy of its cache.
+
+        Returns, per row, log-softmax over the vocabulary at each suffix position.
+        """
+        pad = self.tokenizer.pad_token_id
+        P = max(len(p) for p in prefixes)
+        pre = torch.full((len(prefixes), P), pad, dtype=torch.long)
+        pre_mask = torch.zeros((len(prefixes), P), dtype=torch.long)
+        for g, p in enumerate(prefixes):
+            if p:
+                pre[g, P - len(p):] = torch.tensor(p)
+                pre_mask[g, P - len(p):] = 1
+        pre, pre_mask = pre.to(self.device), pre_mask.to(self.device)
+        pos = (pre_mask.cumsum(-1) - 1).clamp_min(0)
+        cache = self.model(input_ids=pre, attention_mask=pre_mask, position_ids=pos, use_cache=True, logits_to_keep=1).cache
+        groups = torch.tensor([r[2] for r in rows], device=self.device)
+        cache.batch_select_indices(groups)  # copy each prefix's cache to its rows
+        S = max(len(r[3]) for r in rows)
+        suf = torch.full((len(rows), S), pad, dtype=torch.long)
+        suf_mask = torch.zeros((len(rows), S), dtype=torch.long)
+        for b, r in enumerate(rows):
+            suf[b, : len(r[3])] = torch.tensor(r[3])  # right-padded: pads sit after real tokens
+            suf_mask[b, : len(r[3])] = 1
+        suf, suf_mask = suf.to(self.device), suf_mask.to(self.device)
+        start = pre_mask[groups].sum(-1, keepdim=True)
+        suf_pos = start + torch.arange(S, device=self.device)
+        mask = torch.cat([pre_mask[groups], suf_mask], dim=-1)
+        logits = self.model(input_ids=suf, attention_mask=mask, position_ids=suf_pos, cache=cache, use_cache=True).logits
+        logp = logits.float().log_softmax(-1).cpu()
+        return [logp[b, : len(r[3])] for b, r in enumerate(rows)]
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
