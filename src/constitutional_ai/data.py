@@ -1,0 +1,360 @@
+"""Prompt sets and JSONL I/O.
+
+A *prompt* is a chat conversation that ends with a user turn; the model under study writes
+the next assistant turn. Prompts come from the bundled sets (``builtin:red_team``,
+``builtin:helpful``) or from a user's file:
+
+* ``.jsonl`` (also ``.json``, ``.json-lines``, ``.ndjson``): one object per line with a
+  ``prompt`` string or a ``messages`` list of ``{"role", "content"}``; optional ``id`` and
+  ``category``. Anthropic HH rows (a ``chosen`` or ``transcript`` field holding a
+  ``"\\n\\nHuman: ...\\n\\nAssistant: ..."`` transcript) give one prompt per human turn, as
+  in the paper.
+* ``.csv``: a ``prompt`` column (or a ``messages`` column holding JSON).
+* ``.txt``: one prompt per non-empty line.
+
+Every mistake in a file is reported as a :class:`DataError` that names the file, the line
+and the field, e.g. ``prompts.jsonl:7: field 'prompt': empty prompt``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+__all__ = [
+    "BUILTIN_SETS",
+    "DataError",
+    "PromptItem",
+    "builtin_path",
+    "hh_prompts",
+    "load_prompts",
+    "parse_hh_transcript",
+    "read_jsonl",
+    "write_jsonl_atomic",
+]
+
+_DATA_DIR = Path(__file__).resolve().parent / "data"
+
+#: Bundled prompt sets, by name. Written for this project (see the files for categories).
+BUILTIN_SETS: dict[str, Path] = {
+    "red_team": _DATA_DIR / "red_team.jsonl",
+    "helpful": _DATA_DIR / "helpful.jsonl",
+}
+
+_JSONL_SUFFIXES = {".jsonl", ".json-lines", ".ndjson", ".json"}
+_ROLES = ("system", "user", "assistant")
+# HH transcripts mark turns with a blank line then the speaker's name.
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+class DataError(ValueError):
+    """A prompt file is malformed; the message names the file, line and field."""
+
+
+def _err(where: str, msg: str, field: str | None = None) -> DataError:
+    return DataError(f"{where}: field '{field}': {msg}" if field else f"{where}: {msg}")
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """One prompt: a conversation ending with a user turn, plus where it came from."""
+
+    id: str
+    messages: tuple[dict, ...]
+    category: str | None
+    source: str  # "path:line"
+
+    @property
+    def prompt(self) -> str:
+        """The final user turn's text (the request the model answers)."""
+        return self.messages[-1]["content"]
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict: ``{"id", "messages", "category", "source"}``."""
+        return {
+            "id": self.id,
+            "messages": [dict(m) for m in self.messages],
+            "category": self.category,
+            "source": self.source,
+        }
+
+
+def builtin_path(name: str) -> Path:
+    """Path of a bundled prompt set (``"red_team"`` or ``"helpful"``)."""
+    try:
+        return BUILTIN_SETS[name]
+    except KeyError:
+        known = ", ".join(sorted(BUILTIN_SETS))
+        raise DataError(f"unknown built-in prompt set {name!r} (known: {known})") from None
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` for each non-blank line, numbering lines from 1.
+
+    Raises :class:`DataError` on a line that is not valid JSON or not a JSON object.
+    """
+    # utf-8-sig: files saved by some editors start with a BOM, which json rejects.
+    with open(path, encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                hint = " (JSON arrays are not supported; write one object per line)" if (
+                    n == 1 and line.lstrip().startswith("[")) else ""
+                raise _err(where, f"invalid JSON: {e.msg} at column {e.colno}{hint}") from None
+            if not isinstance(obj, dict):
+                raise _err(where, f"expected a JSON object, got {type(obj).__name__}")
+            yield n, obj
+
+
+def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> None:
+    """Write ``rows`` as JSON Lines to ``path`` atomically.
+
+    The rows go to a temporary file in the same directory (so ``os.replace`` is a rename on
+    one filesystem), which is fsynced and then renamed over ``path``: a reader or a crash
+    sees either the old file or the complete new one, never a half-written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp makes the file private (0600); keep the mode a plain open() would give.
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Also on KeyboardInterrupt: never leave the temporary file behind.
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    # Persist the rename itself; directories cannot be opened this way on Windows.
+    if hasattr(os, "O_DIRECTORY"):
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def parse_hh_transcript(text: str, where: str = "") -> list[dict]:
+    """Split an Anthropic HH transcript into chat messages.
+
+    ``"\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c"`` becomes user ``a``, assistant ``b``,
+    user ``c``. Turn texts are stripped. Raises :class:`DataError` (prefixed with ``where``)
+    if there is no Human turn or text precedes the first turn marker.
+    """
+    prefix = f"{where}: " if where else ""
+    # Tolerate transcripts stored without the leading blank line.
+    parts = _HH_TURN.split("\n\n" + text.lstrip("\n"))
+    messages = [
+        {"role": "user" if speaker == "Human" else "assistant", "content": content.strip()}
+        for speaker, content in zip(parts[1::2], parts[2::2])
+    ]
+    if not any(m["role"] == "user" for m in messages):
+        raise DataError(f"{prefix}no 'Human:' turn in transcript")
+    if parts[0].strip():
+        raise DataError(f"{prefix}text before the first 'Human:' turn: {parts[0].strip()[:40]!r}")
+    return messages
+
+
+def hh_prompts(messages: list[dict]) -> list[list[dict]]:
+    """The prefixes of a conversation that end at each user turn (one prompt per turn)."""
+    return [
+        [dict(m) for m in messages[: i + 1]]
+        for i, m in enumerate(messages)
+        if m.get("role") == "user"
+    ]
+
+
+def _check_messages(value: Any, where: str, field: str) -> list[dict]:
+    """Validate a conversation that ends with a user turn; return normalised copies."""
+    if not isinstance(value, list):
+        raise _err(where, f"expected a list of messages, got {type(value).__name__}", field)
+    if not value:
+        raise _err(where, "empty conversation", field)
+    out = []
+    for i, m in enumerate(value):
+        f = f"{field}[{i}]"
+        if not isinstance(m, dict):
+            got = type(m).__name__
+            raise _err(where, f"expected an object with 'role' and 'content', got {got}", f)
+        role, content = m.get("role"), m.get("content")
+        if role not in _ROLES:
+            known = ", ".join(_ROLES)
+            raise _err(where, f"bad role {role!r} (expected one of {known})", f"{f}.role")
+        if role == "system" and i != 0:
+            raise _err(where, "a system message may only come first", f"{f}.role")
+        if not isinstance(content, str):
+            got = type(content).__name__
+            raise _err(where, f"content must be a string, got {got}", f"{f}.content")
+        if not content.strip():
+            raise _err(where, "empty content", f"{f}.content")
+        out.append({"role": role, "content": content})
+    if out[-1]["role"] != "user":
+        last = out[-1]["role"]
+        raise _err(where, f"conversation must end with a user turn (last role is {last!r})", field)
+    return out
+
+
+def _row_items(row: dict, where: str, default_id: str) -> list[PromptItem]:
+    """Turn one row (from JSONL or CSV) into one or more prompts."""
+    rid = row.get("id")
+    if rid is not None:
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip():
+            raise _err(where, f"id must be a non-empty string or integer, got {rid!r}", "id")
+        rid = str(rid)
+    category = row.get("category")
+    if category is not None and not isinstance(category, str):
+        raise _err(where, f"category must be a string, got {type(category).__name__}", "category")
+
+    def item(pid: str, msgs: list[dict]) -> PromptItem:
+        return PromptItem(id=pid, messages=tuple(msgs), category=category, source=where)
+
+    if "messages" in row and "prompt" in row:
+        raise _err(where, "row has both 'prompt' and 'messages'; give one", "prompt")
+    if "messages" in row:
+        return [item(rid or default_id, _check_messages(row["messages"], where, "messages"))]
+    if "prompt" in row:
+        p = row["prompt"]
+        if isinstance(p, list):  # TRL's conversational format: prompt is a message list.
+            return [item(rid or default_id, _check_messages(p, where, "prompt"))]
+        if not isinstance(p, str):
+            raise _err(where, f"prompt must be a string, got {type(p).__name__}", "prompt")
+        if not p.strip():
+            raise _err(where, "empty prompt", "prompt")
+        return [item(rid or default_id, [{"role": "user", "content": p}])]
+    for field in ("chosen", "transcript"):
+        if field not in row:
+            continue
+        value = row[field]
+        if isinstance(value, str):
+            msgs = parse_hh_transcript(value, f"{where}: field '{field}'")
+        elif isinstance(value, list) and all(isinstance(m, dict) for m in value):
+            msgs = value  # TRL's conversational preference format: already a message list
+        else:
+            got = type(value).__name__
+            raise _err(where, f"expected an HH transcript string, got {got}", field)
+        prompts = hh_prompts(msgs)
+        if not prompts:
+            raise _err(where, "no user turn in the conversation", field)
+        # Only what the prompts contain is checked: HH rows may end with an empty reply.
+        longest = _check_messages(prompts[-1], where, field)
+        base = rid or default_id
+        # The paper's red-team prompts: every human turn, with the conversation before it.
+        return [
+            item(f"{base}-t{t}", [dict(m) for m in longest[: len(p)]])
+            for t, p in enumerate(prompts, 1)
+        ]
+    need = "missing: each row needs 'prompt' (a string) or 'messages' (a list)"
+    raise _err(where, need, "prompt")
+
+
+def _jsonl_items(path: Path) -> Iterator[PromptItem]:
+    for n, row in read_jsonl(path):
+        yield from _row_items(row, f"{path}:{n}", f"{path.stem}-{n}")
+
+
+def _csv_items(path: Path) -> Iterator[PromptItem]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            return
+        header = [h.strip() for h in header]
+        if not {"prompt", "messages", "chosen", "transcript"} & set(header):
+            cols = ", ".join(header)
+            raise _err(f"{path}:1", f"no 'prompt' or 'messages' column (columns: {cols})")
+        while True:
+            # Remember where the record starts: a quoted cell may span several lines.
+            start = reader.line_num + 1
+            cells = next(reader, None)
+            if cells is None:
+                break
+            if not any(c.strip() for c in cells):
+                continue
+            where = f"{path}:{start}"
+            if len(cells) > len(header):
+                raise _err(where, f"{len(cells)} cells but the header has {len(header)} columns")
+            row: dict[str, Any] = dict(zip(header, cells))
+            # Empty cells mean "absent", except the prompt itself (so we can say "empty prompt").
+            row = {k: v for k, v in row.items() if v != "" or k == "prompt"}
+            if row.get("messages"):
+                try:
+                    row["messages"] = json.loads(row["messages"])
+                except json.JSONDecodeError as e:
+                    msg = f"invalid JSON: {e.msg} at column {e.colno}"
+                    raise _err(where, msg, "messages") from None
+                if row.get("prompt") == "":
+                    del row["prompt"]
+            yield from _row_items(row, where, f"{path.stem}-{start}")
+
+
+def _txt_items(path: Path) -> Iterator[PromptItem]:
+    with open(path, encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, 1):
+            text = line.strip()
+            if text:
+                yield PromptItem(
+                    id=f"{path.stem}-{n}",
+                    messages=({"role": "user", "content": text},),
+                    category=None,
+                    source=f"{path}:{n}",
+                )
+
+
+def load_prompts(
+    path: str | Path | None = None, *, default: str = "red_team", limit: int | None = None
+) -> list[PromptItem]:
+    """Load prompts from a file or a bundled set.
+
+    ``path`` is ``None`` (the bundled set named by ``default``), ``"builtin:NAME"``, or a
+    ``.jsonl``/``.json``/``.csv``/``.txt`` file (see the module docstring). The whole file is
+    validated even when ``limit`` keeps only the first ``limit`` prompts, so a bad line is
+    found now rather than by a later run.
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    if path is None:
+        path = builtin_path(default)
+    elif isinstance(path, str) and path.startswith("builtin:"):
+        path = builtin_path(path[len("builtin:"):])
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such prompt file")
+    suffix = path.suffix.lower()
+    if suffix in _JSONL_SUFFIXES:
+        items = _jsonl_items(path)
+    elif suffix == ".csv":
+        items = _csv_items(path)
+    elif suffix == ".txt":
+        items = _txt_items(path)
+    else:
+        raise DataError(
+            f"{path}: unsupported prompt file type {suffix!r} (use .jsonl, .csv or .txt)"
+        )
+
+    out: list[PromptItem] = []
+    seen: dict[str, str] = {}
+    for it in items:
+        if it.id in seen:
+            raise _err(it.source, f"duplicate id {it.id!r} (first used at {seen[it.id]})", "id")
+        seen[it.id] = it.source
+        out.append(it)
+    if not out:
+        raise DataError(f"{path}: no prompts")
+    return out if limit is None else out[:limit]
