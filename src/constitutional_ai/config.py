@@ -34,8 +34,8 @@ def parse_config(cls: type[T], argv: Sequence[str] | None, prog: str, descriptio
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", help="YAML file with any of these settings (flags override it)")
-    (cfg,) = parser.parse_args_and_config(list(argv) if argv is not None else None)
-    return cfg
+    # TrlParser consumes --config itself; the declared argument only documents it in --help.
+    return parser.parse_args_and_config(list(argv) if argv is not None else None)[0]
 
 
 def from_mapping(cls: type[T], values: dict, where: str) -> T:
