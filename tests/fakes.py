@@ -30,6 +30,9 @@ class FakeBackend:
         self.score_calls: list[list[str]] = []
 
     def render(self, conversation, add_generation_prompt: bool = True) -> str:
+        conversation = list(conversation)
+        if conversation and conversation[-1]["role"] == "assistant":  # prefill stays open
+            return self.render(conversation[:-1], False) + f"<assistant>{conversation[-1]['content']}"
         text = "".join(f"<{m['role']}>{m['content']}\n" for m in conversation)
         return text + ("<assistant>" if add_generation_prompt else "")
 

@@ -208,6 +208,12 @@ def read_manifest(path: str | os.PathLike, stage: str | Iterable[str] | None = N
     return manifest
 
 
+def manifest_identity(manifest: dict) -> str:
+    """What identifies a finished output for downstream settings: its stage, settings and
+    counts — not timestamps, so rerunning a finished stage does not invalidate consumers."""
+    return json_sha256({k: manifest.get(k) for k in ("stage", "settings", "counts")})
+
+
 def versions() -> dict:
     """Versions of the software that produced an output, for manifests."""
     out = {"python": platform.python_version(), "platform": sys.platform}

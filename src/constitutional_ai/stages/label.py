@@ -46,7 +46,7 @@ from ..constitution import Constitution, load_constitution
 from ..data import write_jsonl_atomic
 from ..models import BackendError, LogprobsUnavailable, Sampling, derive_seed, load_backend
 from ..prompts import COT_STOP, feedback_messages, feedback_question
-from ..store import StageDir, json_sha256, read_manifest, write_json_atomic
+from ..store import StageDir, manifest_identity, read_manifest, write_json_atomic
 
 
 @dataclass
@@ -216,41 +216,43 @@ def main(cfg: LabelConfig) -> Path:
         raise ValueError(f"{c.source}: the constitution has no feedback principles; the label stage needs them")
     pairs = [r for r in _read_jsonl(Path(cfg.pairs) / "pairs.jsonl")][: cfg.limit]
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "limit", "batch_size", "pairs")}
-    settings.update(constitution_sha256=c.fingerprint(), pairs_manifest_sha256=json_sha256(pm))
+    settings.update(constitution_sha256=c.fingerprint(), pairs_identity=manifest_identity(pm))
     out = StageDir(cfg.out, "label", settings)
-    labels = out.records("labels.jsonl")
-    failures = out.records("failures.jsonl")
-    todo = [r for r in pairs if r["key"] not in labels]
-    t0 = time.time()
-    if todo:
-        out.reopen()
-        backend = load_backend(cfg.model, batch_size=cfg.batch_size)
-        per_pair = cfg.principles * (2 if cfg.debias else 1) * (cfg.cot_samples if cfg.cot else 1)
-        print(f"[label] {len(todo)} pairs to label ({len(labels)} done), {per_pair} scorings each, with {backend.name}",
-              file=sys.stderr)
-        chunk_pairs = max(1, cfg.batch_size // per_pair)
-        with tqdm(total=len(todo), desc="label", unit="pair", dynamic_ncols=True) as bar:
-            for start in range(0, len(todo), chunk_pairs):
-                for rec in label_chunk(backend, todo[start : start + chunk_pairs], c, cfg):
-                    if "error" in rec:
-                        failures.append({**rec, "key": f"{rec['key']}@{time.time_ns()}"})
-                    else:
-                        labels.append(rec)
-                bar.update(len(todo[start : start + chunk_pairs]))
-    wanted = {r["key"] for r in pairs}
-    done = [r for r in labels if r["key"] in wanted]
-    write_jsonl_atomic(Path(cfg.out) / "preferences.jsonl", [preference_row(r) for r in done])
-    stats = position_stats(done)
-    write_json_atomic(Path(cfg.out) / "stats.json", stats)
-    manifest = out.finish({
-        "config": asdict(cfg),
-        "inputs": {"pairs": cfg.pairs, "constitution": c.source},
-        "counts": {"pairs": len(pairs), "labels": len(done), "failed": len(pairs) - len(done)},
-        "stats": stats,
-        "files": {"labels": "labels.jsonl", "preferences": "preferences.jsonl", "stats": "stats.json"},
-        "seconds": round(time.time() - t0, 1),
-    })
-    out.close()
+    try:
+        labels = out.records("labels.jsonl")
+        failures = out.records("failures.jsonl")
+        todo = [r for r in pairs if r["key"] not in labels]
+        t0 = time.time()
+        if todo:
+            out.reopen()
+            backend = load_backend(cfg.model, batch_size=cfg.batch_size)
+            per_pair = cfg.principles * (2 if cfg.debias else 1) * (cfg.cot_samples if cfg.cot else 1)
+            print(f"[label] {len(todo)} pairs to label ({len(labels)} done), {per_pair} scorings each, with {backend.name}",
+                  file=sys.stderr)
+            chunk_pairs = max(1, cfg.batch_size // per_pair)
+            with tqdm(total=len(todo), desc="label", unit="pair", dynamic_ncols=True) as bar:
+                for start in range(0, len(todo), chunk_pairs):
+                    for rec in label_chunk(backend, todo[start : start + chunk_pairs], c, cfg):
+                        if "error" in rec:
+                            failures.append({**rec, "key": f"{rec['key']}@{time.time_ns()}"})
+                        else:
+                            labels.append(rec)
+                    bar.update(len(todo[start : start + chunk_pairs]))
+        wanted = {r["key"] for r in pairs}
+        done = [r for r in labels if r["key"] in wanted]
+        write_jsonl_atomic(Path(cfg.out) / "preferences.jsonl", [preference_row(r) for r in done])
+        stats = position_stats(done)
+        write_json_atomic(Path(cfg.out) / "stats.json", stats)
+        manifest = out.finish({
+            "config": asdict(cfg),
+            "inputs": {"pairs": cfg.pairs, "constitution": c.source},
+            "counts": {"pairs": len(pairs), "labels": len(done), "failed": len(pairs) - len(done)},
+            "stats": stats,
+            "files": {"labels": "labels.jsonl", "preferences": "preferences.jsonl", "stats": "stats.json"},
+            "seconds": round(time.time() - t0, 1),
+        })
+    finally:
+        out.close()
     sf = stats["slot_following_rate"]
     print(f"[label] {len(done)} labels; position bias: first-slot rate {stats['first_slot_rate']:.2f}"
           + (f", verdict follows the slot in {sf:.0%} of both-order checks" if sf is not None else "")

@@ -207,56 +207,58 @@ def main(cfg: ReviseConfig) -> Path:
     if not constitution.critique_revision:
         raise ValueError(f"{constitution.source}: the constitution has no critique/revision principles")
     out = StageDir(cfg.out, "revise", settings_of(cfg, constitution, file_sha256(pfile)))
-    records = out.records("records.jsonl")
-    failures_file = out.records("failures.jsonl")
-    todo = [
-        {"key": f"{it.id}/s{s}", "prompt_id": it.id, "sample": s, "category": it.category,
-         "source": it.source, "messages": [dict(m) for m in it.messages]}
-        for it in items for s in range(cfg.samples)
-    ]
-    todo = [ch for ch in todo if ch["key"] not in records]
-    t0 = time.time()
-    if todo:
-        out.reopen()
-        backend = load_backend(cfg.model, batch_size=cfg.batch_size, truncation=cfg.truncation)
-        check_lengths(backend, items, cfg.max_new_tokens)
-        steps_per_chain = 1 + cfg.rounds * (1 if cfg.no_critique else 2)
-        print(f"[revise] {len(todo)} responses to write ({len(records)} already done) with {backend.name}", file=sys.stderr)
-        with tqdm(total=len(todo) * steps_per_chain, desc="revise", unit="gen", dynamic_ncols=True) as bar:
-            for start in range(0, len(todo), cfg.batch_size):
-                chunk = todo[start : start + cfg.batch_size]
-                done, failed = run_chains(backend, constitution, cfg, chunk, bar)
-                for rec in done:
-                    rec.update(model=backend.name, seed=cfg.seed, mode="no-critique" if cfg.no_critique else "critique",
-                               constitution=constitution.fingerprint())
-                    records.append(rec)
-                for f in failed:
-                    f["key"] = f"{f['key']}@{int(time.time() * 1000)}"  # a failure log, not a record set
-                    failures_file.append(f)
-                bar.set_postfix(done=len(records), failed=len(failed))
-    else:
-        print(f"[revise] all {len(records)} responses already done in {cfg.out}", file=sys.stderr)
-    wanted = {f"{it.id}/s{s}" for it in items for s in range(cfg.samples)}
-    finished = [r for r in records if r["key"] in wanted]
-    rows = sft_rows(finished, cfg.sft_rounds)
-    write_jsonl_atomic(Path(cfg.out) / "sft.jsonl", rows)
-    missing = len(wanted) - len(finished)
-    principle_counts: dict[str, int] = {}
-    for r in finished:
-        for x in r["rounds"]:
-            principle_counts[x["principle"]] = principle_counts.get(x["principle"], 0) + 1
-    manifest = out.finish({
-        "config": asdict(cfg),
-        "inputs": {"prompts": str(pfile), "constitution": constitution.source},
-        "counts": {
-            "prompts": len(items), "records": len(finished), "sft_examples": len(rows),
-            "failed": missing, "empty_revisions": sum(x["empty_revision"] for r in finished for x in r["rounds"]),
-        },
-        "principle_counts": principle_counts,
-        "files": {"records": "records.jsonl", "sft": "sft.jsonl", "failures": "failures.jsonl"},
-        "seconds": round(time.time() - t0, 1),
-    })
-    out.close()
+    try:
+        records = out.records("records.jsonl")
+        failures_file = out.records("failures.jsonl")
+        todo = [
+            {"key": f"{it.id}/s{s}", "prompt_id": it.id, "sample": s, "category": it.category,
+             "source": it.source, "messages": [dict(m) for m in it.messages]}
+            for it in items for s in range(cfg.samples)
+        ]
+        todo = [ch for ch in todo if ch["key"] not in records]
+        t0 = time.time()
+        if todo:
+            out.reopen()
+            backend = load_backend(cfg.model, batch_size=cfg.batch_size, truncation=cfg.truncation)
+            check_lengths(backend, items, cfg.max_new_tokens)
+            steps_per_chain = 1 + cfg.rounds * (1 if cfg.no_critique else 2)
+            print(f"[revise] {len(todo)} responses to write ({len(records)} already done) with {backend.name}", file=sys.stderr)
+            with tqdm(total=len(todo) * steps_per_chain, desc="revise", unit="gen", dynamic_ncols=True) as bar:
+                for start in range(0, len(todo), cfg.batch_size):
+                    chunk = todo[start : start + cfg.batch_size]
+                    done, failed = run_chains(backend, constitution, cfg, chunk, bar)
+                    for rec in done:
+                        rec.update(model=backend.name, seed=cfg.seed, mode="no-critique" if cfg.no_critique else "critique",
+                                   constitution=constitution.fingerprint())
+                        records.append(rec)
+                    for f in failed:
+                        f["key"] = f"{f['key']}@{int(time.time() * 1000)}"  # a failure log, not a record set
+                        failures_file.append(f)
+                    bar.set_postfix(done=len(records), failed=len(failed))
+        else:
+            print(f"[revise] all {len(records)} responses already done in {cfg.out}", file=sys.stderr)
+        wanted = {f"{it.id}/s{s}" for it in items for s in range(cfg.samples)}
+        finished = [r for r in records if r["key"] in wanted]
+        rows = sft_rows(finished, cfg.sft_rounds)
+        write_jsonl_atomic(Path(cfg.out) / "sft.jsonl", rows)
+        missing = len(wanted) - len(finished)
+        principle_counts: dict[str, int] = {}
+        for r in finished:
+            for x in r["rounds"]:
+                principle_counts[x["principle"]] = principle_counts.get(x["principle"], 0) + 1
+        manifest = out.finish({
+            "config": asdict(cfg),
+            "inputs": {"prompts": str(pfile), "constitution": constitution.source},
+            "counts": {
+                "prompts": len(items), "records": len(finished), "sft_examples": len(rows),
+                "failed": missing, "empty_revisions": sum(x["empty_revision"] for r in finished for x in r["rounds"]),
+            },
+            "principle_counts": principle_counts,
+            "files": {"records": "records.jsonl", "sft": "sft.jsonl", "failures": "failures.jsonl"},
+            "seconds": round(time.time() - t0, 1),
+        })
+    finally:
+        out.close()
     print(f"[revise] {len(finished)} records, {len(rows)} SFT examples, {missing} failed -> {manifest.parent}", file=sys.stderr)
     if missing:
         print(f"[revise] see {Path(cfg.out) / 'failures.jsonl'}; rerun the same command to retry them", file=sys.stderr)

@@ -45,55 +45,57 @@ def main(cfg: SamplePairsConfig) -> Path:
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "limit", "batch_size")}
     settings["prompts_sha256"] = file_sha256(pfile)
     out = StageDir(cfg.out, "sample-pairs", settings)
-    pairs = out.records("pairs.jsonl")
-    failures = out.records("failures.jsonl")
-    todo = [it for it in items if it.id not in pairs]
-    sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=STOP_STRINGS)
-    t0 = time.time()
-    if todo:
-        out.reopen()
-        backend = load_backend(cfg.model, batch_size=cfg.batch_size, truncation=cfg.truncation)
-        print(f"[sample-pairs] {len(todo)} prompts to sample ({len(pairs)} done) with {backend.name}", file=sys.stderr)
-        with tqdm(total=len(todo), desc="sample-pairs", unit="pair", dynamic_ncols=True) as bar:
-            for start in range(0, len(todo), max(1, cfg.batch_size // 2)):
-                chunk = todo[start : start + max(1, cfg.batch_size // 2)]
-                convs = [list(it.messages) for it in chunk for _ in range(2)]
-                seeds = [derive_seed(cfg.seed, it.id, k) for it in chunk for k in range(2)]
-                try:
-                    texts = backend.generate(convs, sampling, seeds=seeds)
-                except PromptTooLong:
-                    texts = []
-                    for c, s in zip(convs, seeds):
-                        try:
-                            texts.append(backend.generate([c], sampling, seeds=[s])[0])
-                        except PromptTooLong as e:
-                            texts.append(e)
-                for i, it in enumerate(chunk):
-                    a, b = texts[2 * i], texts[2 * i + 1]
-                    if isinstance(a, Exception) or isinstance(b, Exception):
-                        err = a if isinstance(a, Exception) else b
-                        failures.append({"key": f"{it.id}@{time.time_ns()}", "prompt_id": it.id, "error": str(err)})
-                        continue
-                    pairs.append({
-                        "key": it.id, "prompt_id": it.id, "category": it.category, "source": it.source,
-                        "messages": [dict(m) for m in it.messages],
-                        "responses": [clean_text(a), clean_text(b)],
-                        "raw_responses": [a, b],
-                        "seeds": seeds[2 * i : 2 * i + 2],
-                        "model": backend.name, "temperature": cfg.temperature, "top_p": cfg.top_p,
-                    })
-                bar.update(len(chunk))
-    wanted = {it.id for it in items}
-    n = sum(1 for r in pairs if r["key"] in wanted)
-    manifest = out.finish({
-        "config": asdict(cfg),
-        "inputs": {"prompts": str(pfile)},
-        "counts": {"prompts": len(items), "pairs": n, "failed": len(items) - n,
-                   "identical_pairs": sum(1 for r in pairs if r["key"] in wanted and r["responses"][0] == r["responses"][1])},
-        "files": {"pairs": "pairs.jsonl", "failures": "failures.jsonl"},
-        "seconds": round(time.time() - t0, 1),
-    })
-    out.close()
+    try:
+        pairs = out.records("pairs.jsonl")
+        failures = out.records("failures.jsonl")
+        todo = [it for it in items if it.id not in pairs]
+        sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=STOP_STRINGS)
+        t0 = time.time()
+        if todo:
+            out.reopen()
+            backend = load_backend(cfg.model, batch_size=cfg.batch_size, truncation=cfg.truncation)
+            print(f"[sample-pairs] {len(todo)} prompts to sample ({len(pairs)} done) with {backend.name}", file=sys.stderr)
+            with tqdm(total=len(todo), desc="sample-pairs", unit="pair", dynamic_ncols=True) as bar:
+                for start in range(0, len(todo), max(1, cfg.batch_size // 2)):
+                    chunk = todo[start : start + max(1, cfg.batch_size // 2)]
+                    convs = [list(it.messages) for it in chunk for _ in range(2)]
+                    seeds = [derive_seed(cfg.seed, it.id, k) for it in chunk for k in range(2)]
+                    try:
+                        texts = backend.generate(convs, sampling, seeds=seeds)
+                    except PromptTooLong:
+                        texts = []
+                        for c, s in zip(convs, seeds):
+                            try:
+                                texts.append(backend.generate([c], sampling, seeds=[s])[0])
+                            except PromptTooLong as e:
+                                texts.append(e)
+                    for i, it in enumerate(chunk):
+                        a, b = texts[2 * i], texts[2 * i + 1]
+                        if isinstance(a, Exception) or isinstance(b, Exception):
+                            err = a if isinstance(a, Exception) else b
+                            failures.append({"key": f"{it.id}@{time.time_ns()}", "prompt_id": it.id, "error": str(err)})
+                            continue
+                        pairs.append({
+                            "key": it.id, "prompt_id": it.id, "category": it.category, "source": it.source,
+                            "messages": [dict(m) for m in it.messages],
+                            "responses": [clean_text(a), clean_text(b)],
+                            "raw_responses": [a, b],
+                            "seeds": seeds[2 * i : 2 * i + 2],
+                            "model": backend.name, "temperature": cfg.temperature, "top_p": cfg.top_p,
+                        })
+                    bar.update(len(chunk))
+        wanted = {it.id for it in items}
+        n = sum(1 for r in pairs if r["key"] in wanted)
+        manifest = out.finish({
+            "config": asdict(cfg),
+            "inputs": {"prompts": str(pfile)},
+            "counts": {"prompts": len(items), "pairs": n, "failed": len(items) - n,
+                       "identical_pairs": sum(1 for r in pairs if r["key"] in wanted and r["responses"][0] == r["responses"][1])},
+            "files": {"pairs": "pairs.jsonl", "failures": "failures.jsonl"},
+            "seconds": round(time.time() - t0, 1),
+        })
+    finally:
+        out.close()
     print(f"[sample-pairs] {n} pairs -> {manifest.parent}", file=sys.stderr)
     return Path(cfg.out)
 
