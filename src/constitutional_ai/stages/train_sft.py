@@ -1,0 +1,294 @@
+"""SL-CAI: finetune on the revisions, mixed with helpful samples (Bai et al. 2022, section 3).
+
+    cai train sft --data runs/revise --out runs/sft --max-steps 20
+
+Reads one or more ``cai revise`` output folders (their ``sft.jsonl``), mixes in helpfulness
+examples so the model stays helpful, and finetunes ``--model`` with TRL's ``SFTTrainer``.
+
+Helpfulness mix: ``--helpful-ratio R`` is the fraction of the final training set that is
+helpfulness data, so N revisions get ``round(N * R / (1 - R))`` helpful examples (0 = none).
+They come from ``--helpful-data FILE`` (JSONL, ``messages`` ending in an assistant turn) or,
+without it, are sampled from ``--model`` itself on the ``--helpful-prompts`` set and kept in
+``helpful.jsonl`` (appended per batch; a rerun reuses them).
+
+Loss: only the final assistant turn (the revision or the helpful reply, with its end-of-turn
+token) is trained. Each conversation becomes TRL's conversational prompt/completion format
+(``prompt`` = all turns before the reply, ``completion`` = [reply]) with
+``completion_only_loss``; TRL's ``assistant_only_loss`` would need ``{% generation %}``
+markers that SmolLM2's (and most) chat templates lack.
+
+``--lora`` trains LoRA adapters on the attention projections and merges them afterwards, so
+the output is always a plain checkpoint that later stages load like any other.
+
+Output folder: the ``save_pretrained`` model + tokenizer, ``helpful.jsonl`` (when sampled),
+``settings.json``, and ``manifest.json`` last. Rerunning a finished command does nothing; an
+interrupted training restarts from the beginning (the helpful samples are kept).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from trl import SFTConfig, SFTTrainer
+
+from ..config import opt, parse_config
+from ..data import DataError, builtin_path, load_prompts, read_jsonl
+from ..models import Sampling, derive_seed, load_backend
+from ..models.local import resolve_model_path
+from ..prompts import STOP_STRINGS, clean_text
+from ..store import StageDir, file_sha256, read_manifest
+
+STAGE = "train_sft"
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # Llama/Qwen/Mistral-style attention names
+
+
+@dataclass
+class TrainSFTConfig(SFTConfig):
+    """TRL's SFTConfig (every TrainingArguments flag works) plus the SL-CAI inputs."""
+
+    data: list[str] = opt([], "One or more `cai revise` output folders (their sft.jsonl is the revision data)")
+    model: str = opt("default", "Model to finetune: default (embedded SmolLM2-135M), a checkpoint folder or a hub id")
+    out: str = opt("runs/sft", "Output folder for the finetuned checkpoint (also sets output_dir)")
+    rounds_upto: int | None = opt(None, "Keep only revisions of rounds <= N (SL-CAI-n; needs `cai revise --sft-rounds all`)")
+    helpful_ratio: float = opt(0.5, "Fraction of the training set that is helpfulness data (0 = revisions only)")
+    helpful_data: str | None = opt(None, "JSONL of helpful conversations (`messages` ending in an assistant turn); default: sample them from --model")
+    helpful_prompts: str = opt("builtin:helpful", "Prompts to sample helpful replies for when --helpful-data is not given")
+    helpful_temperature: float = opt(1.0, "Sampling temperature for helpful replies")
+    helpful_max_new_tokens: int = opt(200, "Token budget of each sampled helpful reply")
+    helpful_batch_size: int = opt(16, "Prompts per generation batch when sampling helpful replies")
+    lora: bool = opt(False, "Train LoRA adapters (then merge them into a plain checkpoint) instead of all weights")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(32, "LoRA scaling alpha")
+    # TRL/transformers fields whose defaults suit CAI on a CPU better (override with flags).
+    learning_rate: float | None = opt(None, "Peak learning rate (default: 2e-5, or 2e-4 with --lora)")
+    per_device_train_batch_size: int = opt(4, "Examples per training step per device")
+    num_train_epochs: float = opt(1.0, "Epochs over the mixed data (--max-steps overrides)")
+    max_length: int | None = opt(1024, "Truncate examples to this many tokens")
+    seed: int = opt(0, "Seed for the helpful-data choice and sampling, shuffling and initialisation")
+    bf16: bool | None = opt(False, "bf16 mixed precision (use on GPUs; slow on most CPUs)")
+    gradient_checkpointing: bool | None = opt(None, "Deprecated alias of --activation-checkpointing")
+    completion_only_loss: bool | None = opt(True, "Train only the final assistant reply (prompt tokens get label -100)")
+    logging_steps: float = opt(1, "Log the loss every N steps")
+    save_strategy: str = opt("no", "Intermediate Trainer checkpoints ('no': only the final model is saved)")
+
+    def __post_init__(self):
+        self.output_dir = self.out
+        if self.learning_rate is None:
+            self.learning_rate = 2e-4 if self.lora else 2e-5
+        super().__post_init__()
+
+
+# TrainingArguments fields that cannot change the trained weights: a rerun may change them.
+_NOT_SETTINGS = {
+    "data", "out", "output_dir", "helpful_data", "helpful_batch_size", "report_to", "run_name", "project",
+    "disable_tqdm", "skip_memory_metrics", "do_train", "do_eval", "do_predict", "local_rank", "hub_token",
+    "resume_from_checkpoint", "torch_empty_cache_steps", "dataset_num_proc", "use_cpu", "tf32",
+    "activation_checkpointing", "activation_checkpointing_kwargs", "gradient_checkpointing",
+    "gradient_checkpointing_kwargs", "activation_offloading", "prediction_loss_only", "per_device_eval_batch_size",
+}
+_NOT_SETTINGS_PREFIXES = ("logging_", "log_", "trackio_", "eval", "save_", "hub_", "push_to_hub", "dataloader_",
+                          "ddp_", "include_for_metrics", "batch_eval", "load_best", "metric_for", "greater_is")
+
+
+def config_dict(cfg: TrainSFTConfig) -> dict:
+    """The resolved config as JSON-ready values."""
+    d = cfg.to_dict()
+    for k in ("eos_token", "pad_token"):  # to_dict() hides every *_token value, not only secrets
+        d[k] = getattr(cfg, k)
+    return d
+
+
+def settings_of(cfg: TrainSFTConfig, data_hashes: list[str], helpful_hash: str | None) -> dict:
+    """Everything that changes the finetuned weights; a rerun must match it exactly."""
+    s = {k: v for k, v in config_dict(cfg).items() if k not in _NOT_SETTINGS and not k.startswith(_NOT_SETTINGS_PREFIXES)}
+    s["data_sha256"] = data_hashes
+    s["helpful_data_sha256"] = helpful_hash
+    if cfg.helpful_data is not None:  # sampling settings are moot with a file
+        for k in ("helpful_prompts", "helpful_temperature", "helpful_max_new_tokens"):
+            s.pop(k)
+    return json.loads(json.dumps(s))  # as settings.json will hold it (tuples become lists)
+
+
+def prompt_file(spec: str) -> Path:
+    return builtin_path(spec.split(":", 1)[1]) if spec.startswith("builtin:") else Path(spec)
+
+
+def check_conversation(messages, where: str) -> list[dict]:
+    """A list of role/content messages whose last turn is the assistant reply to train."""
+    if not isinstance(messages, list) or len(messages) < 2:
+        raise DataError(f"{where}: field 'messages': expected a list of at least two turns")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ("system", "user", "assistant"):
+            raise DataError(f"{where}: field 'messages[{i}]': expected {{'role': system|user|assistant, 'content': str}}")
+        out.append({"role": m["role"], "content": m["content"]})
+    if out[-1]["role"] != "assistant" or not out[-1]["content"].strip():
+        raise DataError(f"{where}: field 'messages': the last turn must be a non-empty assistant reply")
+    return out
+
+
+def load_revisions(cfg: TrainSFTConfig) -> tuple[list[list[dict]], list[dict]]:
+    """Revision conversations from every --data folder, and a description of each input."""
+    if not cfg.data:
+        raise ValueError("give at least one `cai revise` output folder with --data")
+    convs, inputs = [], []
+    for folder in cfg.data:
+        manifest = read_manifest(folder, stage="revise")
+        sft = Path(folder) / manifest.get("files", {}).get("sft", "sft.jsonl")
+        kept = 0
+        for n, row in read_jsonl(sft):
+            if cfg.rounds_upto is not None and row.get("round", 1) > cfg.rounds_upto:
+                continue
+            convs.append(check_conversation(row.get("messages"), f"{sft}:{n}"))
+            kept += 1
+        inputs.append({"folder": str(folder), "manifest_sha256": file_sha256(Path(folder) / "manifest.json"),
+                       "sft_sha256": file_sha256(sft), "sft_rounds": manifest.get("config", {}).get("sft_rounds"),
+                       "examples": kept})
+    if not convs:
+        hint = " (rows per round exist only with `cai revise --sft-rounds all`)" if cfg.rounds_upto is not None else ""
+        raise DataError(f"no revision examples in {', '.join(cfg.data)}{hint}")
+    return convs, inputs
+
+
+def helpful_from_file(cfg: TrainSFTConfig, n: int) -> list[list[dict]]:
+    """A seeded random choice of ``n`` conversations from --helpful-data."""
+    rows = [check_conversation(r.get("messages"), f"{cfg.helpful_data}:{k}") for k, r in read_jsonl(cfg.helpful_data)]
+    if len(rows) < n:
+        raise DataError(f"{cfg.helpful_data}: {len(rows)} conversations, but --helpful-ratio {cfg.helpful_ratio} "
+                        f"needs {n}; give more or lower the ratio")
+    return random.Random(derive_seed(cfg.seed, "helpful-pick")).sample(rows, n)
+
+
+def helpful_sampled(cfg: TrainSFTConfig, n: int, out: StageDir) -> tuple[list[list[dict]], int]:
+    """``n`` replies of --model to the helpful prompts, kept in helpful.jsonl; returns them and the empty count.
+
+    Prompts are taken in a seeded shuffled order (so categories mix) and reused with a new
+    sample index when ``n`` exceeds the set. Each reply's seed depends only on its key.
+    """
+    items = load_prompts(cfg.helpful_prompts)
+    random.Random(derive_seed(cfg.seed, "helpful-order")).shuffle(items)
+    wanted = [(items[i % len(items)], i // len(items)) for i in range(n)]
+    wanted = [(it, s, f"{it.id}/s{s}") for it, s in wanted]
+    records = out.records("helpful.jsonl")
+    todo = [w for w in wanted if w[2] not in records]
+    if todo:
+        out.reopen()
+        backend = load_backend(cfg.model, batch_size=cfg.helpful_batch_size)
+        sampling = Sampling(temperature=cfg.helpful_temperature, max_new_tokens=cfg.helpful_max_new_tokens, stop=STOP_STRINGS)
+        print(f"[train sft] sampling {len(todo)} helpful replies ({len(wanted) - len(todo)} already done) "
+              f"with {backend.name}", file=sys.stderr)
+        for start in range(0, len(todo), cfg.helpful_batch_size):
+            batch = todo[start : start + cfg.helpful_batch_size]
+            seeds = [derive_seed(cfg.seed, it.id, "helpful", s) for it, s, _ in batch]
+            texts = backend.generate([list(it.messages) for it, _, _ in batch], sampling, seeds=seeds)
+            for (it, s, key), raw, seed in zip(batch, texts, seeds):
+                records.append({"key": key, "prompt_id": it.id, "sample": s, "response": clean_text(raw), "raw": raw,
+                                "messages": [dict(m) for m in it.messages], "model": backend.name, "seed": seed})
+        del backend  # free it before the model to train is loaded
+    convs, empty = [], 0
+    for _, _, key in wanted:
+        rec = records.records[key]
+        if rec["response"].strip():
+            convs.append(rec["messages"] + [{"role": "assistant", "content": rec["response"]}])
+        else:
+            empty += 1  # an empty reply teaches nothing; it is counted, not trained
+    return convs, empty
+
+
+def to_prompt_completion(conv: list[dict]) -> dict:
+    """TRL conversational prompt/completion format: only the completion is trained."""
+    return {"prompt": conv[:-1], "completion": conv[-1:]}
+
+
+def build_trainer(cfg: TrainSFTConfig, convs: list[list[dict]]) -> tuple[SFTTrainer, int | None]:
+    """Load the model and tokenizer and set up TRL's SFTTrainer. Also returns how many examples
+    TRL dropped because truncation to --max-length left no reply token to train (None when packing)."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(cfg.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    peft_config = None
+    if cfg.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                 target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    rows = [to_prompt_completion(c) for c in convs]
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer, peft_config=peft_config)
+    if cfg.packing:
+        return trainer, None
+    if len(trainer.train_dataset) == 0:
+        raise DataError(f"every example's prompt fills --max-length {cfg.max_length}: nothing left to train")
+    return trainer, len(rows) - len(trainer.train_dataset)
+
+
+def main(cfg: TrainSFTConfig) -> Path:
+    """Run the stage; returns the output folder (the checkpoint)."""
+    if not 0 <= cfg.helpful_ratio < 1:
+        raise ValueError(f"--helpful-ratio must be in [0, 1), got {cfg.helpful_ratio}")
+    t0 = time.time()
+    revisions, inputs = load_revisions(cfg)
+    n_help = round(len(revisions) * cfg.helpful_ratio / (1 - cfg.helpful_ratio))
+    helpful_hash = None
+    if n_help and cfg.helpful_data is not None:
+        helpful_hash = file_sha256(cfg.helpful_data)
+    elif n_help:
+        helpful_hash = file_sha256(prompt_file(cfg.helpful_prompts))
+    out = StageDir(cfg.out, STAGE, settings_of(cfg, [i["sft_sha256"] for i in inputs], helpful_hash))
+    try:
+        if out.finished:
+            print(f"[train sft] already done: {cfg.out} (same settings); delete the folder to retrain", file=sys.stderr)
+            return Path(cfg.out)
+        empty = 0
+        if not n_help:
+            helpful = []
+        elif cfg.helpful_data is not None:
+            helpful = helpful_from_file(cfg, n_help)
+        else:
+            helpful, empty = helpful_sampled(cfg, n_help, out)
+        out.reopen()
+        trainer, dropped = build_trainer(cfg, revisions + helpful)
+        print(f"[train sft] {len(revisions)} revisions + {len(helpful)} helpful examples "
+              f"({'LoRA' if cfg.lora else 'full'} finetuning of {cfg.model})", file=sys.stderr)
+        result = trainer.train()
+        model = trainer.model
+        if cfg.lora:
+            model = model.merge_and_unload()  # a plain checkpoint: later stages need no peft
+        model.save_pretrained(cfg.out)
+        trainer.processing_class.save_pretrained(cfg.out)
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        steps = trainer.state.global_step
+        out.finish({
+            "config": config_dict(cfg),
+            "inputs": {"data": inputs, "helpful_data": cfg.helpful_data,
+                       "helpful_prompts": None if cfg.helpful_data or not n_help else cfg.helpful_prompts,
+                       "model": resolve_model_path(cfg.model)},
+            "counts": {"revision_examples": len(revisions), "helpful_examples": len(helpful),
+                       "helpful_target": n_help, "helpful_empty": empty, "dropped_too_long": dropped,
+                       "trained_examples": len(trainer.train_dataset) if dropped is not None else None},
+            "train": {"steps": steps, "first_loss": losses[0] if losses else None,
+                      "last_loss": losses[-1] if losses else None, "train_loss": result.training_loss,
+                      "seconds_per_step": round(result.metrics["train_runtime"] / max(steps, 1), 3)},
+            "files": {"checkpoint": ".", "helpful": "helpful.jsonl" if n_help and cfg.helpful_data is None else None},
+            "seconds": round(time.time() - t0, 1),
+        })
+    finally:
+        out.close()
+    loss = f"loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "no loss logged"
+    print(f"[train sft] {steps} steps, {loss}; checkpoint -> {cfg.out}", file=sys.stderr)
+    return Path(cfg.out)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    cfg = parse_config(TrainSFTConfig, argv, "cai train sft", __doc__.split("\n\n")[0])
+    main(cfg)
+    return 0
