@@ -1,0 +1,442 @@
+"""Preference model: soft-label Bradley–Terry on AI feedback + helpfulness comparisons
+(Bai et al. 2022, section 4.1, the "hybrid" PM).
+
+    cai train pm --labels runs/label --helpful hh.jsonl --helpful-ratio 0.5 --out runs/pm
+
+Inputs:
+  --labels DIR [DIR ...]  finished `cai label` folders; their ``preferences.jsonl`` rows are
+                          TRL conversational preference pairs (``prompt``, ``chosen``,
+                          ``rejected``) with ``p_chosen``, the feedback model's soft
+                          probability that ``chosen`` is better.
+  --helpful FILE          optional helpfulness comparisons: Anthropic HH rows (``chosen`` and
+                          ``rejected`` transcripts; the turns before the last Assistant turn
+                          are the prompt) or the preference format above (``p_chosen``
+                          optional, default 1.0 = a hard human label).
+  --helpful-ratio R       fraction of the pairs that are helpfulness comparisons. The larger
+                          side is subsampled (seeded) to hit R; the smaller is used whole.
+                          Default: use everything.
+
+The PM is ``AutoModelForSequenceClassification`` (one output) on top of ``--model``, trained
+with TRL's ``RewardTrainer`` whose loss is replaced by the soft-target Bradley–Terry loss
+
+    L = -[p · log σ(r_c − r_r) + (1 − p) · log σ(r_r − r_c)]
+
+(p = 1 is TRL's standard loss). ``p_chosen`` travels with the tokenized pairs through the
+dataloader (``SoftPreferenceCollator``) into ``compute_loss``. ``--soft-labels false`` trains
+on hard labels (p ≥ 0.5 → 1) — the ablation; held-out targets stay the soft labels.
+
+Held-out pairs (``--eval-fraction`` of the prompts of each source, chosen by ``--seed``) are
+scored after training. ``metrics.json``:
+  accuracy     fraction of held-out pairs with r_chosen > r_rejected (ties count as wrong)
+  log_loss     mean soft-label loss L above on held-out pairs (nats; chance = log 2,
+               floor = label_entropy, the mean binary entropy of the targets)
+  ece          expected calibration error of q = σ(r_c − r_r) against the soft target p:
+               10 equal-width bins on q; ECE = Σ_bins (n_bin / N) · |mean q − mean p|
+  reliability  per bin: bin, lo, hi, count, mean_pred, mean_target
+plus the same per source (``by_source``) and training time. ``heldout_scores.jsonl`` has
+one row per held-out pair.
+
+Output folder: the checkpoint (``save_pretrained`` model + tokenizer, ``pad_token_id`` set,
+so TRL's RLOO/GRPO can use it as a reward model), ``metrics.json``,
+``heldout_scores.jsonl``, and ``manifest.json`` written last. Rerunning a finished run
+does nothing; an interrupted run retrains from the start.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from trl import RewardConfig, RewardTrainer
+from trl.trainer.reward_trainer import DataCollatorForPreference
+
+from ..config import opt, parse_config
+from ..data import DataError, parse_hh_transcript, read_jsonl, write_jsonl_atomic
+from ..store import StageDir, file_sha256, read_manifest, write_json_atomic
+from .score import encode_conversation, score_ids
+
+_ROLES = ("system", "user", "assistant")
+
+
+# ----------------------------------------------------------------------------- losses
+def soft_bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Soft-target Bradley–Terry loss, mean over the batch.
+
+    ``-[p·log σ(r_c − r_r) + (1 − p)·log σ(r_r − r_c)]``: the cross-entropy between the label
+    distribution (p, 1 − p) and the PM's P(chosen) = σ(r_c − r_r). Minimised at
+    r_c − r_r = logit(p), so soft labels teach calibrated margins rather than "as large as
+    possible".
+    """
+    d = r_chosen - r_rejected
+    return -(p * F.logsigmoid(d) + (1 - p) * F.logsigmoid(-d)).mean()
+
+
+def expected_calibration_error(pred: Sequence[float], target: Sequence[float], bins: int = 10) -> tuple[float, list[dict]]:
+    """ECE of predicted probabilities against soft targets, and the reliability table.
+
+    Predictions go into ``bins`` equal-width bins on [0, 1] (the last bin includes 1). In
+    each bin the mean prediction is compared with the mean *target probability* (not a 0/1
+    outcome: AI labels are themselves probabilities). ECE = Σ (n_bin / N)·|mean pred − mean
+    target|. The table has one row per bin (empty bins have ``None`` means).
+    """
+    if len(pred) != len(target) or not pred:
+        raise ValueError("expected_calibration_error needs equally long, non-empty pred and target")
+    sums = [[0, 0.0, 0.0] for _ in range(bins)]
+    for q, t in zip(pred, target):
+        b = min(int(q * bins), bins - 1)
+        sums[b][0] += 1
+        sums[b][1] += q
+        sums[b][2] += t
+    n, ece, table = len(pred), 0.0, []
+    for b, (c, sq, st) in enumerate(sums):
+        row = {"bin": b, "lo": b / bins, "hi": (b + 1) / bins, "count": c,
+               "mean_pred": sq / c if c else None, "mean_target": st / c if c else None}
+        if c:
+            ece += c / n * abs(sq / c - st / c)
+        table.append(row)
+    return ece, table
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass
+class TrainPMConfig(RewardConfig):
+    labels: list[str] = opt([], "Finished `cai label` output folder(s)")
+    out: str = opt("runs/pm", "Output folder: PM checkpoint, metrics.json, heldout_scores.jsonl, manifest.json")
+    model: str = opt("default", "Base model: default (embedded SmolLM2-135M), a checkpoint folder or a hub id")
+    helpful: str | None = opt(None, "Helpfulness comparisons (JSONL): HH `chosen`/`rejected` transcripts or preference rows")
+    helpful_ratio: float | None = opt(None, "Fraction of pairs that are helpfulness comparisons; the larger side is subsampled; unset = use all")
+    eval_fraction: float = opt(0.1, "Fraction of each source's prompts held out for accuracy and calibration")
+    soft_labels: bool = opt(True, "Train on the soft AI labels; false = hard labels (p >= 0.5 -> 1), the ablation")
+    # CPU-friendly defaults for inherited TRL/transformers settings (all overridable).
+    bf16: bool | None = opt(False, "bf16 mixed precision (TRL's default is on; off here for CPU fp32)")
+    gradient_checkpointing: bool | None = opt(None, "Deprecated alias of --activation-checkpointing (off by default here)", nargs="?", const=True)
+    report_to: None | str | list[str] = opt("none", "Integrations to log to ('none', 'wandb', 'tensorboard', ...)")
+    save_strategy: str = opt("no", "Intermediate checkpoints: 'no', 'steps' or 'epoch' (the final PM is always saved)")
+    logging_steps: float = opt(1, "Log every N optimizer steps")
+    per_device_train_batch_size: int = opt(4, "Preference pairs per device per step")
+    num_train_epochs: float = opt(1.0, "Epochs over the training pairs")
+    max_length: int | None = opt(512, "Pairs whose chosen or rejected conversation is longer (tokens) are dropped")
+
+    def __post_init__(self):
+        if self.output_dir is None:
+            self.output_dir = self.out
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = False  # TRL turns it on by default; it only slows small CPU runs
+        super().__post_init__()
+
+
+def settings_of(cfg: TrainPMConfig, inputs: dict) -> dict:
+    """What changes the trained PM; a rerun into the same folder must match it."""
+    keys = ["model", "helpful_ratio", "eval_fraction", "soft_labels", "seed", "learning_rate", "num_train_epochs",
+            "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
+            "lr_scheduler_type", "warmup_steps", "weight_decay", "center_rewards_coefficient", "bf16"]
+    return {"inputs": inputs, **{k: getattr(cfg, k) for k in keys}}
+
+
+# ----------------------------------------------------------------------------- data
+def _messages(value: Any, where: str, field: str, last: str | None) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: field '{field}': expected a non-empty list of messages")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), str):
+            raise DataError(f"{where}: field '{field}[{i}]': expected {{\"role\": system|user|assistant, \"content\": string}}")
+        out.append({"role": m["role"], "content": m["content"]})
+    if last and out[-1]["role"] != last:
+        raise DataError(f"{where}: field '{field}': must end with a {last} turn (last role is {out[-1]['role']!r})")
+    return out
+
+
+def parse_pair(row: dict, where: str, source: str, default_p: float | None) -> dict:
+    """One comparison → ``{id, source, where, prompt, chosen, rejected, p_chosen}``.
+
+    Accepts the preference format (``prompt`` as messages or a string; ``chosen``/``rejected``
+    as assistant messages or strings) or, without ``prompt``, HH transcripts.
+    """
+    if "prompt" in row:
+        prompt = row["prompt"]
+        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _messages(prompt, where, "prompt", "user")
+        sides = {}
+        for k in ("chosen", "rejected"):
+            v = row.get(k)
+            if v is None:
+                raise DataError(f"{where}: field '{k}': missing")
+            sides[k] = [{"role": "assistant", "content": v}] if isinstance(v, str) else _messages(v, where, k, "assistant")
+    else:
+        convs = {}
+        for k in ("chosen", "rejected"):
+            v = row.get(k)
+            if not isinstance(v, str):
+                raise DataError(f"{where}: field '{k}': expected an HH transcript string (or give `prompt` for the preference format)")
+            convs[k] = parse_hh_transcript(v, f"{where}: field '{k}'")
+            if convs[k][-1]["role"] != "assistant":
+                raise DataError(f"{where}: field '{k}': the transcript must end with an Assistant turn")
+        if convs["chosen"][:-1] != convs["rejected"][:-1]:
+            raise DataError(f"{where}: field 'rejected': chosen and rejected differ before their last Assistant turn")
+        prompt = convs["chosen"][:-1]
+        sides = {k: convs[k][-1:] for k in convs}
+    p = row.get("p_chosen", default_p)
+    if p is None:
+        raise DataError(f"{where}: field 'p_chosen': missing (AI feedback labels must carry their soft probability)")
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise DataError(f"{where}: field 'p_chosen': expected a probability in [0, 1], got {p!r}")
+    rid = row.get("pair_id", row.get("id"))
+    return {"id": str(rid) if rid is not None else where, "source": source, "where": where, "prompt": prompt,
+            "chosen": sides["chosen"], "rejected": sides["rejected"], "p_chosen": float(p)}
+
+
+def load_pairs(path: str | Path, source: str, default_p: float | None) -> list[dict]:
+    return [parse_pair(row, f"{path}:{n}", source, default_p) for n, row in read_jsonl(path)]
+
+
+def load_label_folder(folder: str | Path) -> tuple[list[dict], dict]:
+    """AI-feedback pairs of a finished `cai label` folder, and its provenance for the manifest."""
+    read_manifest(folder, stage="label")
+    f = Path(folder) / "preferences.jsonl"
+    if not f.exists():
+        raise DataError(f"{folder}: no preferences.jsonl in this label folder")
+    return load_pairs(f, "ai", None), {"path": str(Path(folder).resolve()), "sha256": file_sha256(f)}
+
+
+def mix(ai: list[dict], helpful: list[dict], ratio: float | None, seed: int) -> tuple[list[dict], list[dict]]:
+    """Subsample the larger side so that helpful / (ai + helpful) ≈ ratio (order kept)."""
+    if ratio is None:
+        return ai, helpful
+    if ratio == 0:
+        return ai, []
+    if ratio == 1:
+        return [], helpful
+
+    def sample(rows: list[dict], k: int, tag: str) -> list[dict]:
+        keep = sorted(random.Random(f"{seed}:{tag}").sample(range(len(rows)), k))
+        return [rows[i] for i in keep]
+
+    want_helpful = ratio * len(ai) / (1 - ratio)
+    if want_helpful <= len(helpful):
+        return ai, sample(helpful, round(want_helpful), "helpful")
+    return sample(ai, round(len(helpful) * (1 - ratio) / ratio), "ai"), helpful
+
+
+def split(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out ``fraction`` of the distinct prompts (≥ 1 when possible), seeded.
+
+    Splitting by prompt keeps two pairs about the same prompt on the same side.
+    """
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(json.dumps(r["prompt"], sort_keys=True), []).append(r)
+    keys = list(groups)
+    if fraction <= 0 or len(keys) < 2:
+        return rows, []
+    random.Random(f"{seed}:heldout").shuffle(keys)
+    held = set(keys[: min(len(keys) - 1, max(1, round(fraction * len(keys))))])
+    train = [r for r in rows if json.dumps(r["prompt"], sort_keys=True) not in held]
+    return train, [r for r in rows if json.dumps(r["prompt"], sort_keys=True) in held]
+
+
+def tokenize_pairs(rows: list[dict], tokenizer, max_length: int | None) -> tuple[list[dict], int]:
+    """Add ``chosen_ids``/``rejected_ids`` (rendered as TRL renders conversations); drop too long."""
+    kept, dropped = [], 0
+    for r in rows:
+        c = encode_conversation(tokenizer, r["prompt"] + r["chosen"])
+        j = encode_conversation(tokenizer, r["prompt"] + r["rejected"])
+        if max_length is not None and max(len(c), len(j)) > max_length:
+            dropped += 1
+            continue
+        kept.append({**r, "chosen_ids": c, "rejected_ids": j})
+    return kept, dropped
+
+
+# ----------------------------------------------------------------------------- trainer
+class SoftPreferenceCollator(DataCollatorForPreference):
+    """TRL's preference collator (chosen rows, then rejected rows, right-padded) + ``p_chosen``."""
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = super().torch_call(examples)
+        batch["p_chosen"] = torch.tensor([float(e["p_chosen"]) for e in examples], dtype=torch.float32)
+        return batch
+
+
+class SoftRewardTrainer(RewardTrainer):
+    """``RewardTrainer`` with the soft-target Bradley–Terry loss.
+
+    ``p_chosen`` must survive ``remove_unused_columns`` (it is added to the signature
+    columns) and reach the batch (``SoftPreferenceCollator``); here it is taken out of the
+    batch before the model sees it. The parent still runs the forward pass and logs its
+    reward/accuracy/margin metrics; only the loss is replaced.
+    """
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if "p_chosen" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "p_chosen"]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        p = inputs.pop("p_chosen", None)
+        if p is None:
+            raise RuntimeError("the batch has no p_chosen: use SoftPreferenceCollator and keep the p_chosen column")
+        _, outputs = super().compute_loss(model, inputs, return_outputs=True)
+        r_chosen, r_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+        loss = soft_bt_loss(r_chosen, r_rejected, p.to(r_chosen.dtype))
+        if self.args.center_rewards_coefficient is not None:
+            loss = loss + self.args.center_rewards_coefficient * torch.mean((r_chosen + r_rejected) ** 2)
+        return (loss, outputs) if return_outputs else loss
+
+
+def load_tokenizer(cfg: TrainPMConfig):
+    from transformers import AutoTokenizer
+
+    from ..models.local import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(cfg.model))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(cfg: TrainPMConfig, tokenizer):
+    """The base model with a fresh one-output head (seeded, so runs are reproducible)."""
+    from transformers import AutoModelForSequenceClassification, set_seed
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    from ..models.local import resolve_model_path
+
+    set_seed(cfg.seed)
+    with suppress_seqcls_warning():  # the new score head / dropped lm_head are expected
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model_path(cfg.model), num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def build_trainer(cfg: TrainPMConfig, model, tokenizer, train_rows: list[dict]) -> SoftRewardTrainer:
+    """A trainer over tokenized pairs (``chosen_ids``, ``rejected_ids``, ``p_chosen``)."""
+    from datasets import Dataset
+
+    hard = not cfg.soft_labels
+    data = Dataset.from_list([
+        {"chosen_ids": r["chosen_ids"], "rejected_ids": r["rejected_ids"],
+         "p_chosen": (1.0 if r["p_chosen"] >= 0.5 else 0.0) if hard else r["p_chosen"]}
+        for r in train_rows
+    ])
+    collator = SoftPreferenceCollator(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=cfg.pad_to_multiple_of)
+    return SoftRewardTrainer(model=model, args=cfg, data_collator=collator, train_dataset=data, processing_class=tokenizer)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate_pairs(model, pad_token_id: int, rows: list[dict], batch_size: int) -> tuple[dict, list[dict]]:
+    """Held-out accuracy, soft log-loss and calibration (see the module docstring)."""
+    model.eval()
+    r_c = score_ids(model, pad_token_id, [r["chosen_ids"] for r in rows], batch_size)
+    r_r = score_ids(model, pad_token_id, [r["rejected_ids"] for r in rows], batch_size)
+    per = []
+    for r, c, j in zip(rows, r_c, r_r):
+        q = 1 / (1 + math.exp(-(c - j)))
+        per.append({"id": r["id"], "source": r["source"], "where": r["where"], "r_chosen": c, "r_rejected": j,
+                    "pred_p_chosen": q, "p_chosen": r["p_chosen"], "correct": c > j})
+
+    def summary(items: list[dict]) -> dict:
+        c = torch.tensor([x["r_chosen"] for x in items], dtype=torch.float64)
+        j = torch.tensor([x["r_rejected"] for x in items], dtype=torch.float64)
+        p = torch.tensor([x["p_chosen"] for x in items], dtype=torch.float64)
+        ece, table = expected_calibration_error([x["pred_p_chosen"] for x in items], p.tolist())
+        entropy = -(p * p.clamp_min(1e-12).log() + (1 - p) * (1 - p).clamp_min(1e-12).log()).mean()
+        return {"n": len(items), "accuracy": float((c > j).double().mean()), "log_loss": float(soft_bt_loss(c, j, p)),
+                "label_entropy": float(entropy), "chance_log_loss": math.log(2), "mean_margin": float((c - j).mean()),
+                "ece": ece, "reliability": table}
+
+    metrics = summary(per)
+    metrics["by_source"] = {s: summary([x for x in per if x["source"] == s]) for s in sorted({x["source"] for x in per})}
+    return metrics, per
+
+
+# ----------------------------------------------------------------------------- stage
+def main(cfg: TrainPMConfig) -> Path:
+    """Train (or find already trained) the PM; returns the output folder."""
+    if not cfg.labels:
+        raise ValueError("--labels: give at least one `cai label` output folder")
+    if cfg.helpful_ratio is not None and not 0 <= cfg.helpful_ratio <= 1:
+        raise ValueError(f"--helpful-ratio must be in [0, 1], got {cfg.helpful_ratio}")
+    if cfg.helpful_ratio and not cfg.helpful:
+        raise ValueError("--helpful-ratio > 0 needs --helpful FILE")
+    if not 0 <= cfg.eval_fraction < 1:
+        raise ValueError(f"--eval-fraction must be in [0, 1), got {cfg.eval_fraction}")
+    ai, label_inputs = [], []
+    for folder in cfg.labels:
+        rows, info = load_label_folder(folder)
+        ai += rows
+        label_inputs.append(info)
+    helpful = load_pairs(cfg.helpful, "helpful", 1.0) if cfg.helpful else []
+    inputs = {"labels": label_inputs,
+              "helpful": {"path": str(Path(cfg.helpful).resolve()), "sha256": file_sha256(cfg.helpful)} if cfg.helpful else None}
+    out = StageDir(cfg.out, "train-pm", settings_of(cfg, inputs))
+    if out.finished:
+        print(f"[train-pm] {cfg.out} is already finished with these settings; nothing to do", file=sys.stderr)
+        out.close()
+        return Path(cfg.out)
+    try:
+        ai_used, helpful_used = mix(ai, helpful, cfg.helpful_ratio, cfg.seed)
+        tokenizer = load_tokenizer(cfg)
+        train_rows, heldout, dropped = [], [], 0
+        for part in (ai_used, helpful_used):
+            kept, d = tokenize_pairs(part, tokenizer, cfg.max_length)
+            tr, ho = split(kept, cfg.eval_fraction, cfg.seed)
+            train_rows, heldout, dropped = train_rows + tr, heldout + ho, dropped + d
+        if not train_rows:
+            raise DataError("no training pairs left (all inputs empty, held out, or longer than --max-length)")
+        print(f"[train-pm] {len(ai_used)} AI-feedback + {len(helpful_used)} helpfulness pairs; "
+              f"{len(train_rows)} train, {len(heldout)} held out, {dropped} too long", file=sys.stderr)
+        model = load_model(cfg, tokenizer)
+        trainer = build_trainer(cfg, model, tokenizer, train_rows)
+        t0 = time.time()
+        result = trainer.train()
+        seconds = time.time() - t0
+        trainer.save_model(cfg.out)  # model + tokenizer; config carries pad_token_id
+        steps = trainer.state.global_step
+        metrics: dict[str, Any] = {}
+        per: list[dict] = []
+        if heldout:
+            metrics, per = evaluate_pairs(trainer.model, tokenizer.pad_token_id, heldout, cfg.per_device_eval_batch_size)
+        metrics["train"] = {"steps": steps, "seconds": round(seconds, 2), "seconds_per_step": round(seconds / max(steps, 1), 3),
+                            "train_loss": result.training_loss, "soft_labels": cfg.soft_labels,
+                            "log_history": trainer.state.log_history}
+        write_json_atomic(Path(cfg.out) / "metrics.json", metrics)
+        write_jsonl_atomic(Path(cfg.out) / "heldout_scores.jsonl", per)
+        summary = {k: metrics[k] for k in ("accuracy", "log_loss", "label_entropy", "ece") if k in metrics}
+        manifest = out.finish({
+            "config": {k: v for k, v in cfg.to_dict().items() if _jsonable(v)},
+            "inputs": inputs,
+            "counts": {"ai_labels": len(ai), "helpful": len(helpful), "ai_used": len(ai_used),
+                       "helpful_used": len(helpful_used), "too_long": dropped, "train": len(train_rows),
+                       "heldout": len(heldout)},
+            "metrics": {**summary, "train_steps": steps, "seconds_per_step": metrics["train"]["seconds_per_step"]},
+            "files": {"model": ".", "metrics": "metrics.json", "heldout": "heldout_scores.jsonl"},
+        })
+    finally:
+        out.close()
+    print(f"[train-pm] {steps} steps in {seconds:.0f} s; held-out "
+          + (f"accuracy {metrics['accuracy']:.3f}, ECE {metrics['ece']:.3f}" if heldout else "set empty")
+          + f" -> {manifest.parent}", file=sys.stderr)
+    return Path(cfg.out)
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+        return True
+    except TypeError:
+        return False
+
+
+def cli(argv: list[str] | None = None) -> int:
+    cfg = parse_config(TrainPMConfig, argv, "cai train pm", __doc__.split("\n\n")[0])
+    main(cfg)
+    return 0
