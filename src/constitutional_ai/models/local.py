@@ -117,6 +117,8 @@ class LocalBackend:
         self.path = path
         self.batch_size = batch_size
         self.truncation = truncation
+        #: Prompts in a batch sharing at least this many leading tokens encode them once.
+        self.min_shared_prefix = 64
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype == "auto":
             # bf16 decoding is pathologically slow on CPUs; fp32 there, bf16 on GPUs.
@@ -211,23 +213,55 @@ class LocalBackend:
         gumbel = -torch.log(-torch.log(noise.clamp_min(1e-300)))
         return (logp.double() + gumbel).argmax(-1)
 
-    @torch.inference_mode()
-    def _generate_batch(self, prompts: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[str]:
-        tok = self.tokenizer
-        B, L = len(prompts), max(len(p) for p in prompts)
-        input_ids = torch.full((B, L), tok.pad_token_id, dtype=torch.long)
+    def _prefill(self, prompts: list[list[int]]):
+        """Encode a batch of prompts; returns (cache, last logits, attention mask, next positions).
+
+        When the prompts share a long token prefix (few-shot exemplars, a common system
+        prompt) that prefix is encoded once and its KV cache copied to every row; the
+        differing suffixes are then right-padded after it, leaving masked holes that the
+        attention mask skips. Otherwise prompts are left-padded.
+        """
+        B = len(prompts)
+        shared = _common_prefix_len(prompts)
+        if B > 1 and shared >= self.min_shared_prefix:
+            shared = min(shared, min(len(p) for p in prompts) - 1)  # every row keeps a suffix
+            pre = torch.tensor([prompts[0][:shared]], device=self.device)
+            cache = self.model(input_ids=pre, use_cache=True, logits_to_keep=1).cache
+            cache.batch_select_indices(torch.zeros(B, dtype=torch.long, device=self.device))
+            S = max(len(p) - shared for p in prompts)
+            suf = torch.full((B, S), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((B, shared + S), dtype=torch.long)
+            mask[:, :shared] = 1
+            last = torch.zeros(B, dtype=torch.long)
+            for i, p in enumerate(prompts):
+                suf[i, : len(p) - shared] = torch.tensor(p[shared:])
+                mask[i, shared : len(p)] = 1
+                last[i] = len(p) - shared - 1
+            suf, mask, last = suf.to(self.device), mask.to(self.device), last.to(self.device)
+            pos = shared + torch.arange(S, device=self.device).expand(B, S)
+            keep = torch.unique(last)  # logits only where some row's prompt ends
+            out = self.model(input_ids=suf, attention_mask=mask, position_ids=pos, cache=cache,
+                             use_cache=True, logits_to_keep=keep)
+            col = torch.searchsorted(keep, last)
+            logits = out.logits[torch.arange(B, device=self.device), col].float()
+            next_pos = torch.tensor([[len(p)] for p in prompts], device=self.device)
+            return out.cache, logits, mask, next_pos
+        L = max(len(p) for p in prompts)
+        input_ids = torch.full((B, L), self.tokenizer.pad_token_id, dtype=torch.long)
         attn = torch.zeros((B, L), dtype=torch.long)
         for i, p in enumerate(prompts):
             input_ids[i, L - len(p):] = torch.tensor(p)
             attn[i, L - len(p):] = 1
         input_ids, attn = input_ids.to(self.device), attn.to(self.device)
         pos = (attn.cumsum(-1) - 1).clamp_min(0)
-        out = self.model(
-            input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1
-        )
-        past = out.cache
-        logits = out.logits[:, -1, :].float()
-        next_pos = pos[:, -1:] + 1
+        out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+        return out.cache, out.logits[:, -1, :].float(), attn, pos[:, -1:] + 1
+
+    @torch.inference_mode()
+    def _generate_batch(self, prompts: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[str]:
+        tok = self.tokenizer
+        B = len(prompts)
+        past, logits, attn, next_pos = self._prefill(prompts)
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         active = list(range(B))  # original row index of each row still in the batch
         generated: list[list[int]] = [[] for _ in range(B)]
@@ -381,6 +415,15 @@ class LocalBackend:
         logits = self.model(input_ids=suf, attention_mask=mask, position_ids=suf_pos, cache=cache, use_cache=True).logits
         logp = logits.float().log_softmax(-1).cpu()
         return [logp[b, : len(r[3])] for b, r in enumerate(rows)]
+
+
+def _common_prefix_len(seqs: list[list[int]]) -> int:
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for k in range(n):
+        t = first[k]
+        if any(s[k] != t for s in seqs[1:]):
+            return k
+    return n
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
