@@ -56,7 +56,7 @@ def test_trains_mixed_data_saves_checkpoint_and_manifest(tmp_path, tiny_model, m
     out = main(cfg)
 
     m = json.loads((out / "manifest.json").read_text())
-    assert m["stage"] == "train_sft"
+    assert m["stage"] == "train-sft"
     assert m["counts"]["revision_examples"] == 4
     assert m["counts"]["helpful_examples"] == 4  # ratio 0.5: as many helpful as revision examples
     assert m["counts"]["trained_examples"] == 8

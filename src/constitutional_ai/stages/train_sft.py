@@ -44,7 +44,7 @@ from ..models.local import resolve_model_path
 from ..prompts import STOP_STRINGS, clean_text
 from ..store import StageDir, file_sha256, read_manifest
 
-STAGE = "train_sft"
+STAGE = "train-sft"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # Llama/Qwen/Mistral-style attention names
 
 
