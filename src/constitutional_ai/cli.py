@@ -15,6 +15,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "label": ("constitutional_ai.stages.label", "cli", "RLAIF: soft preference labels from a feedback model (multiple choice)"),
     "train pm": ("constitutional_ai.stages.train_pm", "cli", "preference model on soft AI labels (+ helpfulness comparisons)"),
     "score": ("constitutional_ai.stages.score", "cli", "score responses with a preference model"),
+    "train rl": ("constitutional_ai.stages.train_rl", "cli", "RL-CAI: RLOO (or GRPO) against the PM with a KL penalty"),
+    "eval": ("constitutional_ai.stages.evaluate", "cli", "evaluations: hhh | compare | rounds | refusal"),
+    "report": ("constitutional_ai.report", "cli", "self-contained HTML report of a run folder"),
+    "run": ("constitutional_ai.pipeline", "cli", "the whole pipeline from a YAML recipe, resumable"),
     "constitution": ("constitutional_ai.constitution", "cli_main", "validate, show or convert a constitution file"),
 }
 
