@@ -45,9 +45,9 @@ _DATA_DIR = Path(__file__).resolve().parent / "data"
 BUILTIN_SETS: dict[str, Path] = {
     "red_team": _DATA_DIR / "red_team.jsonl",
     "helpful": _DATA_DIR / "helpful.jsonl",
-    # preference pairs (prompt/chosen/rejected) for the hybrid PM, not a prompt set
-    "helpful_comparisons": _DATA_DIR / "helpful_comparisons.jsonl",
 }
+#: Bundled helpfulness comparisons (prompt/chosen/rejected) for the hybrid PM; not a prompt set.
+HELPFUL_COMPARISONS: Path = _DATA_DIR / "helpful_comparisons.jsonl"
 
 _JSONL_SUFFIXES = {".jsonl", ".json-lines", ".ndjson", ".json"}
 _ROLES = ("system", "user", "assistant")

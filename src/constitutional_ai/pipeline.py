@@ -39,7 +39,7 @@ from typing import Any, Callable
 import yaml
 
 from .config import from_mapping
-from .data import builtin_path
+from .data import HELPFUL_COMPARISONS
 from .store import MANIFEST, json_sha256, write_json_atomic
 
 ORDER = ("revise", "train_sft", "sample_pairs", "label", "train_pm", "train_rl", "eval")
@@ -120,7 +120,7 @@ def plan(recipe: dict) -> list[Step]:
             **s.get("label", {}), "pairs": str(root / "pairs"), "out": str(root / "labels")},
             f"{f}: stages.label"), label.main, ("sample_pairs",)),
         Step("train_pm", root / "pm", _cfg(train_pm.TrainPMConfig, {
-            "model": recipe["pm_model"], "seed": seed, "helpful": str(builtin_path("helpful_comparisons")),
+            "model": recipe["pm_model"], "seed": seed, "helpful": str(HELPFUL_COMPARISONS),
             **s.get("train_pm", {}), "labels": [str(root / "labels")], "out": str(root / "pm")},
             f"{f}: stages.train_pm"), train_pm.main, ("label",)),
         Step("train_rl", root / "rl", _cfg(train_rl.TrainRLConfig, {
