@@ -352,7 +352,7 @@ class LocalBackend:
                     results[i][j] = float(lp[pos, targets].sum())
         return results
 
-    def _prefix_batches(self, prompt_ids: list[list[int]], min_shared: int = 16):
+    def _prefix_batches(self, prompt_ids: list[list[int]]):
         """Group prompts sharing a token prefix; yield batches of (prefix_len, members).
 
         Sorting the token lists puts prompts with common prefixes next to each other; a
@@ -370,7 +370,7 @@ class LocalBackend:
                 lim = min(plen, len(ids) - 1)
                 while k < lim and first[k] == ids[k]:
                     k += 1
-                if k >= min_shared:
+                if k >= self.min_shared_prefix:
                     groups[-1] = (k, members + [i])
                     continue
             groups.append((len(ids) - 1, [i]))
