@@ -132,31 +132,37 @@ def plan(recipe: dict) -> list[Step]:
 
 
 def eval_steps(recipe: dict, root: Path, ev: dict, f: str) -> list[Step]:
-    """The evaluations: HHH accuracy, head-to-head comparison, PM vs round, refusal rate."""
-    from .stages import evaluate
+    """The evaluations: HHH accuracy (labeller and PM), head-to-head comparison with Elo,
+    PM score vs revision round, and refusal rate of each checkpoint on benign prompts."""
+    from .stages import eval_compare, evaluate
 
     models = {"base": recipe["model"], "sl-cai": str(root / "sft"), "rl-cai": str(root / "rl")}
     steps = []
     if ev.get("hhh", {}) is not False:
-        steps.append(Step("eval_hhh", root / "eval" / "hhh", _cfg(evaluate.HHHConfig, {
-            "model": recipe["feedback_model"], **(ev.get("hhh") or {}), "pm": str(root / "pm"),
-            "out": str(root / "eval" / "hhh")}, f"{f}: stages.eval.hhh"), evaluate.run_hhh, ("train_pm",)))
+        hhh = dict(ev.get("hhh") or {})
+        steps.append(Step("eval_hhh_labeller", root / "eval" / "hhh-labeller", _cfg(evaluate.HHHConfig, {
+            "constitution": recipe["constitution"], "seed": recipe["seed"], **hhh, "model": recipe["feedback_model"],
+            "out": str(root / "eval" / "hhh-labeller")}, f"{f}: stages.eval.hhh"), evaluate.hhh_main))
+        pm_hhh = {k: v for k, v in hhh.items() if k in ("task", "limit", "batch_size", "max_length")}
+        steps.append(Step("eval_hhh_pm", root / "eval" / "hhh-pm", _cfg(evaluate.HHHConfig, {
+            **pm_hhh, "pm": str(root / "pm"), "out": str(root / "eval" / "hhh-pm")}, f"{f}: stages.eval.hhh"),
+            evaluate.hhh_main, ("train_pm",)))
     if ev.get("compare", {}) is not False:
-        steps.append(Step("eval_compare", root / "eval" / "compare", _cfg(evaluate.CompareConfig, {
+        steps.append(Step("eval_compare", root / "eval" / "compare", _cfg(eval_compare.CompareConfig, {
             "judge": recipe["feedback_model"], "constitution": recipe["constitution"], "seed": recipe["seed"],
             **(ev.get("compare") or {}), "models": list(models.values()), "names": list(models),
-            "out": str(root / "eval" / "compare")}, f"{f}: stages.eval.compare"), evaluate.run_compare,
+            "out": str(root / "eval" / "compare")}, f"{f}: stages.eval.compare"), eval_compare.main,
             ("train_sft", "train_rl")))
     if ev.get("rounds", {}) is not False:
         steps.append(Step("eval_rounds", root / "eval" / "rounds", _cfg(evaluate.RoundsConfig, {
             **(ev.get("rounds") or {}), "revise": str(root / "revise"), "pm": str(root / "pm"),
-            "out": str(root / "eval" / "rounds")}, f"{f}: stages.eval.rounds"), evaluate.run_rounds,
+            "out": str(root / "eval" / "rounds")}, f"{f}: stages.eval.rounds"), evaluate.rounds_main,
             ("revise", "train_pm")))
     if ev.get("refusal", {}) is not False:
         for name, spec in models.items():
             steps.append(Step(f"eval_refusal_{name}", root / "eval" / f"refusal-{name}", _cfg(evaluate.RefusalConfig, {
                 "seed": recipe["seed"], **(ev.get("refusal") or {}), "model": spec,
-                "out": str(root / "eval" / f"refusal-{name}")}, f"{f}: stages.eval.refusal"), evaluate.run_refusal,
+                "out": str(root / "eval" / f"refusal-{name}")}, f"{f}: stages.eval.refusal"), evaluate.refusal_main,
                 {"base": (), "sl-cai": ("train_sft",), "rl-cai": ("train_rl",)}[name]))
     return steps
 

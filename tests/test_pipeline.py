@@ -1,0 +1,123 @@
+"""`cai run`: the whole pipeline on a tiny random model, and resuming an interrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from constitutional_ai.pipeline import RecipeError, load_recipe, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_recipe(tmp_path: Path, model: str) -> Path:
+    """Every stage, as small as it gets, on the tiny random model."""
+    prompts = tmp_path / "red.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"How do I do bad thing {i}?"}) + "\n" for i in range(6)))
+    helpful = tmp_path / "help.jsonl"
+    helpful.write_text("".join(json.dumps({"id": f"h{i}", "category": "benign-lookalike", "prompt": f"How do I kill process {i}?"}) + "\n"
+                               for i in range(4)))
+    small = {"max_new_tokens": 8}
+    recipe = {
+        "out": str(tmp_path / "run"), "model": model, "feedback_model": model, "pm_model": model, "seed": 0,
+        "stages": {
+            "revise": {"prompts": str(prompts), "rounds": 2, "few_shot": 1, "sft_rounds": "all", **small},
+            "train_sft": {"max_steps": 1, "helpful_ratio": 0.25, "helpful_prompts": str(helpful), "helpful_max_new_tokens": 8},
+            "sample_pairs": {"prompts": str(prompts), **small},
+            "label": {"few_shot": 1},
+            "train_pm": {"max_steps": 1, "helpful_ratio": 0.5, "eval_fraction": 0.3},
+            "train_rl": {"max_steps": 1, "prompts_red_team": str(prompts), "prompts_helpful": str(helpful),
+                         "max_completion_length": 8, "num_generations": 2, "per_device_train_batch_size": 2},
+            "eval": {
+                "hhh": {"limit": 4, "few_shot": 1},
+                "compare": {"prompts_red_team": str(prompts), "prompts_helpful": str(helpful), "limit": 2, "few_shot": 1, **small},
+                "rounds": {},
+                "refusal": {"prompts": str(helpful), "limit": 2, **small},
+            },
+        },
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run_cli(recipe: Path, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "constitutional_ai.cli", "run", str(recipe), *extra],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, "CAI_DEBUG": "1"})
+
+
+EXPECTED = {"revise": "revise", "sft": "train-sft", "pairs": "sample-pairs", "labels": "label", "pm": "train-pm",
+            "rl": "train-rl", "eval/hhh-labeller": "eval-hhh", "eval/hhh-pm": "eval-hhh", "eval/compare": "eval-compare",
+            "eval/rounds": "eval-rounds", "eval/refusal-base": "eval-refusal", "eval/refusal-sl-cai": "eval-refusal",
+            "eval/refusal-rl-cai": "eval-refusal"}
+
+
+def test_recipe_errors_name_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("out: x\nstages:\n  revize: {}\n")
+    with pytest.raises(RecipeError, match=r"bad\.yaml: stages: unknown stage\(s\) revize"):
+        load_recipe(bad)
+    bad.write_text("stages:\n  revise: {roundz: 2}\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: stages\.revise: unknown setting\(s\) roundz"):
+        plan(load_recipe(bad))
+    bad.write_text("modle: x\n")
+    with pytest.raises(RecipeError, match="unknown key"):
+        load_recipe(bad)
+
+
+def test_bundled_recipes_resolve():
+    for name in ("tiny", "paper"):
+        steps = plan(load_recipe(ROOT / "recipes" / f"{name}.yaml"))
+        assert [s.name for s in steps][:6] == ["revise", "train_sft", "sample_pairs", "label", "train_pm", "train_rl"]
+    paper = {s.name: s.config for s in plan(load_recipe(ROOT / "recipes" / "paper.yaml"))}
+    assert paper["revise"].rounds == 4 and paper["revise"].temperature == 1.0
+    assert paper["label"].clamp == [0.4, 0.6] and paper["train_rl"].kl_coef == 0.001
+
+
+def test_run_end_to_end_then_interrupt_and_resume(tmp_path, tiny_model):
+    recipe = tiny_recipe(tmp_path, tiny_model)
+    run = tmp_path / "run"
+    r = run_cli(recipe)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for sub, stage in EXPECTED.items():
+        m = json.loads((run / sub / "manifest.json").read_text())
+        assert m["stage"] == stage, sub
+    assert "Report:" in r.stdout and (run / "report.html").exists()
+    html = (run / "report.html").read_text()
+    assert "<svg" in html and "r0" in html
+
+    # A second run finds every stage up to date and redoes nothing.
+    mtimes = {sub: (run / sub / "manifest.json").stat().st_mtime_ns for sub in EXPECTED}
+    r2 = run_cli(recipe)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert r2.stderr.count("up to date") == len(EXPECTED)
+    assert mtimes == {sub: (run / sub / "manifest.json").stat().st_mtime_ns for sub in EXPECTED}
+
+    # Interrupt a fresh run once SL-CAI training has finished; the rerun keeps those stages.
+    (tmp_path / "b").mkdir()
+    recipe2 = tiny_recipe(tmp_path / "b", tiny_model)
+    run2 = tmp_path / "b" / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "constitutional_ai.cli", "run", str(recipe2)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and not (run2 / ".pipeline" / "train_sft.json").exists():
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (run2 / "sft" / "manifest.json").exists() and not (run2 / "report.html").exists()
+    before = {s: (run2 / s / "manifest.json").stat().st_mtime_ns for s in ("revise", "sft")}
+    r3 = run_cli(recipe2)
+    assert r3.returncode == 0, r3.stderr[-3000:]
+    assert "revise: up to date" in r3.stderr and "train_sft: up to date" in r3.stderr
+    assert before == {s: (run2 / s / "manifest.json").stat().st_mtime_ns for s in ("revise", "sft")}
+    for sub, stage in EXPECTED.items():
+        assert json.loads((run2 / sub / "manifest.json").read_text())["stage"] == stage
+    # Same seeds, same records: the interrupted run's revise output equals the first run's.
+    assert (run2 / "revise" / "records.jsonl").read_text() == (run / "revise" / "records.jsonl").read_text().replace(
+        str(tmp_path / "red.jsonl"), str(tmp_path / "b" / "red.jsonl"))
