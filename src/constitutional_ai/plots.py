@@ -28,9 +28,11 @@ def _fmt(v: float) -> str:
         return "0"
     a = abs(v)
     if a >= 10000 or a < 0.001:
-        return f"{v:.1e}"
-    if a >= 100 or float(v).is_integer():
+        return f"{v:.1e}".replace("e-0", "e-").replace("e+0", "e")
+    if float(v).is_integer():
         return f"{v:.0f}"
+    if a >= 100:
+        return f"{v:.1f}"
     return f"{v:.3g}"
 
 
@@ -88,11 +90,13 @@ class _Frame:
         return self.top + (1 - (v - self.y0) / (self.y1 - self.y0)) * self.ph
 
     def y_axis(self, ticks: Sequence[float] | None = None) -> None:
-        for t in ticks if ticks is not None else nice_ticks(self.y0, self.y1):
-            if self.y0 - 1e-12 <= t <= self.y1 + 1e-12:
-                yy = self.y(t)
-                self.parts.append(f'<line x1="{self.left}" x2="{self.left + self.pw}" y1="{yy:.1f}" y2="{yy:.1f}" class="grid" stroke="#e3e3e3"/>')
-                self.parts.append(f'<text x="{self.left - 6}" y="{yy + 4:.1f}" text-anchor="end" font-size="11" fill="#555">{_fmt(t)}</text>')
+        """Grid lines and tick labels; call first: it widens the left margin to fit the labels."""
+        ticks = [t for t in (ticks if ticks is not None else nice_ticks(self.y0, self.y1)) if self.y0 - 1e-12 <= t <= self.y1 + 1e-12]
+        self.left = max(self.left, int(30 + 6.5 * max((len(_fmt(t)) for t in ticks), default=0)))
+        for t in ticks:
+            yy = self.y(t)
+            self.parts.append(f'<line x1="{self.left}" x2="{self.left + self.pw}" y1="{yy:.1f}" y2="{yy:.1f}" class="grid" stroke="#e3e3e3"/>')
+            self.parts.append(f'<text x="{self.left - 6}" y="{yy + 4:.1f}" text-anchor="end" font-size="11" fill="#555">{_fmt(t)}</text>')
 
     def x_axis_numeric(self, integer: bool = False) -> None:
         ticks = nice_ticks(self.x0, self.x1, 6)
@@ -467,7 +471,7 @@ h1{font-size:22px;margin:6px 0}h2{font-size:18px;margin:4px 0 8px}h3{font-size:1
 small,.muted{color:var(--muted)}
 code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;background:#f0f1f3;padding:0 3px;border-radius:3px}
 table{border-collapse:collapse;margin:6px 0 10px;font-size:13px}td,th{border-bottom:1px solid var(--line);padding:3px 10px 3px 0;text-align:left;vertical-align:top}
-th{font-weight:600;color:#444}table.summary{width:100%}table.summary td:last-child,table.summary code{white-space:nowrap}table.counts th{font-weight:500;color:var(--muted);font-size:12px}
+th{font-weight:600;color:#444}table.summary{width:100%}table.summary td:first-child,table.summary td:last-child,table.summary code{white-space:nowrap}table.counts th{font-weight:500;color:var(--muted);font-size:12px}
 .ok{color:#2e6b27;font-size:12px}ul.warnings{color:#b3261e;margin:6px 0}
 .note{background:#fff8e1;border:1px solid #f1d38a;border-radius:6px;padding:8px 12px}
 .notrun{color:var(--muted);font-style:italic}

@@ -386,6 +386,8 @@ def sec_rl(stages: list[Stage], ctx: Ctx) -> str:
         charts = []
         for title, ylabel, keys, yr in RL_CHARTS:
             ser = {lab: [(r.get("step", i), r.get(k)) for i, r in enumerate(log)] for lab, k in keys if any(r.get(k) is not None for r in log)}
+            if all(r.get("reward_total") == r.get("reward") for r in log):
+                ser.pop("total reward optimised", None)  # no boilerplate penalty: the same line twice
             band = {"mean PM reward": [(r.get("step", i), r["reward"] - r["reward_std"], r["reward"] + r["reward_std"])
                                        for i, r in enumerate(log) if finite(r.get("reward")) and finite(r.get("reward_std"))]}
             if ser:
