@@ -14,7 +14,7 @@ class FakeBackend:
 
     ``replies`` maps a substring of the last user message to a fixed reply (first match);
     otherwise the reply is ``"reply-<hash>"``. ``choice_logprobs`` maps a substring of a
-    scoring prompt to the option log-probs to return. ``delay`` sleeps per generate call,
+    scoring prompt to the option log-probs to return. ``delay`` sleeps per generate and score call,
     so tests can kill a run mid-way.
     """
 
@@ -60,6 +60,8 @@ class FakeBackend:
         if not self.logprobs:
             raise LogprobsUnavailable("fake backend configured without log-probabilities")
         self.score_calls.append(list(prompts))
+        if self.delay:
+            time.sleep(self.delay)
         out = []
         for p in prompts:
             for needle, lps in self.choice_logprobs.items():

@@ -346,31 +346,32 @@ class LocalBackend:
             for (i, j, _, suffix, n), lp in zip(rows, logp):
                 if single:
                     results[i] = [float(lp[-1, o[0]]) for o in option_ids[i]]
-                else:
+                else:  # lp row t predicts the t-th option token
                     targets = torch.tensor(suffix[len(suffix) - n:])
-                    pos = torch.arange(len(suffix) - n - 1, len(suffix) - 1)
-                    results[i][j] = float(lp[pos, targets].sum())
+                    results[i][j] = float(lp[torch.arange(n), targets].sum())
         return results
 
     def _prefix_batches(self, prompt_ids: list[list[int]]):
         """Group prompts sharing a token prefix; yield batches of (prefix_len, members).
 
-        Sorting the token lists puts prompts with common prefixes next to each other; a
-        group's prefix stops one token short of its shortest member so every member keeps a
-        suffix to score.
+        Sorting the token lists puts prompts with common prefixes next to each other. A
+        prompt joins the current group when that costs fewer tokens than encoding it alone:
+        with group size g, prefix p and the prefix p' it would shrink to, joining re-encodes
+        (g - 1)(p - p') tokens and saves p'. A group's prefix stops one token short of its
+        shortest member so every member keeps a suffix to score. Groups never exceed the
+        batch size.
         """
         order = sorted(range(len(prompt_ids)), key=lambda i: prompt_ids[i])
         groups: list[tuple[int, list[int]]] = []
         for i in order:
             ids = prompt_ids[i]
-            if groups:
+            if groups and len(groups[-1][1]) < self.batch_size:
                 plen, members = groups[-1]
                 first = prompt_ids[members[0]]
-                k = 0
-                lim = min(plen, len(ids) - 1)
+                k, lim = 0, min(plen, len(ids) - 1)
                 while k < lim and first[k] == ids[k]:
                     k += 1
-                if k >= self.min_shared_prefix:
+                if k >= self.min_shared_prefix and (len(members) - 1) * (plen - k) < k:
                     groups[-1] = (k, members + [i])
                     continue
             groups.append((len(ids) - 1, [i]))
@@ -387,7 +388,9 @@ class LocalBackend:
     def _suffix_logprobs(self, prefixes: list[list[int]], rows: list[tuple]) -> list[torch.Tensor]:
         """Encode each group's prefix once, then every row's suffix on a copy of its cache.
 
-        Returns, per row, log-softmax over the vocabulary at each suffix position.
+        Returns, per row, log-softmax over the vocabulary at the positions that predict its
+        last ``n`` tokens (``n = max(1, row[4])``, the option tokens; just the next token
+        when the row scores single-token options). Only those positions get logits.
         """
         pad = self.tokenizer.pad_token_id
         P = max(len(p) for p in prefixes)
@@ -405,16 +408,24 @@ class LocalBackend:
         S = max(len(r[3]) for r in rows)
         suf = torch.full((len(rows), S), pad, dtype=torch.long)
         suf_mask = torch.zeros((len(rows), S), dtype=torch.long)
+        wanted = []
         for b, r in enumerate(rows):
             suf[b, : len(r[3])] = torch.tensor(r[3])  # right-padded: pads sit after real tokens
             suf_mask[b, : len(r[3])] = 1
+            n = max(1, r[4])
+            wanted.append(list(range(len(r[3]) - n, len(r[3]))) if r[4] else [len(r[3]) - 1])
         suf, suf_mask = suf.to(self.device), suf_mask.to(self.device)
         start = pre_mask[groups].sum(-1, keepdim=True)
         suf_pos = start + torch.arange(S, device=self.device)
         mask = torch.cat([pre_mask[groups], suf_mask], dim=-1)
-        logits = self.model(input_ids=suf, attention_mask=mask, position_ids=suf_pos, cache=cache, use_cache=True).logits
+        # Multi-token options need the positions *before* each option token.
+        need = sorted({q - 1 if r[4] else q for w, r in zip(wanted, rows) for q in w})
+        keep = torch.tensor(need, device=self.device)
+        logits = self.model(input_ids=suf, attention_mask=mask, position_ids=suf_pos, cache=cache,
+                            use_cache=True, logits_to_keep=keep).logits
         logp = logits.float().log_softmax(-1).cpu()
-        return [logp[b, : len(r[3])] for b, r in enumerate(rows)]
+        col = {q: c for c, q in enumerate(need)}
+        return [logp[b, [col[q - 1 if r[4] else q] for q in w]] for b, (w, r) in enumerate(zip(wanted, rows))]
 
 
 def _common_prefix_len(seqs: list[list[int]]) -> int:
