@@ -14,7 +14,7 @@ env: $(STAMP) browser
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-liberation fonts-dejavu-core >/dev/null; \
 	  else echo "note: chromium not installed (needs root + apt-get); browser tests will be skipped"; fi; }
 
 # constraints.txt pins the stack the test suite was last run against (CPU path); the
