@@ -277,7 +277,8 @@ def main(cfg: TrainSFTConfig) -> Path:
                        "trained_examples": len(trainer.train_dataset) if dropped is not None else None},
             "train": {"steps": steps, "first_loss": losses[0] if losses else None,
                       "last_loss": losses[-1] if losses else None, "train_loss": result.training_loss,
-                      "seconds_per_step": round(result.metrics["train_runtime"] / max(steps, 1), 3)},
+                      "seconds_per_step": round(result.metrics["train_runtime"] / max(steps, 1), 3),
+                      "log_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]},
             "files": {"checkpoint": ".", "helpful": "helpful.jsonl" if n_help and cfg.helpful_data is None else None},
             "seconds": round(time.time() - t0, 1),
         })
