@@ -1,0 +1,120 @@
+"""The in-process transformers backend on a tiny random Llama (and the embedded model)."""
+
+import time
+
+import pytest
+import torch
+
+from constitutional_ai.models import PromptTooLong, Sampling
+from constitutional_ai.models.local import LocalBackend, embedded_model_dir
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model):
+    return LocalBackend(tiny_model, batch_size=4)
+
+
+def convs(n, prefix=""):
+    return [[{"role": "user", "content": f"{prefix}question number {i} " + "word " * (i % 3)}] for i in range(n)]
+
+
+def test_generation_depends_on_seed_not_on_batch(backend):
+    sp = Sampling(max_new_tokens=12)
+    c = convs(6)
+    backend.batch_size = 4
+    full = backend.generate(c, sp, seeds=list(range(6)))
+    backend.batch_size = 1
+    one_by_one = [backend.generate([x], sp, seeds=[s])[0] for x, s in zip(c, range(6))]
+    backend.batch_size = 4
+    reordered = backend.generate(c[::-1], sp, seeds=list(range(6))[::-1])[::-1]
+    assert full == one_by_one == reordered
+    assert len(set(full)) > 1
+    assert backend.generate(c[:1], sp, seeds=[99]) != full[:1]  # another seed, another sample
+
+
+def test_shared_prefix_path_matches_left_padding(backend):
+    c = convs(4, prefix="A long shared instruction that every prompt in the batch begins with. " * 8)
+    sp = Sampling(max_new_tokens=10)
+    shared = backend.generate(c, sp, seeds=[1, 2, 3, 4])
+    backend.min_shared_prefix = 10**9
+    try:
+        plain = backend.generate(c, sp, seeds=[1, 2, 3, 4])
+    finally:
+        backend.min_shared_prefix = 64
+    assert shared == plain
+
+
+def test_stop_strings_cut_the_text(backend):
+    # A seeded sample is fixed; stopping at a string inside it must cut the text there.
+    (full,) = backend.generate(convs(1), Sampling(max_new_tokens=12), seeds=[5])
+    assert len(full) > 6
+    stop = full[4:6]
+    (cut,) = backend.generate(convs(1), Sampling(max_new_tokens=12, stop=(stop,)), seeds=[5])
+    assert cut == full[: full.find(stop)].strip()
+
+
+@torch.inference_mode()
+def naive_scores(b, prompts, options):
+    out = []
+    for p in prompts:
+        ids = b.tokenizer(p, add_special_tokens=False).input_ids
+        row = []
+        for o in options:
+            full = b.tokenizer(p + o, add_special_tokens=False).input_ids
+            lp = b.model(input_ids=torch.tensor([full])).logits[0].float().log_softmax(-1)
+            row.append(float(sum(lp[k - 1, full[k]] for k in range(len(ids), len(full)))))
+        out.append(row)
+    return out
+
+
+@pytest.mark.parametrize("options", [["A", "B"], [" yes", " no thanks"]])
+def test_score_choices_equals_naive_with_and_without_prefix_reuse(backend, options):
+    shared = "Consider the following conversation between a human and an assistant. " * 6
+    prompts = [backend.render([{"role": "user", "content": shared + f"(A) first {i} (B) second"},
+                               {"role": "assistant", "content": "The answer is: ("}]) for i in range(5)]
+    prompts.append(backend.render([{"role": "user", "content": "short"}]))
+    ref = naive_scores(backend, prompts, options)
+    flat = lambda rows: [x for r in rows for x in r]  # noqa: E731
+    got = backend.score_choices(prompts, options)
+    assert flat(got) == pytest.approx(flat(ref), abs=1e-4)
+    backend.min_shared_prefix = 10**9
+    try:
+        assert flat(backend.score_choices(prompts, options)) == pytest.approx(flat(ref), abs=1e-4)
+    finally:
+        backend.min_shared_prefix = 64
+
+
+def test_prefill_rendering_continues_the_assistant_turn(backend):
+    text = backend.render([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "The answer is: ("}])
+    assert text.endswith("The answer is: (")
+
+
+def test_too_long_prompt_policy(tiny_model):
+    strict = LocalBackend(tiny_model)
+    long_conv = []
+    for i in range(40):
+        long_conv += [{"role": "user", "content": f"turn {i} " + "filler " * 20},
+                      {"role": "assistant", "content": "ok " * 20}]
+    long_conv.append({"role": "user", "content": "final question"})
+    sp = Sampling(max_new_tokens=8)
+    with pytest.raises(PromptTooLong, match=r"prompt #1 has \d+ tokens but the model accepts at most 2040"):
+        strict.generate([convs(1)[0], long_conv], sp)
+    lenient = LocalBackend(tiny_model, truncation="left")
+    kept = lenient._encode_conversation(0, long_conv, 2040)
+    assert len(kept) <= 2040
+    text = lenient.tokenizer.decode(kept)
+    assert "final question" in text and "turn 0 " not in text
+    assert len(lenient.generate([long_conv], sp)) == 1
+    with pytest.raises(ValueError, match="truncation"):
+        LocalBackend(tiny_model, truncation="middle")
+
+
+@pytest.mark.slow
+def test_embedded_model_is_cached_and_fast_to_reload():
+    path = embedded_model_dir()
+    assert (path / "config.json").exists() and list(path.glob("*.safetensors"))
+    t0 = time.time()
+    b = LocalBackend("default")
+    assert time.time() - t0 < 30 and b.name == "SmolLM2-135M-Instruct"
+    (reply,) = b.generate([[{"role": "user", "content": "What is the capital of France?"}]], Sampling(max_new_tokens=16, temperature=0))
+    assert "Paris" in reply
