@@ -93,6 +93,10 @@ class OpenAITestServer:
         if self.bad_request:
             return 400, {}, _error("simulated bad request: unknown parameter")
         if path == "/v1/chat/completions":
+            msgs = body.get("messages") or []
+            if msgs and msgs[-1].get("role") == "assistant" and not body.get("continue_final_message"):
+                # Like a server that would otherwise open a new turn after the prefill.
+                return 400, {}, _error("final assistant message needs continue_final_message=true")
             return 200, {}, self._chat(body)
         if path == "/v1/completions":
             k = body.get("logprobs")

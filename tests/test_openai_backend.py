@@ -78,6 +78,16 @@ def test_generate_order_seed_and_sampling_sent(backend, server, local):
         )
 
 
+def test_generate_continues_a_prefilled_assistant_turn(backend, server, local):
+    server.reset()
+    conv = [{"role": "user", "content": "Which is better?"}, {"role": "assistant", "content": "Let's think step by step:"}]
+    sampling = Sampling(max_new_tokens=6)
+    (out,) = backend.generate([conv], sampling, seeds=[3])
+    assert out == local.generate([conv], sampling, seeds=[3])[0]
+    (body,) = server.bodies(CHAT)
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+
+
 def test_generate_default_seeds_and_api_key(server, monkeypatch):
     server.reset()
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-123")

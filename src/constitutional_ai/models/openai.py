@@ -141,6 +141,12 @@ class OpenAIBackend:
             }
             if sampling.stop:
                 body["stop"] = list(sampling.stop)
+            if conv and conv[-1].get("role") == "assistant":
+                # Prefill (e.g. "Let's think step by step:"): the reply continues that turn.
+                # vLLM and SGLang take these chat-template switches; servers without them
+                # would start a new turn, so they are sent explicitly.
+                body["continue_final_message"] = True
+                body["add_generation_prompt"] = False
             reply = self._post("/chat/completions", body)
             try:
                 content = reply["choices"][0]["message"]["content"]
