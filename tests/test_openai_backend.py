@@ -208,8 +208,40 @@ def test_connection_refused_names_url():
 
 
 # ------------------------------------------------------------------------- render
-def test_render_needs_a_tokenizer(server, tiny_model, local):
+def test_render_needs_a_tokenizer(server, tiny_model, local, monkeypatch, tmp_path):
     conv = [{"role": "user", "content": "hi"}]
-    with pytest.raises(BackendError, match="tokenizer"):
-        OpenAIBackend("tiny", server.url).render(conv)
+    monkeypatch.delenv("CAI_OPENAI_TOKENIZER", raising=False)
+    with pytest.raises(BackendError, match="CAI_OPENAI_TOKENIZER"):
+        OpenAIBackend(str(tmp_path / "no-such-model"), server.url).render(conv)
     assert OpenAIBackend("tiny", server.url, tokenizer=tiny_model).render(conv) == local.render(conv)
+    # the model name is tried as the tokenizer, then the environment variable
+    assert OpenAIBackend(tiny_model, server.url).render(conv) == local.render(conv)
+    monkeypatch.setenv("CAI_OPENAI_TOKENIZER", tiny_model)
+    prefill = conv + [{"role": "assistant", "content": "The answer is: ("}]
+    assert OpenAIBackend("tiny", server.url).render(prefill) == local.render(prefill)
+
+
+# ------------------------------------------------------------- a stage over HTTP
+def test_label_stage_over_http_matches_in_process(server, tiny_model, tmp_path):
+    """`cai label --model openai:...` gives the labels the in-process backend gives."""
+    import json
+
+    from constitutional_ai.stages import label
+    from constitutional_ai.store import StageDir
+
+    server.reset()
+    pairs = tmp_path / "pairs"
+    d = StageDir(pairs, "sample-pairs", {})
+    rf = d.records("pairs.jsonl")
+    for i in range(3):
+        rf.append({"key": f"q{i}", "prompt_id": f"q{i}", "messages": [{"role": "user", "content": f"question {i}?"}],
+                   "responses": [f"first answer {i}", f"second answer {i}"]})
+    d.finish({})
+    d.close()
+    runs = {}
+    for name, spec in (("http", f"openai:{tiny_model}@{server.url}"), ("local", tiny_model)):
+        out = label.main(label.LabelConfig(pairs=str(pairs), out=str(tmp_path / name), model=spec, few_shot=1))
+        runs[name] = [json.loads(x) for x in (out / "labels.jsonl").read_text().splitlines()]
+    assert [r["p_a"] for r in runs["http"]] == pytest.approx([r["p_a"] for r in runs["local"]], abs=1e-3)
+    assert runs["http"][0]["model"].startswith("openai:")
+    assert server.bodies(COMPLETIONS)  # really went over the wire

@@ -63,7 +63,8 @@ class OpenAIBackend:
         self.max_retries = max(0, int(max_retries))
         self.retry_base = float(retry_base)
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        self.tokenizer_path = tokenizer
+        # Servers name models by hub id or path, so that is the tokenizer to try first.
+        self.tokenizer_path = tokenizer or os.environ.get("CAI_OPENAI_TOKENIZER") or model
         self._tokenizer: Any = None
         # Once the server has refused logprobs=20, stop trying the single-request fast path.
         self._fast_path = True
@@ -224,19 +225,28 @@ class OpenAIBackend:
 
     # ---------------------------------------------------------------- prompts
     def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
-        """Apply the chat template of the local ``tokenizer`` option (the server's is unknown)."""
-        if self.tokenizer_path is None:
-            raise BackendError(
-                f"{self.name} cannot render chat prompts without a local tokenizer: pass "
-                "tokenizer=PATH_OR_HUB_ID (the served model's tokenizer). score_choices needs "
-                "raw prompt strings, and render builds them with that tokenizer's chat template."
-            )
+        """Apply the served model's chat template, from a local copy of its tokenizer.
+
+        The tokenizer is the ``tokenizer`` option, else ``$CAI_OPENAI_TOKENIZER``, else the
+        model name (servers usually name models by hub id or path). A final assistant
+        message is continued (prefill), as in :class:`LocalBackend`.
+        """
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+            except Exception as e:  # noqa: BLE001 - any load failure means the same thing here
+                raise BackendError(
+                    f"{self.name} cannot render chat prompts: no local tokenizer {self.tokenizer_path!r} ({e}). "
+                    "Set CAI_OPENAI_TOKENIZER to the served model's tokenizer folder or hub id; score_choices "
+                    "needs raw prompt strings built with that tokenizer's chat template."
+                ) from None
+        conversation = list(conversation)
+        if conversation and conversation[-1].get("role") == "assistant":
+            return self._tokenizer.apply_chat_template(conversation, tokenize=False, continue_final_message=True)
         return self._tokenizer.apply_chat_template(
-            list(conversation), tokenize=False, add_generation_prompt=add_generation_prompt
+            conversation, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
 
