@@ -31,9 +31,9 @@ from constitutional_ai.stages.label import LabelConfig, normalise, scoring_units
 from constitutional_ai.prompts import feedback_messages
 
 
-def build_prompts(backend: LocalBackend, n: int) -> list[str]:
+def build_prompts(backend: LocalBackend, n: int, principles: int) -> list[str]:
     c = load_constitution()
-    cfg = LabelConfig()
+    cfg = LabelConfig(principles=principles)
     prompts = []
     with open(HELPFUL_COMPARISONS) as f:
         rows = [json.loads(x) for x in f][:n]
@@ -66,9 +66,10 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--pairs", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--principles", type=int, default=1, help="principles per label (cai label --principles)")
     args = ap.parse_args()
     backend = LocalBackend(args.model, batch_size=args.batch_size)
-    prompts = build_prompts(backend, args.pairs)
+    prompts = build_prompts(backend, args.pairs, args.principles)
     n_tok = sum(backend.count_tokens(p) for p in prompts)
     backend.score_choices(prompts[:2], ["A", "B"])  # warm-up
     rows, ref = [], None
@@ -83,7 +84,7 @@ def main() -> None:
         err = max(abs(x - y) for x, y in zip(probs, ref))
         rows.append((name, dt, err))
     print(f"\n{os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}, model {backend.name}, "
-          f"{args.pairs} pairs x 2 orders = {len(prompts)} prompts, {n_tok / len(prompts):.0f} tokens/prompt on average\n")
+          f"{args.pairs} pairs x {args.principles} principles x 2 orders = {len(prompts)} prompts, {n_tok / len(prompts):.0f} tokens/prompt on average\n")
     print("| scorer | seconds | labels/s | vs naive | max abs diff in P(A) vs naive |")
     print("|---|---:|---:|---:|---:|")
     for name, dt, err in rows:

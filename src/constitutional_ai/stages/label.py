@@ -81,15 +81,17 @@ def clamp(p: float, lo: float, hi: float) -> float:
 
 
 def draw_principles(c: Constitution, cfg: LabelConfig, key: str) -> list[tuple[str, list[str]]]:
-    """For each of K principles: (principle id, [principle id of each few-shot exemplar])."""
+    """For each of K principles: (principle id, [principle id of each few-shot exemplar]).
+
+    Each few-shot exemplar draws its own principle, independently of the label's principle.
+    The exemplar draws are made once per pair and shared by its K principles and both
+    orders, so all of a pair's prompts begin with the same exemplars and conversation —
+    a prefix the backend encodes once.
+    """
     n_ex = len(c.feedback_examples) if cfg.few_shot is None else min(cfg.few_shot, len(c.feedback_examples))
-    out = []
-    for k in range(cfg.principles):
-        rng = random.Random(derive_seed(cfg.seed, key, "principle", k))
-        main = rng.choice(c.feedback).id
-        shots = [random.Random(derive_seed(cfg.seed, key, "exemplar", k, e)).choice(c.feedback).id for e in range(n_ex)]
-        out.append((main, shots))
-    return out
+    shots = [random.Random(derive_seed(cfg.seed, key, "exemplar", e)).choice(c.feedback).id for e in range(n_ex)]
+    return [(random.Random(derive_seed(cfg.seed, key, "principle", k)).choice(c.feedback).id, shots)
+            for k in range(cfg.principles)]
 
 
 def scoring_units(rec: dict, c: Constitution, cfg: LabelConfig) -> list[dict]:
