@@ -9,6 +9,7 @@ underscores (``--max-new-tokens`` = ``--max_new_tokens``).
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Sequence, TypeVar
 
 T = TypeVar("T")
@@ -36,6 +37,28 @@ def parse_config(cls: type[T], argv: Sequence[str] | None, prog: str, descriptio
     parser.add_argument("--config", help="YAML file with any of these settings (flags override it)")
     # TrlParser consumes --config itself; the declared argument only documents it in --help.
     return parser.parse_args_and_config(list(argv) if argv is not None else None)[0]
+
+
+def training_config_dict(cfg: Any) -> dict:
+    """A TRL/transformers training config as JSON-ready values, for manifests.
+
+    ``to_dict()`` masks every ``*_token`` value as if it were a secret; the tokenizer's
+    ``eos_token``/``pad_token`` settings are not, so they are shown. Values that are not
+    JSON (callables, objects) are left out.
+    """
+    d = cfg.to_dict()
+    for k in ("eos_token", "pad_token"):
+        if hasattr(cfg, k):
+            d[k] = getattr(cfg, k)
+    return {k: v for k, v in d.items() if _jsonable(v)}
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+        return True
+    except TypeError:
+        return False
 
 
 def from_mapping(cls: type[T], values: dict, where: str) -> T:

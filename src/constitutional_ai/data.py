@@ -183,8 +183,9 @@ def hh_prompts(messages: list[dict]) -> list[list[dict]]:
     ]
 
 
-def _check_messages(value: Any, where: str, field: str) -> list[dict]:
-    """Validate a conversation that ends with a user turn; return normalised copies."""
+def check_messages(value: Any, where: str, field: str, last: str | None = "user") -> list[dict]:
+    """Validate a conversation (ending with a ``last`` turn unless None); return normalised
+    copies. Errors name the place, the field and the offending message."""
     if not isinstance(value, list):
         raise _err(where, f"expected a list of messages, got {type(value).__name__}", field)
     if not value:
@@ -204,12 +205,12 @@ def _check_messages(value: Any, where: str, field: str) -> list[dict]:
         if not isinstance(content, str):
             got = type(content).__name__
             raise _err(where, f"content must be a string, got {got}", f"{f}.content")
-        if not content.strip():
+        if not content.strip() and role != "assistant":  # an empty *answer* is data, not an error
             raise _err(where, "empty content", f"{f}.content")
         out.append({"role": role, "content": content})
-    if out[-1]["role"] != "user":
-        last = out[-1]["role"]
-        raise _err(where, f"conversation must end with a user turn (last role is {last!r})", field)
+    if last is not None and out[-1]["role"] != last:
+        article = "an" if last == "assistant" else "a"
+        raise _err(where, f"conversation must end with {article} {last} turn (last role is {out[-1]['role']!r})", field)
     return out
 
 
@@ -230,11 +231,11 @@ def _row_items(row: dict, where: str, default_id: str) -> list[PromptItem]:
     if "messages" in row and "prompt" in row:
         raise _err(where, "row has both 'prompt' and 'messages'; give one", "prompt")
     if "messages" in row:
-        return [item(rid or default_id, _check_messages(row["messages"], where, "messages"))]
+        return [item(rid or default_id, check_messages(row["messages"], where, "messages"))]
     if "prompt" in row:
         p = row["prompt"]
         if isinstance(p, list):  # TRL's conversational format: prompt is a message list.
-            return [item(rid or default_id, _check_messages(p, where, "prompt"))]
+            return [item(rid or default_id, check_messages(p, where, "prompt"))]
         if not isinstance(p, str):
             raise _err(where, f"prompt must be a string, got {type(p).__name__}", "prompt")
         if not p.strip():
@@ -255,7 +256,7 @@ def _row_items(row: dict, where: str, default_id: str) -> list[PromptItem]:
         if not prompts:
             raise _err(where, "no user turn in the conversation", field)
         # Only what the prompts contain is checked: HH rows may end with an empty reply.
-        longest = _check_messages(prompts[-1], where, field)
+        longest = check_messages(prompts[-1], where, field)
         base = rid or default_id
         # The paper's red-team prompts: every human turn, with the conversation before it.
         return [

@@ -26,11 +26,10 @@ from typing import Sequence
 import torch
 
 from ..config import opt, parse_config
-from ..data import DataError, read_jsonl, write_jsonl_atomic
+from ..data import DataError, check_messages, read_jsonl, write_jsonl_atomic
 from ..store import MANIFEST, SETTINGS, read_manifest
 
 Conversation = Sequence[dict]
-_ROLES = ("system", "user", "assistant")
 
 
 @dataclass
@@ -116,21 +115,10 @@ def score_conversations(
     return score_ids(model, tokenizer.pad_token_id, seqs, batch_size)
 
 
-def _messages(value, where: str, field: str) -> list[dict]:
-    if not isinstance(value, list) or not value:
-        raise DataError(f"{where}: field '{field}': expected a non-empty list of messages")
-    out = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), str):
-            raise DataError(f"{where}: field '{field}[{i}]': expected {{\"role\": system|user|assistant, \"content\": string}}")
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
-
-
 def row_conversation(row: dict, where: str) -> list[dict]:
     """The conversation to score from one input row (see the module docstring)."""
     if "messages" in row:
-        conv = _messages(row["messages"], where, "messages")
+        conv = check_messages(row["messages"], where, "messages", last=None)
         if conv[-1]["role"] != "assistant":
             raise DataError(f"{where}: field 'messages': must end with the assistant response to score (last role is {conv[-1]['role']!r})")
         return conv
@@ -140,7 +128,7 @@ def row_conversation(row: dict, where: str) -> list[dict]:
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
     else:
-        prompt = _messages(prompt, where, "prompt")
+        prompt = check_messages(prompt, where, "prompt", last=None)
     if not isinstance(row["response"], str):
         raise DataError(f"{where}: field 'response': expected a string, got {type(row['response']).__name__}")
     return prompt + [{"role": "assistant", "content": row["response"]}]

@@ -58,12 +58,11 @@ import torch.nn.functional as F
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
-from ..config import opt, parse_config
-from ..data import DataError, parse_hh_transcript, read_jsonl, write_jsonl_atomic
+from ..config import opt, parse_config, training_config_dict
+from ..data import DataError, check_messages, parse_hh_transcript, read_jsonl, write_jsonl_atomic
 from ..store import StageDir, file_sha256, read_manifest, write_json_atomic
 from .score import encode_conversation, score_ids
 
-_ROLES = ("system", "user", "assistant")
 
 
 # ----------------------------------------------------------------------------- losses
@@ -142,19 +141,6 @@ def settings_of(cfg: TrainPMConfig, inputs: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- data
-def _messages(value: Any, where: str, field: str, last: str | None) -> list[dict]:
-    if not isinstance(value, list) or not value:
-        raise DataError(f"{where}: field '{field}': expected a non-empty list of messages")
-    out = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), str):
-            raise DataError(f"{where}: field '{field}[{i}]': expected {{\"role\": system|user|assistant, \"content\": string}}")
-        out.append({"role": m["role"], "content": m["content"]})
-    if last and out[-1]["role"] != last:
-        raise DataError(f"{where}: field '{field}': must end with a {last} turn (last role is {out[-1]['role']!r})")
-    return out
-
-
 def parse_pair(row: dict, where: str, source: str, default_p: float | None) -> dict:
     """One comparison → ``{id, source, where, prompt, chosen, rejected, p_chosen}``.
 
@@ -163,13 +149,13 @@ def parse_pair(row: dict, where: str, source: str, default_p: float | None) -> d
     """
     if "prompt" in row:
         prompt = row["prompt"]
-        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _messages(prompt, where, "prompt", "user")
+        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else check_messages(prompt, where, "prompt", "user")
         sides = {}
         for k in ("chosen", "rejected"):
             v = row.get(k)
             if v is None:
                 raise DataError(f"{where}: field '{k}': missing")
-            sides[k] = [{"role": "assistant", "content": v}] if isinstance(v, str) else _messages(v, where, k, "assistant")
+            sides[k] = [{"role": "assistant", "content": v}] if isinstance(v, str) else check_messages(v, where, k, "assistant")
     else:
         convs = {}
         for k in ("chosen", "rejected"):
@@ -412,7 +398,7 @@ def main(cfg: TrainPMConfig) -> Path:
         write_jsonl_atomic(Path(cfg.out) / "heldout_scores.jsonl", per)
         summary = {k: metrics[k] for k in ("accuracy", "log_loss", "label_entropy", "ece") if k in metrics}
         manifest = out.finish({
-            "config": {k: v for k, v in cfg.to_dict().items() if _jsonable(v)},
+            "config": training_config_dict(cfg),
             "inputs": inputs,
             "counts": {"ai_labels": len(ai), "helpful": len(helpful), "ai_used": len(ai_used),
                        "helpful_used": len(helpful_used), "too_long": dropped, "train": len(train_rows),
@@ -426,14 +412,6 @@ def main(cfg: TrainPMConfig) -> Path:
           + (f"accuracy {metrics['accuracy']:.3f}, ECE {metrics['ece']:.3f}" if heldout else "set empty")
           + f" -> {manifest.parent}", file=sys.stderr)
     return Path(cfg.out)
-
-
-def _jsonable(v: Any) -> bool:
-    try:
-        json.dumps(v)
-        return True
-    except TypeError:
-        return False
 
 
 def cli(argv: list[str] | None = None) -> int:

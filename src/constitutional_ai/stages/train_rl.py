@@ -63,7 +63,7 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOConfig, RLOOConfig
 
-from ..config import opt, parse_config
+from ..config import opt, parse_config, training_config_dict
 from ..data import DataError, PromptItem, builtin_path, load_prompts
 from ..models import derive_seed
 from ..models.local import resolve_model_path
@@ -343,7 +343,7 @@ def main(cfg: TrainRLConfig) -> Path:
         warnings = guard_warnings(first, last) if log.rows else []
         for w in warnings:
             print(f"[train rl] guard: {w} (see log.jsonl and samples.jsonl)", file=sys.stderr)
-        config = {k: v for k, v in cfg.to_dict().items() if _jsonable(v)}
+        config = training_config_dict(cfg)
         out.finish({
             "config": config,
             "trainer": {"class": type(trainer).__name__, "beta": trainer.beta, "reward_funcs": trainer.reward_func_names,
@@ -361,14 +361,6 @@ def main(cfg: TrainRLConfig) -> Path:
     print(f"[train rl] {steps} steps; reward {first.get('reward')} -> {last.get('reward')}; checkpoint -> {cfg.out}",
           file=sys.stderr)
     return Path(cfg.out)
-
-
-def _jsonable(v: Any) -> bool:
-    try:
-        json.dumps(v)
-        return True
-    except TypeError:
-        return False
 
 
 def cli(argv: list[str] | None = None) -> int:

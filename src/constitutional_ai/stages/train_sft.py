@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from ..config import opt, parse_config
+from ..config import opt, parse_config, training_config_dict
 from ..data import DataError, builtin_path, load_prompts, read_jsonl
 from ..models import Sampling, derive_seed, load_backend
 from ..models.local import resolve_model_path
@@ -96,17 +96,9 @@ _NOT_SETTINGS_PREFIXES = ("logging_", "log_", "trackio_", "eval", "save_", "hub_
                           "ddp_", "include_for_metrics", "batch_eval", "load_best", "metric_for", "greater_is")
 
 
-def config_dict(cfg: TrainSFTConfig) -> dict:
-    """The resolved config as JSON-ready values."""
-    d = cfg.to_dict()
-    for k in ("eos_token", "pad_token"):  # to_dict() hides every *_token value, not only secrets
-        d[k] = getattr(cfg, k)
-    return d
-
-
 def settings_of(cfg: TrainSFTConfig, data_hashes: list[str], helpful_hash: str | None) -> dict:
     """Everything that changes the finetuned weights; a rerun must match it exactly."""
-    s = {k: v for k, v in config_dict(cfg).items() if k not in _NOT_SETTINGS and not k.startswith(_NOT_SETTINGS_PREFIXES)}
+    s = {k: v for k, v in training_config_dict(cfg).items() if k not in _NOT_SETTINGS and not k.startswith(_NOT_SETTINGS_PREFIXES)}
     s["data_sha256"] = data_hashes
     s["helpful_data_sha256"] = helpful_hash
     if cfg.helpful_data is not None:  # sampling settings are moot with a file
@@ -268,7 +260,7 @@ def main(cfg: TrainSFTConfig) -> Path:
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         steps = trainer.state.global_step
         out.finish({
-            "config": config_dict(cfg),
+            "config": training_config_dict(cfg),
             "inputs": {"data": inputs, "helpful_data": cfg.helpful_data,
                        "helpful_prompts": None if cfg.helpful_data or not n_help else cfg.helpful_prompts,
                        "model": resolve_model_path(cfg.model)},
