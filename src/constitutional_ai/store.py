@@ -189,6 +189,21 @@ class StageDir:
         self.close()
 
 
+def last_checkpoint(path: str | os.PathLike) -> str | None:
+    """The newest Trainer ``checkpoint-N`` folder in ``path``, to resume training from.
+
+    Training stages save such checkpoints only when asked (``--save-strategy steps
+    --save-steps N``); rerunning an interrupted command then continues from the last one
+    instead of starting over.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(str(path)) if Path(path).is_dir() else None
+    if found:
+        print(f"[cai] resuming training from {found}", file=sys.stderr)
+    return found
+
+
 def read_manifest(path: str | os.PathLike, stage: str | Iterable[str] | None = None) -> dict:
     """Load a finished stage folder's manifest, refusing unfinished or foreign folders."""
     path = Path(path)

@@ -60,7 +60,7 @@ from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from ..config import opt, parse_config, training_config_dict
 from ..data import DataError, check_messages, parse_hh_transcript, read_jsonl, write_jsonl_atomic
-from ..store import StageDir, file_sha256, read_manifest, write_json_atomic
+from ..store import StageDir, file_sha256, last_checkpoint, read_manifest, write_json_atomic
 from .score import encode_conversation, score_ids
 
 
@@ -383,7 +383,8 @@ def main(cfg: TrainPMConfig) -> Path:
         model = load_model(cfg, tokenizer)
         trainer = build_trainer(cfg, model, tokenizer, train_rows)
         t0 = time.time()
-        result = trainer.train()
+        resumed = last_checkpoint(cfg.out)
+        result = trainer.train(resume_from_checkpoint=resumed)
         seconds = time.time() - t0
         trainer.save_model(cfg.out)  # model + tokenizer; config carries pad_token_id
         steps = trainer.state.global_step

@@ -67,7 +67,7 @@ from ..config import opt, parse_config, training_config_dict
 from ..data import DataError, PromptItem, builtin_path, load_prompts
 from ..models import derive_seed
 from ..models.local import resolve_model_path
-from ..store import MANIFEST, StageDir, file_sha256, manifest_identity, read_manifest
+from ..store import MANIFEST, StageDir, file_sha256, last_checkpoint, manifest_identity, read_manifest
 from .score import load_pm, score_conversations
 
 STAGE = "train-rl"
@@ -332,7 +332,8 @@ def main(cfg: TrainRLConfig) -> Path:
         n_help = sum(r["source"] == "helpful" for r in rows)
         print(f"[train rl] {cfg.algorithm.upper()} of {cfg.policy} against {cfg.pm}: {len(rows) - n_help} red-team + "
               f"{n_help} helpful prompts, beta {trainer.beta}", file=sys.stderr)
-        result = trainer.train()
+        resumed = last_checkpoint(cfg.out)
+        result = trainer.train(resume_from_checkpoint=resumed)
         trainer.model.save_pretrained(cfg.out)
         trainer.processing_class.save_pretrained(cfg.out)
         samples = (rewards.first or []) + (rewards.last if rewards.last is not rewards.first else [])

@@ -42,7 +42,7 @@ from ..data import DataError, builtin_path, load_prompts, read_jsonl
 from ..models import Sampling, derive_seed, load_backend
 from ..models.local import resolve_model_path
 from ..prompts import STOP_STRINGS, clean_text
-from ..store import StageDir, file_sha256, read_manifest
+from ..store import StageDir, file_sha256, last_checkpoint, read_manifest
 
 STAGE = "train-sft"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # Llama/Qwen/Mistral-style attention names
@@ -251,7 +251,8 @@ def main(cfg: TrainSFTConfig) -> Path:
         trainer, dropped = build_trainer(cfg, revisions + helpful)
         print(f"[train sft] {len(revisions)} revisions + {len(helpful)} helpful examples "
               f"({'LoRA' if cfg.lora else 'full'} finetuning of {cfg.model})", file=sys.stderr)
-        result = trainer.train()
+        resumed = last_checkpoint(cfg.out)
+        result = trainer.train(resume_from_checkpoint=resumed)
         model = trainer.model
         if cfg.lora:
             model = model.merge_and_unload()  # a plain checkpoint: later stages need no peft
@@ -267,7 +268,7 @@ def main(cfg: TrainSFTConfig) -> Path:
             "counts": {"revision_examples": len(revisions), "helpful_examples": len(helpful),
                        "helpful_target": n_help, "helpful_empty": empty, "dropped_too_long": dropped,
                        "trained_examples": len(trainer.train_dataset) if dropped is not None else None},
-            "train": {"steps": steps, "first_loss": losses[0] if losses else None,
+            "train": {"steps": steps, "resumed_from": resumed and Path(resumed).name, "first_loss": losses[0] if losses else None,
                       "last_loss": losses[-1] if losses else None, "train_loss": result.training_loss,
                       "seconds_per_step": round(result.metrics["train_runtime"] / max(steps, 1), 3),
                       "log_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]},
