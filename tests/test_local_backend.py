@@ -118,3 +118,10 @@ def test_embedded_model_is_cached_and_fast_to_reload():
     assert time.time() - t0 < 30 and b.name == "SmolLM2-135M-Instruct"
     (reply,) = b.generate([[{"role": "user", "content": "What is the capital of France?"}]], Sampling(max_new_tokens=16, temperature=0))
     assert "Paris" in reply
+
+
+def test_unloadable_model_is_a_clear_error(tmp_path):
+    from constitutional_ai.models import BackendError
+
+    with pytest.raises(BackendError, match=r"cannot load model .*--model takes 'default'"):
+        LocalBackend(str(tmp_path / "no-such-checkpoint"))

