@@ -123,5 +123,5 @@ def test_embedded_model_is_cached_and_fast_to_reload():
 def test_unloadable_model_is_a_clear_error(tmp_path):
     from constitutional_ai.models import BackendError
 
-    with pytest.raises(BackendError, match=r"cannot load model .*--model takes 'default'"):
+    with pytest.raises(BackendError, match=r"(?s)cannot load model .*--model takes 'default'"):
         LocalBackend(str(tmp_path / "no-such-checkpoint"))
