@@ -32,6 +32,7 @@ __all__ = [
     "DataError",
     "PromptItem",
     "builtin_path",
+    "prompt_file",
     "hh_prompts",
     "load_prompts",
     "parse_hh_transcript",
@@ -94,6 +95,12 @@ def builtin_path(name: str) -> Path:
     except KeyError:
         known = ", ".join(sorted(BUILTIN_SETS))
         raise DataError(f"unknown built-in prompt set {name!r} (known: {known})") from None
+
+
+def prompt_file(spec: str | Path) -> Path:
+    """The file behind a prompt-set spec: ``builtin:NAME`` or a path."""
+    spec = str(spec)
+    return builtin_path(spec.split(":", 1)[1]) if spec.startswith("builtin:") else Path(spec)
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:

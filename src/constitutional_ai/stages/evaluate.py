@@ -55,12 +55,11 @@ from tqdm.auto import tqdm
 
 from ..config import opt, parse_config
 from ..constitution import FeedbackPrinciple, load_constitution
-from ..data import DataError, PromptItem, load_prompts
+from ..data import DataError, PromptItem, load_prompts, prompt_file
 from ..models import BackendError, LogprobsUnavailable, PromptTooLong, Sampling, derive_seed, load_backend
 from ..prompts import STOP_STRINGS, clean_text
 from ..store import MANIFEST, StageDir, file_sha256, json_sha256, manifest_identity, read_manifest, write_json_atomic
 from .label import LabelConfig, label_chunk, position_stats
-from .revise import prompts_file
 
 _DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 BUILTIN_TASKS = {"hhh_mini": _DATA_DIR / "hhh_mini.json"}
@@ -159,7 +158,7 @@ def prompt_items(spec: str, limit: int | None = None, take: str = "first", categ
     """A prompt set, optionally one category, then ``limit`` prompts from its start or end."""
     if take not in ("first", "last"):
         raise ValueError(f"--take must be 'first' or 'last', got {take!r}")
-    pfile = prompts_file(spec)
+    pfile = prompt_file(spec)
     items = load_prompts(pfile)
     if category not in (None, "", "all"):
         items = [it for it in items if it.category == category]

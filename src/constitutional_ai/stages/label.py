@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from ..config import opt, parse_config
 from ..constitution import Constitution, load_constitution
-from ..data import write_jsonl_atomic
+from ..data import read_jsonl, write_jsonl_atomic
 from ..models import BackendError, LogprobsUnavailable, Sampling, derive_seed, load_backend
 from ..prompts import COT_STOP, feedback_messages, feedback_question
 from ..store import StageDir, manifest_identity, read_manifest, write_json_atomic
@@ -216,7 +216,7 @@ def main(cfg: LabelConfig) -> Path:
     c = load_constitution(cfg.constitution)
     if not c.feedback:
         raise ValueError(f"{c.source}: the constitution has no feedback principles; the label stage needs them")
-    pairs = [r for r in _read_jsonl(Path(cfg.pairs) / "pairs.jsonl")][: cfg.limit]
+    pairs = [r for _, r in read_jsonl(Path(cfg.pairs) / "pairs.jsonl")][: cfg.limit]
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "limit", "batch_size", "pairs")}
     settings.update(constitution_sha256=c.fingerprint(), pairs_identity=manifest_identity(pm))
     out = StageDir(cfg.out, "label", settings)
@@ -260,15 +260,6 @@ def main(cfg: LabelConfig) -> Path:
           + (f", verdict follows the slot in {sf:.0%} of both-order checks" if sf is not None else "")
           + f" -> {manifest.parent}", file=sys.stderr)
     return Path(cfg.out)
-
-
-def _read_jsonl(path: Path):
-    import json
-
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
 
 
 def cli(argv: list[str] | None = None) -> int:

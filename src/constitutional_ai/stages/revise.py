@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ..config import opt, parse_config
 from ..constitution import Constitution, load_constitution
-from ..data import DataError, PromptItem, builtin_path, load_prompts, write_jsonl_atomic
+from ..data import DataError, PromptItem, load_prompts, prompt_file, write_jsonl_atomic
 from ..models import Backend, PromptTooLong, Sampling, derive_seed, load_backend
 from ..prompts import STOP_STRINGS, clean_text, critique_messages, revision_messages
 from ..store import StageDir, file_sha256
@@ -74,10 +74,6 @@ def settings_of(cfg: ReviseConfig, constitution: Constitution, prompts_hash: str
         "few_shot": cfg.few_shot,
         "no_critique": cfg.no_critique,
     }
-
-
-def prompts_file(spec: str) -> Path:
-    return builtin_path(spec.split(":", 1)[1]) if spec.startswith("builtin:") else Path(spec)
 
 
 def check_lengths(backend: Backend, items: Sequence[PromptItem], budget: int) -> None:
@@ -201,7 +197,7 @@ def main(cfg: ReviseConfig) -> Path:
         raise ValueError("--rounds and --samples must be at least 1")
     if cfg.sft_rounds not in ("last", "all") and not (cfg.sft_rounds.isdigit() and 1 <= int(cfg.sft_rounds) <= cfg.rounds):
         raise ValueError(f"--sft-rounds must be 'last', 'all' or a round number 1..{cfg.rounds}, got {cfg.sft_rounds!r}")
-    pfile = prompts_file(cfg.prompts)
+    pfile = prompt_file(cfg.prompts)
     items = load_prompts(pfile, limit=cfg.limit)
     constitution = load_constitution(cfg.constitution)
     if not constitution.critique_revision:

@@ -18,11 +18,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..config import opt, parse_config
-from ..data import load_prompts
+from ..data import load_prompts, prompt_file
 from ..models import PromptTooLong, Sampling, derive_seed, load_backend
 from ..prompts import STOP_STRINGS, clean_text
 from ..store import StageDir, file_sha256
-from .revise import prompts_file
 
 
 @dataclass
@@ -40,7 +39,7 @@ class SamplePairsConfig:
 
 
 def main(cfg: SamplePairsConfig) -> Path:
-    pfile = prompts_file(cfg.prompts)
+    pfile = prompt_file(cfg.prompts)
     items = load_prompts(pfile, limit=cfg.limit)
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "limit", "batch_size")}
     settings["prompts_sha256"] = file_sha256(pfile)

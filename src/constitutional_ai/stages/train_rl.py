@@ -57,14 +57,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from transformers import TrainerCallback
 from trl import GRPOConfig, RLOOConfig
 
 from ..config import opt, parse_config, training_config_dict
-from ..data import DataError, PromptItem, builtin_path, load_prompts
+from ..data import DataError, PromptItem, load_prompts, prompt_file
 from ..models import derive_seed
 from ..models.local import resolve_model_path
 from ..store import MANIFEST, StageDir, file_sha256, last_checkpoint, manifest_identity, read_manifest
@@ -146,10 +146,6 @@ def settings_of(cfg: TrainRLConfig, inputs: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- inputs
-def _prompt_file(spec: str) -> Path:
-    return builtin_path(spec.split(":", 1)[1]) if spec.startswith("builtin:") else Path(spec)
-
-
 def mix_prompts(red: list[PromptItem], helpful: list[PromptItem], fraction: float, limit: int | None,
                 seed: int) -> list[dict]:
     """As many prompts as both sets allow with ``fraction`` of them helpful (≤ ``limit``), seeded and shuffled.
@@ -317,8 +313,8 @@ def main(cfg: TrainRLConfig) -> Path:
     t0 = time.time()
     policy_path = resolve_model_path(cfg.policy)
     inputs = {"policy": describe_input(policy_path, None), "pm": describe_input(cfg.pm, "train-pm"),
-              "prompts": {"red_team": cfg.prompts_red_team, "red_team_sha256": file_sha256(_prompt_file(cfg.prompts_red_team)),
-                          "helpful": cfg.prompts_helpful, "helpful_sha256": file_sha256(_prompt_file(cfg.prompts_helpful))}}
+              "prompts": {"red_team": cfg.prompts_red_team, "red_team_sha256": file_sha256(prompt_file(cfg.prompts_red_team)),
+                          "helpful": cfg.prompts_helpful, "helpful_sha256": file_sha256(prompt_file(cfg.prompts_helpful))}}
     red, helpful = load_prompts(cfg.prompts_red_team), load_prompts(cfg.prompts_helpful)
     rows = mix_prompts(red, helpful, cfg.helpful_fraction, cfg.limit_prompts, cfg.seed)
     out = StageDir(cfg.out, STAGE, settings_of(cfg, inputs))

@@ -38,7 +38,7 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from ..config import opt, parse_config, training_config_dict
-from ..data import DataError, builtin_path, load_prompts, read_jsonl
+from ..data import DataError, load_prompts, prompt_file, read_jsonl
 from ..models import Sampling, derive_seed, load_backend
 from ..models.local import resolve_model_path
 from ..prompts import STOP_STRINGS, clean_text
@@ -105,10 +105,6 @@ def settings_of(cfg: TrainSFTConfig, data_hashes: list[str], helpful_hash: str |
         for k in ("helpful_prompts", "helpful_temperature", "helpful_max_new_tokens"):
             s.pop(k)
     return json.loads(json.dumps(s))  # as settings.json will hold it (tuples become lists)
-
-
-def prompt_file(spec: str) -> Path:
-    return builtin_path(spec.split(":", 1)[1]) if spec.startswith("builtin:") else Path(spec)
 
 
 def check_conversation(messages, where: str) -> list[dict]:
