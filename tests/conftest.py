@@ -47,3 +47,25 @@ def fake_backend():
     from fakes import FakeBackend
 
     return FakeBackend()
+
+
+@pytest.fixture(scope="session")
+def tiny_pm(tmp_path_factory, tiny_model):
+    """The tiny random Llama with a fresh one-output head, saved as a finished `train pm` folder."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("pm")
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
+    torch.nn.init.normal_(model.score.weight, std=1.0)  # scores far enough apart to rank
+    model.config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    from constitutional_ai.store import StageDir
+
+    d = StageDir(path, "train-pm", {})
+    d.finish({})
+    d.close()
+    return str(path)

@@ -73,21 +73,14 @@ class FakeBackend:
         return out
 
 
-def install(backend, monkeypatch=None) -> None:
-    """Make every stage's ``load_backend`` return ``backend``.
+def install(backend, monkeypatch=None, name: str = "fake") -> str:
+    """Register ``backend`` as the model spec ``fake:NAME`` and return that spec.
 
-    With pytest's ``monkeypatch`` the change is undone after the test; without it (in a
-    subprocess script) it lasts for the process.
+    With pytest's ``monkeypatch`` the registration is undone after the test.
     """
-    import sys
+    from constitutional_ai import models
 
-    def load_backend(spec=None, **options):
-        return backend
-
-    for mod in list(sys.modules.values()):
-        name = getattr(mod, "__name__", "") or ""
-        if name.startswith("constitutional_ai.stages") and hasattr(mod, "load_backend"):
-            if monkeypatch is not None:
-                monkeypatch.setattr(mod, "load_backend", load_backend)
-            else:
-                mod.load_backend = load_backend
+    if monkeypatch is not None:
+        monkeypatch.setitem(models._FAKES, name, backend)
+        return f"fake:{name}"
+    return models.register_fake(name, backend)

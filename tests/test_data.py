@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from constitutional_ai.store import write_jsonl_atomic
 from constitutional_ai.data import (
     BUILTIN_SETS,
     DataError,
@@ -17,7 +18,6 @@ from constitutional_ai.data import (
     load_prompts,
     parse_hh_transcript,
     read_jsonl,
-    write_jsonl_atomic,
 )
 
 FIX = Path(__file__).parent / "fixtures" / "prompts"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from constitutional_ai import feedback
 from constitutional_ai.models import BackendError
 from constitutional_ai.stages import label, sample_pairs
 from constitutional_ai.store import StageDir, StoreError
@@ -34,7 +35,7 @@ def make_pairs(folder: Path, pairs: list[tuple[str, str]]) -> Path:
 
 
 def run_label(tmp_path, monkeypatch, backend, pairs=None, **kw):
-    install(backend, monkeypatch)
+    kw.setdefault("model", install(backend, monkeypatch))
     folder = make_pairs(tmp_path / "pairs", pairs or [("alpha", "beta")])
     cfg = label.LabelConfig(pairs=str(folder), out=str(tmp_path / kw.pop("out", "labels")), **kw)
     out = label.main(cfg)
@@ -44,9 +45,9 @@ def run_label(tmp_path, monkeypatch, backend, pairs=None, **kw):
 
 
 def test_normalise_and_clamp():
-    assert label.normalise(L(0.3), L(0.1)) == pytest.approx(0.75)
-    assert label.normalise(-1000.0, -1000.0) == pytest.approx(0.5)
-    assert label.clamp(0.9, 0.4, 0.6) == 0.6 and label.clamp(0.1, 0.4, 0.6) == 0.4 and label.clamp(0.5, 0.4, 0.6) == 0.5
+    assert feedback.normalise(L(0.3), L(0.1)) == pytest.approx(0.75)
+    assert feedback.normalise(-1000.0, -1000.0) == pytest.approx(0.5)
+    assert feedback.clamp(0.9, 0.4, 0.6) == 0.6 and feedback.clamp(0.1, 0.4, 0.6) == 0.4 and feedback.clamp(0.5, 0.4, 0.6) == 0.5
 
 
 # A labeller biased to slot A: prefers "alpha" when it is in slot A (0.8) and still picks A
@@ -131,10 +132,11 @@ def test_refuses_unfinished_pairs_folder(tmp_path):
 
 def test_sample_pairs_two_independent_responses(tmp_path, monkeypatch):
     fb = FakeBackend()
-    install(fb, monkeypatch)
+    spec = install(fb, monkeypatch)
     p = tmp_path / "p.jsonl"
     p.write_text("".join(json.dumps({"id": f"x{i}", "prompt": f"q{i}"}) + "\n" for i in range(5)))
-    out = sample_pairs.main(sample_pairs.SamplePairsConfig(prompts=str(p), out=str(tmp_path / "pairs"), batch_size=4))
+    out = sample_pairs.main(sample_pairs.SamplePairsConfig(prompts=str(p), model=spec, out=str(tmp_path / "pairs"),
+                                                           batch_size=4))
     recs = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
     assert len(recs) == 5
     for r in recs:
@@ -149,9 +151,9 @@ import sys
 sys.path.insert(0, {tests!r})
 from constitutional_ai.stages import label, sample_pairs
 from fakes import FakeBackend, install
-install(FakeBackend(delay={delay}))
-sample_pairs.main(sample_pairs.SamplePairsConfig(prompts={prompts!r}, out={out!r} + "/pairs", batch_size=2))
-label.main(label.LabelConfig(pairs={out!r} + "/pairs", out={out!r} + "/labels", batch_size=4))
+spec = install(FakeBackend(delay={delay}))
+sample_pairs.main(sample_pairs.SamplePairsConfig(prompts={prompts!r}, model=spec, out={out!r} + "/pairs", batch_size=2))
+label.main(label.LabelConfig(pairs={out!r} + "/pairs", model=spec, out={out!r} + "/labels", batch_size=4))
 """
 
 

@@ -33,7 +33,7 @@ def _mp(monkeypatch):
 
 
 def run(tmp_path, backend, **kw):
-    install(backend, MONKEYPATCH)
+    kw.setdefault("model", install(backend, MONKEYPATCH))
     kw.setdefault("prompts", str(write_prompts(tmp_path / "prompts.jsonl", kw.pop("n", 4))))
     kw.setdefault("out", str(tmp_path / "out"))
     cfg = revise.ReviseConfig(**kw)
@@ -173,8 +173,8 @@ import sys
 sys.path.insert(0, {tests!r})
 from constitutional_ai.stages import revise
 from fakes import FakeBackend, install
-install(FakeBackend(delay={delay}))
-revise.main(revise.ReviseConfig(prompts={prompts!r}, out={out!r}, rounds=2, batch_size=2, samples=2))
+spec = install(FakeBackend(delay={delay}))
+revise.main(revise.ReviseConfig(prompts={prompts!r}, model=spec, out={out!r}, rounds=2, batch_size=2, samples=2))
 """
 
 

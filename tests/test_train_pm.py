@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from constitutional_ai import pm as pm_lib
 from constitutional_ai.data import DataError
 from constitutional_ai.stages import score, train_pm
 from constitutional_ai.store import StageDir, StoreError
@@ -85,18 +86,6 @@ def test_soft_bt_loss_gradient_pulls_margin_to_logit_p():
     assert grad(5.0, 1.0) < 0
     assert grad(math.log(4), 0.8) == pytest.approx(0.0, abs=1e-6)
     assert grad(3.0, 0.8) > 0 and grad(0.0, 0.8) < 0
-
-
-def test_expected_calibration_error_by_hand():
-    pred = [0.05, 0.15, 0.12, 0.95, 1.0]
-    target = [0.25, 0.5, 0.5, 0.9, 0.9]
-    ece, table = train_pm.expected_calibration_error(pred, target)
-    # bin 0: |0.05 - 0.25| = 0.2 (n 1); bin 1: |0.135 - 0.5| = 0.365 (n 2); bin 9: |0.975 - 0.9| = 0.075 (n 2)
-    assert ece == pytest.approx((0.2 + 2 * 0.365 + 2 * 0.075) / 5)
-    assert [r["count"] for r in table] == [1, 2, 0, 0, 0, 0, 0, 0, 0, 2]
-    assert table[1]["mean_pred"] == pytest.approx(0.135) and table[1]["mean_target"] == pytest.approx(0.5)
-    assert table[2]["mean_pred"] is None and (table[9]["lo"], table[9]["hi"]) == (0.9, 1.0)
-    assert train_pm.expected_calibration_error([0.62, 0.68, 0.91], [0.65, 0.65, 0.91])[0] == pytest.approx(0.0, abs=1e-12)
 
 
 # ------------------------------------------------------------------------- data handling
@@ -199,8 +188,8 @@ def test_soft_half_labels_keep_rewards_together_hard_labels_separate_them(tmp_pa
         rows = pairs(tok, [p] * 4)
         trainer = train_pm.build_trainer(cfg, train_pm.load_model(cfg, tok), tok, rows)
         trainer.train()
-        rc = score.score_ids(trainer.model, tok.pad_token_id, [r["chosen_ids"] for r in rows])
-        rr = score.score_ids(trainer.model, tok.pad_token_id, [r["rejected_ids"] for r in rows])
+        rc = pm_lib.score_ids(trainer.model, tok.pad_token_id, [r["chosen_ids"] for r in rows])
+        rr = pm_lib.score_ids(trainer.model, tok.pad_token_id, [r["rejected_ids"] for r in rows])
         return sum(c - r for c, r in zip(rc, rr)) / len(rows)
 
     half, one = trained_margin(0.5), trained_margin(1.0)
@@ -317,10 +306,10 @@ def test_score_writes_batch_invariant_scores(trained, tmp_path):
     assert [{k: v for k, v in g.items() if k != "score"} for g in got] == rows
     assert all(isinstance(g["score"], float) for g in got)
 
-    model, tok = score.load_pm(out)
+    model, tok = pm_lib.load_pm(out)
     convs = [score.row_conversation(r, "x") for r in rows]
-    one = [score.score_conversations(model, tok, [c], batch_size=1)[0] for c in convs]
-    batched = score.score_conversations(model, tok, convs, batch_size=8)
+    one = [pm_lib.score_conversations(model, tok, [c], batch_size=1)[0] for c in convs]
+    batched = pm_lib.score_conversations(model, tok, convs, batch_size=8)
     assert batched == pytest.approx(one, abs=1e-4)
     assert [g["score"] for g in got] == pytest.approx(one, abs=1e-4)
     # Same scale as training: scoring a held-out pair reproduces its recorded reward.
@@ -328,7 +317,7 @@ def test_score_writes_batch_invariant_scores(trained, tmp_path):
     line = int(held["where"].rsplit(":", 1)[1])
     src = held["where"].rsplit(":", 1)[0]
     pair = train_pm.parse_pair(json.loads(Path(src).read_text().splitlines()[line - 1]), held["where"], held["source"], 1.0)
-    r = score.score_conversations(model, tok, [pair["prompt"] + pair["chosen"]])[0]
+    r = pm_lib.score_conversations(model, tok, [pair["prompt"] + pair["chosen"]])[0]
     assert r == pytest.approx(held["r_chosen"], abs=1e-4)
 
 
@@ -340,4 +329,4 @@ def test_score_rejects_bad_rows_and_unfinished_pm(trained, tmp_path):
     unfinished = tmp_path / "pm"
     StageDir(unfinished, "train-pm", {}).close()
     with pytest.raises(StoreError, match="has no manifest.json"):
-        score.load_pm(unfinished)
+        pm_lib.load_pm(unfinished)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from constitutional_ai import pm as pm_lib
 from constitutional_ai.data import DataError, PromptItem
 from constitutional_ai.stages import score, train_rl
 from constitutional_ai.store import StageDir, StoreError
@@ -187,7 +188,7 @@ def test_rloo_end_to_end(rloo_run, tiny_model, tmp_path):
         assert r["response_length"] == pytest.approx(sum(s["length"] for s in part) / 4)
 
     # TRL's own route for a reward *model* (chat text, tokenized without special tokens) scores the same.
-    model, tok = score.load_pm(rloo_run["pm"])
+    model, tok = pm_lib.load_pm(rloo_run["pm"])
     texts = [tok.apply_chat_template(s["prompt"] + [{"role": "assistant", "content": s["completion"]}], tokenize=False)
              for s in samples]
     enc = tok(text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)

@@ -6,21 +6,20 @@ import importlib
 import os
 import sys
 
-# command -> (module, function, one-line description). Modules load lazily so `cai --help`
-# is instant and a stage's heavy imports happen only when it runs.
+from .stages import BY_NAME, STAGES
+
+# command -> (module, function, one-line description). The stages come from the one stage
+# table; modules load lazily so `cai --help` is instant and a stage's heavy imports happen
+# only when it runs.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "revise": ("constitutional_ai.stages.revise", "cli", "SL-CAI data: critique and revise responses to red-team prompts"),
-    "train sft": ("constitutional_ai.stages.train_sft", "cli", "SL-CAI: finetune on revisions (+ helpful samples) with TRL's SFTTrainer"),
-    "sample-pairs": ("constitutional_ai.stages.sample_pairs", "cli", "two independent responses per prompt from a policy model"),
-    "label": ("constitutional_ai.stages.label", "cli", "RLAIF: soft preference labels from a feedback model (multiple choice)"),
-    "train pm": ("constitutional_ai.stages.train_pm", "cli", "preference model on soft AI labels (+ helpfulness comparisons)"),
+    **{s.command: (f"constitutional_ai.stages.{s.module}", "cli", s.summary) for s in STAGES},
     "score": ("constitutional_ai.stages.score", "cli", "score responses with a preference model"),
-    "train rl": ("constitutional_ai.stages.train_rl", "cli", "RL-CAI: RLOO (or GRPO) against the PM with a KL penalty"),
-    "eval": ("constitutional_ai.stages.evaluate", "cli", "evaluations: hhh | compare | rounds | refusal"),
     "report": ("constitutional_ai.report", "cli", "self-contained HTML report of a run folder"),
     "run": ("constitutional_ai.pipeline", "cli", "the whole pipeline from a YAML recipe, resumable"),
     "constitution": ("constitutional_ai.constitution", "cli_main", "validate, show or convert a constitution file"),
 }
+#: Words that take a second word: `cai train sft`, `cai eval hhh`.
+GROUPS = ("train", "eval")
 
 USAGE = """usage: cai <command> [options]    (cai <command> --help for details)
 
@@ -50,8 +49,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cai {__version__}")
         return 0
     cmd, rest = argv[0], argv[1:]
-    if cmd == "train" and rest and rest[0] in ("sft", "pm", "rl"):
-        cmd, rest = f"train {rest[0]}", rest[1:]
+    if cmd in BY_NAME:  # `cai train-sft` = `cai train sft`
+        cmd = BY_NAME[cmd].command
+    elif cmd in GROUPS:
+        if not rest or rest[0] in ("-h", "--help"):
+            kinds = [(c, d) for c, (_, _, d) in COMMANDS.items() if c.startswith(cmd + " ")]
+            print(f"usage: cai {cmd} <kind> [options]   (cai {cmd} <kind> --help)\n\nkinds:\n"
+                  + "\n".join(f"  {c.split(' ', 1)[1]:<8}  {d}" for c, d in kinds))
+            return 0 if rest else 2
+        cmd, rest = f"{cmd} {rest[0]}", rest[1:]
     if cmd not in COMMANDS:
         print(f"cai: unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
         return 2

@@ -15,20 +15,82 @@ from typing import Any, Sequence, TypeVar
 T = TypeVar("T")
 
 
-def opt(default: Any, help: str, **kw) -> Any:
-    """A dataclass field with help text (shown by ``--help``)."""
+def opt(default: Any, help: str, *, output: bool = True, min: float | None = None, **kw) -> Any:
+    """A dataclass field with help text (shown by ``--help``).
+
+    ``output=False`` marks a setting that does not change what the stage writes (the output
+    folder, a batch size, ``--limit``): it is left out of the folder's pinned settings, so it
+    may differ between runs. ``min`` is the smallest accepted value, checked by
+    :func:`validate` when the config is parsed (``None`` values are always accepted).
+    """
+    meta = {"help": help, "output": output, "min": min, **kw}
     if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return dataclasses.field(default=default, metadata={"help": help, **kw})
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def validate(cfg: Any) -> Any:
+    """Check every field's declared bounds; the error names the flag."""
+    for f in dataclasses.fields(cfg):
+        lo, v = f.metadata.get("min"), getattr(cfg, f.name)
+        if lo is not None and v is not None and not isinstance(v, bool) and v < lo:
+            raise ValueError(f"--{f.name.replace('_', '-')} must be at least {lo:g}, got {v}")
+    return cfg
+
+
+#: Inherited transformers/TRL training arguments that only shape logging, saving, evaluation
+#: or the dataloader, never the trained weights: left out of a training stage's settings.
+_NOT_OUTPUT_FIELDS = {
+    "output_dir", "overwrite_output_dir", "report_to", "run_name", "project", "disable_tqdm", "skip_memory_metrics",
+    "do_train", "do_eval", "do_predict", "local_rank", "resume_from_checkpoint", "torch_empty_cache_steps",
+    "dataset_num_proc", "use_cpu", "tf32", "activation_checkpointing", "activation_checkpointing_kwargs",
+    "gradient_checkpointing", "gradient_checkpointing_kwargs", "activation_offloading", "prediction_loss_only",
+}
+_NOT_OUTPUT_PREFIXES = ("logging_", "log_", "trackio_", "eval", "save_", "hub_", "push_to_hub", "dataloader_", "ddp_",
+                        "include_for_metrics", "batch_eval", "load_best", "metric_for", "greater_is", "per_device_eval")
+
+
+def output_settings(cfg: Any, **extra: Any) -> dict:
+    """The settings that change a stage's output, from the config's own field metadata.
+
+    Every field counts unless declared ``opt(..., output=False)``; for training configs, the
+    inherited arguments that only shape logging/saving/evaluation are left out as well.
+    ``extra`` adds what the config does not hold (input hashes, a constitution fingerprint).
+    """
+    values = training_config_dict(cfg) if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg)
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if f.name not in values or not f.metadata.get("output", True):
+            continue
+        inherited = "output" not in f.metadata  # a transformers/TRL argument, not one of ours
+        if inherited and (f.name in _NOT_OUTPUT_FIELDS or f.name.startswith(_NOT_OUTPUT_PREFIXES)):
+            continue
+        out[f.name] = values[f.name]
+    return json.loads(json.dumps({**out, **extra}))
+
+
+#: Field metadata of ours (see :func:`opt`); argparse must not see it.
+_OURS = ("output", "min")
 
 
 def parse_config(cls: type[T], argv: Sequence[str] | None, prog: str, description: str) -> T:
-    """Parse ``argv`` (plus an optional ``--config FILE.yaml``) into ``cls``."""
+    """Parse ``argv`` (plus an optional ``--config FILE.yaml``) into ``cls``, then :func:`validate` it."""
     import argparse
+    import copy
+    import types
 
+    from transformers import HfArgumentParser
     from trl import TrlParser
 
-    parser = TrlParser(
+    class Parser(TrlParser):
+        @staticmethod
+        def _parse_dataclass_field(parser, field):
+            # HfArgumentParser hands a field's whole metadata to argparse: leave ours out.
+            field = copy.copy(field)
+            field.metadata = types.MappingProxyType({k: v for k, v in field.metadata.items() if k not in _OURS})
+            HfArgumentParser._parse_dataclass_field(parser, field)
+
+    parser = Parser(
         dataclass_types=[cls],
         prog=prog,
         description=description,
@@ -36,7 +98,7 @@ def parse_config(cls: type[T], argv: Sequence[str] | None, prog: str, descriptio
     )
     parser.add_argument("--config", help="YAML file with any of these settings (flags override it)")
     # TrlParser consumes --config itself; the declared argument only documents it in --help.
-    return parser.parse_args_and_config(list(argv) if argv is not None else None)[0]
+    return validate(parser.parse_args_and_config(list(argv) if argv is not None else None)[0])
 
 
 def training_config_dict(cfg: Any) -> dict:
@@ -67,4 +129,4 @@ def from_mapping(cls: type[T], values: dict, where: str) -> T:
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"{where}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    return cls(**values)
+    return validate(cls(**values))

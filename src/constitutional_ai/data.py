@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -36,8 +34,8 @@ __all__ = [
     "hh_prompts",
     "load_prompts",
     "parse_hh_transcript",
+    "prompt_items",
     "read_jsonl",
-    "write_jsonl_atomic",
 ]
 
 _DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -123,41 +121,6 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
             if not isinstance(obj, dict):
                 raise _err(where, f"expected a JSON object, got {type(obj).__name__}")
             yield n, obj
-
-
-def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> None:
-    """Write ``rows`` as JSON Lines to ``path`` atomically.
-
-    The rows go to a temporary file in the same directory (so ``os.replace`` is a rename on
-    one filesystem), which is fsynced and then renamed over ``path``: a reader or a crash
-    sees either the old file or the complete new one, never a half-written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file private (0600); keep the mode a plain open() would give.
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Also on KeyboardInterrupt: never leave the temporary file behind.
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    # Persist the rename itself; directories cannot be opened this way on Windows.
-    if hasattr(os, "O_DIRECTORY"):
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 def parse_hh_transcript(text: str, where: str = "") -> list[dict]:
@@ -368,3 +331,18 @@ def load_prompts(
     if not out:
         raise DataError(f"{path}: no prompts")
     return out if limit is None else out[:limit]
+
+
+def prompt_items(spec: str, limit: int | None = None, take: str = "first", category: str | None = None) -> tuple[list[PromptItem], Path]:
+    """A prompt set, optionally one category, then ``limit`` prompts from its start or end."""
+    if take not in ("first", "last"):
+        raise ValueError(f"--take must be 'first' or 'last', got {take!r}")
+    pfile = prompt_file(spec)
+    items = load_prompts(pfile)
+    if category not in (None, "", "all"):
+        items = [it for it in items if it.category == category]
+        if not items:
+            raise DataError(f"{pfile}: no prompts in category {category!r}")
+    if limit:
+        items = items[-limit:] if take == "last" else items[:limit]
+    return items, pfile

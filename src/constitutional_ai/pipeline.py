@@ -1,11 +1,11 @@
 """``cai run RECIPE`` — the whole method, stage by stage, through output folders.
 
     cai run recipes/tiny.yaml            # the CPU demo (make demo)
-    cai run recipes/paper.yaml --only revise,train_sft
+    cai run recipes/paper.yaml --only revise,train-sft
 
 A recipe is YAML::
 
-    out: runs/tiny                 # every stage writes a sub-folder here
+    out: runs/tiny                 # every stage writes a sub-folder here, named after the stage
     model: default                 # the helpful-only starting model
     feedback_model: default        # labels, judges (a real run uses a large model here)
     pm_model: default              # base of the preference model
@@ -13,15 +13,19 @@ A recipe is YAML::
     seed: 0
     stages:                        # per-stage settings = that stage's CLI flags
       revise: {rounds: 4, ...}
-      train_sft: {...}
-      sample_pairs: {...}
+      train-sft: {...}
+      sample-pairs: {...}
       label: {...}
-      train_pm: {...}
-      train_rl: {...}
-      eval: {hhh: {...}, compare: {...}, rounds: {...}, refusal: {...}}
+      train-pm: {...}
+      train-rl: {...}
+      eval-hhh: {...}              # `false` skips an evaluation
+      eval-compare: {...}
+      eval-rounds: {...}
+      eval-refusal: {...}
 
+Stage keys are the stage names of ``cai --help`` (``train_sft`` is read as ``train-sft``).
 A stage is skipped when its folder has a manifest and the resolved settings (its own and
-its inputs') are those it was made with (``.pipeline/<stage>.json``). Otherwise the stage
+its inputs') are those it was made with (``.pipeline/<step>.json``). Otherwise the stage
 runs, and since every stage resumes, an interrupted ``cai run`` continues where it stopped.
 The report is rebuilt at the end.
 """
@@ -40,9 +44,11 @@ import yaml
 
 from .config import from_mapping
 from .data import HELPFUL_COMPARISONS
+from .stages import STAGES
 from .store import MANIFEST, json_sha256, write_json_atomic
 
-ORDER = ("revise", "train_sft", "sample_pairs", "label", "train_pm", "train_rl", "eval")
+ORDER = tuple(st.name for st in STAGES)
+EVALS = tuple(n for n in ORDER if n.startswith("eval-"))
 TOP_KEYS = {"name", "description", "out", "model", "feedback_model", "pm_model", "constitution", "seed", "stages"}
 
 
@@ -63,13 +69,16 @@ def load_recipe(path: str | Path) -> dict:
     unknown = set(recipe) - TOP_KEYS
     if unknown:
         raise RecipeError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(TOP_KEYS))}")
-    stages = recipe.setdefault("stages", {}) or {}
+    stages = {str(k).replace("_", "-"): v for k, v in (recipe.get("stages") or {}).items()}
     bad = set(stages) - set(ORDER)
     if bad:
         raise RecipeError(f"{path}: stages: unknown stage(s) {', '.join(sorted(bad))}; valid: {', '.join(ORDER)}")
     for k, v in stages.items():
-        if v is not None and not isinstance(v, dict):
-            raise RecipeError(f"{path}: stages.{k} must be a mapping of that stage's settings")
+        if v is not None and v is not False and not isinstance(v, dict):
+            raise RecipeError(f"{path}: stages.{k} must be a mapping of that stage's settings (or false to skip an evaluation)")
+        if v is False and k not in EVALS:
+            raise RecipeError(f"{path}: stages.{k}: only evaluations can be skipped with false")
+    recipe["stages"] = stages
     recipe.setdefault("out", f"runs/{path.stem}")
     recipe.setdefault("model", "default")
     recipe.setdefault("feedback_model", "default")
@@ -105,65 +114,65 @@ def plan(recipe: dict) -> list[Step]:
     root = Path(recipe["out"])
     s = {k: dict(v or {}) for k, v in recipe["stages"].items()}
     f, seed = recipe["_file"], recipe["seed"]
+    d = {n: str(root / n) for n in ORDER}  # each stage's folder is named after it
+
+    def step(name: str, cls, values: dict, run, inputs: tuple[str, ...] = ()) -> Step:
+        return Step(name, root / name, _cfg(cls, {**values, "out": d[name]}, f"{f}: stages.{name}"), run, inputs)
+
     steps = [
-        Step("revise", root / "revise", _cfg(revise.ReviseConfig, {
-            "model": recipe["model"], "constitution": recipe["constitution"], "seed": seed,
-            **s.get("revise", {}), "out": str(root / "revise")}, f"{f}: stages.revise"), revise.main),
-        Step("train_sft", root / "sft", _cfg(train_sft.TrainSFTConfig, {
-            "model": recipe["model"], "seed": seed, **s.get("train_sft", {}),
-            "data": [str(root / "revise")], "out": str(root / "sft")}, f"{f}: stages.train_sft"), train_sft.main, ("revise",)),
-        Step("sample_pairs", root / "pairs", _cfg(sample_pairs.SamplePairsConfig, {
-            "seed": seed, **s.get("sample_pairs", {}), "model": str(root / "sft"), "out": str(root / "pairs")},
-            f"{f}: stages.sample_pairs"), sample_pairs.main, ("train_sft",)),
-        Step("label", root / "labels", _cfg(label.LabelConfig, {
-            "model": recipe["feedback_model"], "constitution": recipe["constitution"], "seed": seed,
-            **s.get("label", {}), "pairs": str(root / "pairs"), "out": str(root / "labels")},
-            f"{f}: stages.label"), label.main, ("sample_pairs",)),
-        Step("train_pm", root / "pm", _cfg(train_pm.TrainPMConfig, {
-            "model": recipe["pm_model"], "seed": seed, "helpful": str(HELPFUL_COMPARISONS),
-            **s.get("train_pm", {}), "labels": [str(root / "labels")], "out": str(root / "pm")},
-            f"{f}: stages.train_pm"), train_pm.main, ("label",)),
-        Step("train_rl", root / "rl", _cfg(train_rl.TrainRLConfig, {
-            "seed": seed, **s.get("train_rl", {}), "policy": str(root / "sft"), "pm": str(root / "pm"),
-            "out": str(root / "rl")}, f"{f}: stages.train_rl"), train_rl.main, ("train_sft", "train_pm")),
+        step("revise", revise.ReviseConfig, {"model": recipe["model"], "constitution": recipe["constitution"],
+                                             "seed": seed, **s.get("revise", {})}, revise.main),
+        step("train-sft", train_sft.TrainSFTConfig, {"model": recipe["model"], "seed": seed, **s.get("train-sft", {}),
+                                                     "data": [d["revise"]]}, train_sft.main, ("revise",)),
+        step("sample-pairs", sample_pairs.SamplePairsConfig, {"seed": seed, **s.get("sample-pairs", {}),
+                                                              "model": d["train-sft"]}, sample_pairs.main, ("train-sft",)),
+        step("label", label.LabelConfig, {"model": recipe["feedback_model"], "constitution": recipe["constitution"],
+                                          "seed": seed, **s.get("label", {}), "pairs": d["sample-pairs"]},
+             label.main, ("sample-pairs",)),
+        step("train-pm", train_pm.TrainPMConfig, {"model": recipe["pm_model"], "seed": seed,
+                                                  "helpful": str(HELPFUL_COMPARISONS), **s.get("train-pm", {}),
+                                                  "labels": [d["label"]]}, train_pm.main, ("label",)),
+        step("train-rl", train_rl.TrainRLConfig, {"seed": seed, **s.get("train-rl", {}), "policy": d["train-sft"],
+                                                  "pm": d["train-pm"]}, train_rl.main, ("train-sft", "train-pm")),
     ]
-    steps += eval_steps(recipe, root, s.get("eval", {}), f)
-    return steps
+    return steps + eval_steps(recipe, root, s, f)
 
 
-def eval_steps(recipe: dict, root: Path, ev: dict, f: str) -> list[Step]:
+def eval_steps(recipe: dict, root: Path, s: dict, f: str) -> list[Step]:
     """The evaluations: HHH accuracy (labeller and PM), head-to-head comparison with Elo,
     PM score vs revision round, and refusal rate of each checkpoint on benign prompts."""
-    from .stages import eval_compare, evaluate
+    from .stages import eval_compare, eval_hhh, eval_refusal, eval_rounds
 
-    models = {"base": recipe["model"], "sl-cai": str(root / "sft"), "rl-cai": str(root / "rl")}
+    models = {"base": recipe["model"], "sl-cai": str(root / "train-sft"), "rl-cai": str(root / "train-rl")}
+    stages = recipe["stages"]
+
+    def step(name: str, variant: str, cls, values: dict, run, inputs: tuple[str, ...] = ()) -> Step:
+        full = f"{name}-{variant}" if variant else name
+        return Step(full, root / full, _cfg(cls, {**values, "out": str(root / full)}, f"{f}: stages.{name}"), run, inputs)
+
     steps = []
-    if ev.get("hhh", {}) is not False:
-        hhh = dict(ev.get("hhh") or {})
-        steps.append(Step("eval_hhh_labeller", root / "eval" / "hhh-labeller", _cfg(evaluate.HHHConfig, {
-            "constitution": recipe["constitution"], "seed": recipe["seed"], **hhh, "model": recipe["feedback_model"],
-            "out": str(root / "eval" / "hhh-labeller")}, f"{f}: stages.eval.hhh"), evaluate.hhh_main))
+    if stages.get("eval-hhh") is not False:
+        hhh = s.get("eval-hhh", {})
+        steps.append(step("eval-hhh", "labeller", eval_hhh.HHHConfig, {
+            "constitution": recipe["constitution"], "seed": recipe["seed"], **hhh, "model": recipe["feedback_model"]},
+            eval_hhh.main))
         pm_hhh = {k: v for k, v in hhh.items() if k in ("task", "limit", "batch_size", "max_length")}
-        steps.append(Step("eval_hhh_pm", root / "eval" / "hhh-pm", _cfg(evaluate.HHHConfig, {
-            **pm_hhh, "pm": str(root / "pm"), "out": str(root / "eval" / "hhh-pm")}, f"{f}: stages.eval.hhh"),
-            evaluate.hhh_main, ("train_pm",)))
-    if ev.get("compare", {}) is not False:
-        steps.append(Step("eval_compare", root / "eval" / "compare", _cfg(eval_compare.CompareConfig, {
+        steps.append(step("eval-hhh", "pm", eval_hhh.HHHConfig, {**pm_hhh, "pm": str(root / "train-pm")},
+                          eval_hhh.main, ("train-pm",)))
+    if stages.get("eval-compare") is not False:
+        steps.append(step("eval-compare", "", eval_compare.CompareConfig, {
             "judge": recipe["feedback_model"], "constitution": recipe["constitution"], "seed": recipe["seed"],
-            **(ev.get("compare") or {}), "models": list(models.values()), "names": list(models),
-            "out": str(root / "eval" / "compare")}, f"{f}: stages.eval.compare"), eval_compare.main,
-            ("train_sft", "train_rl")))
-    if ev.get("rounds", {}) is not False:
-        steps.append(Step("eval_rounds", root / "eval" / "rounds", _cfg(evaluate.RoundsConfig, {
-            **(ev.get("rounds") or {}), "revise": str(root / "revise"), "pm": str(root / "pm"),
-            "out": str(root / "eval" / "rounds")}, f"{f}: stages.eval.rounds"), evaluate.rounds_main,
-            ("revise", "train_pm")))
-    if ev.get("refusal", {}) is not False:
+            **s.get("eval-compare", {}), "models": list(models.values()), "names": list(models)},
+            eval_compare.main, ("train-sft", "train-rl")))
+    if stages.get("eval-rounds") is not False:
+        steps.append(step("eval-rounds", "", eval_rounds.RoundsConfig, {
+            **s.get("eval-rounds", {}), "revise": str(root / "revise"), "pm": str(root / "train-pm")},
+            eval_rounds.main, ("revise", "train-pm")))
+    if stages.get("eval-refusal") is not False:
+        after = {"base": (), "sl-cai": ("train-sft",), "rl-cai": ("train-rl",)}
         for name, spec in models.items():
-            steps.append(Step(f"eval_refusal_{name}", root / "eval" / f"refusal-{name}", _cfg(evaluate.RefusalConfig, {
-                "seed": recipe["seed"], **(ev.get("refusal") or {}), "model": spec,
-                "out": str(root / "eval" / f"refusal-{name}")}, f"{f}: stages.eval.refusal"), evaluate.refusal_main,
-                {"base": (), "sl-cai": ("train_sft",), "rl-cai": ("train_rl",)}[name]))
+            steps.append(step("eval-refusal", name, eval_refusal.RefusalConfig, {
+                "seed": recipe["seed"], **s.get("eval-refusal", {}), "model": spec}, eval_refusal.main, after[name]))
     return steps
 
 
@@ -185,8 +194,7 @@ def run(recipe_path: str | Path, only: list[str] | None = None) -> Path:
     for i, step in enumerate(steps, 1):
         fp = _fingerprint(step, fingerprints)
         state = state_dir / f"{step.name}.json"
-        stage_key = step.name if not step.name.startswith("eval") else "eval"
-        selected = only is None or stage_key in only or step.name in only
+        selected = only is None or step.name in only or any(step.name.startswith(o + "-") for o in only if o in EVALS)
         up_to_date = (step.out / MANIFEST).exists() and state.exists() and json.loads(state.read_text()).get("fingerprint") == fp
         if up_to_date or not selected:
             why = "up to date" if up_to_date else "not selected"
@@ -214,9 +222,9 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("recipe", nargs="?", default="recipes/tiny.yaml", help="Recipe YAML (default: recipes/tiny.yaml)")
     ap.add_argument("--only", help="Comma-separated stages to (re)run; the others are taken as they are")
     args = ap.parse_args(argv)
-    only = [x.strip() for x in args.only.split(",")] if args.only else None
+    only = [x.strip().replace("_", "-") for x in args.only.split(",")] if args.only else None
     if only:
-        bad = set(only) - set(ORDER)
+        bad = {o for o in only if o not in ORDER and not any(o.startswith(e + "-") for e in EVALS)}
         if bad:
             ap.error(f"unknown stage(s) {', '.join(sorted(bad))}; valid: {', '.join(ORDER)}")
     run(args.recipe, only)

@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .stages import STAGES
+from .store import write_atomic
 from .plots import (CSS, JS, bar_chart, conversation, counts_table, esc, figs, finite, first_user, generic_metrics, hbar_chart,
                     histogram, kv_table, line_chart, meta_line, num, pre, reliability_diagram, sample, section, snippet, table)
 
 SMALL_MODEL = "SmolLM2-135M-Instruct"
-ORDER = ["revise", "train-sft", "sample-pairs", "label", "train-pm", "train-rl",
-         "eval-hhh", "eval-compare", "eval-rounds", "eval-refusal"]
+ORDER = [st.name for st in STAGES]
 
 
 # ----------------------------------------------------------------------------- reading a run
@@ -56,8 +57,12 @@ class Stage:
         return self.path / ((self.manifest.get("files") or {}).get(key) or default)
 
 
-def discover(run_dir: Path) -> list[Stage]:
-    """Stage folders with a manifest at depth 0–2 under ``run_dir``, in pipeline order."""
+def discover(run_dir: Path, broken: list[str] | None = None) -> list[Stage]:
+    """Stage folders with a manifest at depth 0–2 under ``run_dir``, in pipeline order.
+
+    A folder whose ``manifest.json`` cannot be read is not a finished stage; its relative path
+    is added to ``broken`` (when given) so the report can say so instead of "not run".
+    """
     dirs = [run_dir]
     for d in sorted(p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         dirs.append(d)
@@ -65,9 +70,11 @@ def discover(run_dir: Path) -> list[Stage]:
     stages = []
     for d in dirs:
         m = read_json(d / "manifest.json")
+        rel = d.relative_to(run_dir).as_posix() or "."
         if isinstance(m, dict) and "stage" in m:
-            rel = d.relative_to(run_dir).as_posix() or "."
             stages.append(Stage(d, rel, m, run_dir.resolve().name))
+        elif (d / "manifest.json").exists() and broken is not None:
+            broken.append(rel)
     rank = {s: i for i, s in enumerate(ORDER)}
     return sorted(stages, key=lambda s: (rank.get(s.name, len(ORDER)), s.rel))
 
@@ -583,7 +590,7 @@ def sec_evals(by: dict[str, list[Stage]], ctx: Ctx) -> str:
 
 
 # ----------------------------------------------------------------------------- page
-def header(run_dir: Path, stages: list[Stage]) -> str:
+def header(run_dir: Path, stages: list[Stage], broken: list[str] = ()) -> str:
     recipe = read_json(run_dir / "recipe.json") or {}
     name = recipe.get("name") or run_dir.resolve().name
     rows, small = [], False
@@ -603,6 +610,10 @@ def header(run_dir: Path, stages: list[Stage]) -> str:
                 "A 135M model shows the mechanics, not frontier quality: its critiques are weak, its revisions often "
                 "change little, and its labels sit close to chance. Point <code>--model</code> at a larger model "
                 "(e.g. <code>openai:MODEL@http://host:port/v1</code>) for meaningful numbers.</p>")
+    if broken:
+        note += ('<p class="note warn"><b>Warning:</b> unreadable <code>manifest.json</code> in '
+                 + ", ".join(f"<code>{esc(b)}</code>" for b in broken)
+                 + ": these stages are shown as not run. Rerun their commands to rewrite the manifests.</p>")
     desc = f"<p>{esc(recipe['description'])}</p>" if recipe.get("description") else ""
     when = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     return (f"<header><h1>Constitutional AI report — {esc(name)}</h1>{desc}"
@@ -640,7 +651,8 @@ def samples_section(groups: list[Group]) -> str:
 
 
 def render(run_dir: Path, max_samples: int) -> str:
-    stages = discover(run_dir)
+    broken: list[str] = []
+    stages = discover(run_dir, broken)
     by: dict[str, list[Stage]] = {}
     for s in stages:
         by.setdefault(s.name, []).append(s)
@@ -663,7 +675,7 @@ def render(run_dir: Path, max_samples: int) -> str:
     title = f"CAI report — {(read_json(run_dir / 'recipe.json') or {}).get('name') or run_dir.resolve().name}"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{esc(title)}</title><style>{CSS}</style></head><body><nav>{nav}</nav><main>"
-            f"{header(run_dir, stages)}{sections}</main><script>{JS}</script></body></html>")
+            f"{header(run_dir, stages, broken)}{sections}</main><script>{JS}</script></body></html>")
 
 
 def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, max_samples: int = 200) -> Path:
@@ -673,16 +685,7 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         raise FileNotFoundError(f"{run_dir}: no such run folder")
     out = Path(out) if out is not None else run_dir / "report.html"
     html = render(run_dir, max(0, int(max_samples)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(html)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)  # readers see the old report or the new one, never half of one
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(out, html)  # readers see the old report or the new one, never half of one
     return out
 
 

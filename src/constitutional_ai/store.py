@@ -19,11 +19,13 @@ import datetime as _dt
 import fcntl
 import hashlib
 import json
+import math
 import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 MANIFEST = "manifest.json"
 SETTINGS = "settings.json"
@@ -45,47 +47,66 @@ def json_sha256(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never half of one."""
+def dumps(obj: Any, **kw: Any) -> str:
+    """JSON text as the project writes it: UTF-8, and never ``NaN``/``Infinity`` (not JSON;
+    a missing value is ``null``). Raises ``ValueError`` on a non-finite float."""
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False, **kw)
+
+
+def write_atomic(path: str | os.PathLike, chunks: str | Iterable[str]) -> None:
+    """The one atomic writer: readers (and a crash) see the old file or the new one, never half.
+
+    The text goes to a temporary file in the same folder (so ``os.replace`` is a rename on one
+    filesystem), which is fsynced, renamed over ``path``, and the rename itself persisted.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp makes the file private (0600); keep the mode a plain open() would give.
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for chunk in [chunks] if isinstance(chunks, str) else chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Also on KeyboardInterrupt: never leave the temporary file behind.
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # directories cannot be opened this way on Windows
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write one JSON document atomically (indented, valid JSON only)."""
+    write_atomic(path, dumps(obj, indent=2) + "\n")
+
+
+def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Write JSON Lines atomically, one object per line (valid JSON only)."""
+    write_atomic(path, (dumps(row) + "\n" for row in rows))
 
 
 class RecordFile:
-    """An append-only JSONL file of records with unique ``key`` fields."""
+    """An append-only JSONL file of records with unique ``key`` fields.
 
-    def __init__(self, path: str | os.PathLike, key: str = "key"):
+    ``on_write`` is called before the first record is appended (the stage folder uses it to
+    mark itself unfinished and write its settings).
+    """
+
+    def __init__(self, path: str | os.PathLike, key: str = "key", on_write: Callable[[], None] | None = None):
         self.path = Path(path)
         self.key = key
         self.records: dict[str, dict] = {}
-        self._load()
-        self._fh = open(self.path, "a", encoding="utf-8")
-
-    def _load(self) -> None:
-        if not self.path.exists():
-            return
-        with open(self.path, "rb") as f:
-            data = f.read()
-        # A crash mid-write leaves a last line without its newline: cut it off (that record
-        # was in flight and will be redone). Anything else unparsable is real corruption.
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            with open(self.path, "r+b") as f:
-                f.truncate(end)
-            data = data[:end]
-        for lineno, line in enumerate(data.decode("utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise StoreError(f"{self.path}:{lineno}: corrupt record ({e.msg}); move the file away to start over") from None
+        self._on_write = on_write
+        self._fh: IO[str] | None = None
+        for lineno, rec in _load_lines(self.path):
             k = rec.get(self.key)
             if k in self.records:
                 raise StoreError(f"{self.path}:{lineno}: duplicate record key {k!r}")
@@ -105,65 +126,190 @@ class RecordFile:
         k = rec[self.key]
         if k in self.records:
             raise StoreError(f"{self.path}: record {k!r} written twice")
-        self._fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        _append_line(self, rec)
         self.records[k] = rec
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None and not self._fh.closed:
+            self._fh.close()
+
+
+class FailureLog:
+    """``failures.jsonl``: one line per failed attempt at a record, in the order they happened.
+
+    A record that fails on two runs has two lines (``attempt`` 1 and 2), both with the record's
+    own ``key``. The file is created by the first failure, so a clean run leaves none (an empty
+    JSONL file is not a dataset).
+    """
+
+    def __init__(self, path: str | os.PathLike, on_write: Callable[[], None] | None = None):
+        self.path = Path(path)
+        self._on_write = on_write
+        self._fh: IO[str] | None = None
+        self.rows = [rec for _, rec in _load_lines(self.path)]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def append(self, key: str, error: str | BaseException, **fields: Any) -> None:
+        """Record one failed attempt at ``key`` (values that are not finite become ``null``)."""
+        attempt = 1 + sum(r.get("key") == key for r in self.rows)
+        row = {"key": key, "attempt": attempt, "error": str(error), **_finite(fields)}
+        _append_line(self, row)
+        self.rows.append(row)
+
+    def close(self) -> None:
+        if self._fh is not None and not self._fh.closed:
+            self._fh.close()
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every NaN/infinite float replaced by ``None`` (JSON has no such values)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _load_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    """The complete lines of a record file; a crash mid-write leaves a last line without its
+    newline, which is cut off (that record was in flight and will be redone). Anything else
+    unparsable is real corruption and is refused."""
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        data = f.read()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+        data = data[:end]
+    for lineno, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise StoreError(f"{path}:{lineno}: corrupt record ({e.msg}); move the file away to start over") from None
+
+
+def _append_line(f: RecordFile | FailureLog, rec: dict) -> None:
+    line = dumps(rec) + "\n"  # serialise first: a bad value must not leave half a line
+    if f._fh is None:
+        if f._on_write is not None:
+            f._on_write()
+        f._fh = open(f.path, "a", encoding="utf-8")
+    f._fh.write(line)
+    f._fh.flush()
+    os.fsync(f._fh.fileno())
 
 
 class StageDir:
-    """One stage's output folder, held under an exclusive lock while in use."""
+    """One stage's output folder, held under an exclusive lock while in use.
+
+    Use it as ``with StageDir(cfg.out, "revise", settings) as out:``. It owns what every stage
+    repeats: the lock; the settings check (a rerun with other output-affecting settings is
+    refused before any work, and ``settings.json`` is written only by the first write, so a
+    run that fails before doing anything leaves nothing that pins the folder); the manifest,
+    removed by the first write of a run (a folder being changed is no longer finished) and
+    written last by :meth:`finish`; record files, the failure log and atomic derived files.
+    """
 
     def __init__(self, path: str | os.PathLike, stage: str, settings: dict):
         self.path = Path(path)
         self.stage = stage
-        self.settings = settings
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.path / ".lock", "w")
+        self.settings = json.loads(dumps(settings))  # as settings.json holds it (tuples become lists)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.path / ".lock", "w")
+        except FileExistsError:
+            raise StoreError(f"{self.path}: the output folder is a file; choose another --out") from None
+        except NotADirectoryError:
+            raise StoreError(f"{self.path}: a parent of the output folder is a file; choose another --out") from None
+        except PermissionError as e:
+            raise StoreError(f"{self.path}: cannot write the output folder ({e.strerror}); choose another --out") from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            self._lock.close()
             raise StoreError(f"{self.path} is in use by another cai process") from None
-        self._check_settings()
-        self._files: list[RecordFile] = []
+        self._files: list[RecordFile | FailureLog] = []
+        self._begun = False
+        try:
+            self._check_settings()
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _current(self) -> dict:
+        return {"stage": self.stage, **self.settings}
 
     def _check_settings(self) -> None:
-        current = {"stage": self.stage, **self.settings}
         f = self.path / SETTINGS
-        if f.exists():
-            previous = json.loads(f.read_text())
-            if previous != current:
-                diffs = [
-                    f"  {k}: {previous.get(k)!r} -> {current.get(k)!r}"
-                    for k in sorted(set(previous) | set(current))
-                    if previous.get(k) != current.get(k)
-                ]
-                raise StoreError(
-                    f"{self.path} holds output made with different settings; refusing to mix them.\n"
-                    + "\n".join(diffs)
-                    + "\nUse a new --out folder, or delete this one to start over."
-                )
-        else:
-            write_json_atomic(f, current)
+        if not f.exists():
+            return
+        try:
+            previous = json.loads(f.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise StoreError(f"{f}: unreadable settings file ({e}); delete the folder to start over") from None
+        current = self._current()
+        if previous != current:
+            diffs = [
+                f"  {k}: {previous.get(k)!r} -> {current.get(k)!r}"
+                for k in sorted(set(previous) | set(current))
+                if previous.get(k) != current.get(k)
+            ]
+            raise StoreError(
+                f"{self.path} holds output made with different settings; refusing to mix them.\n"
+                + "\n".join(diffs)
+                + "\nUse a new --out folder, or delete this one to start over."
+            )
+
+    def begin(self) -> None:
+        """The first write of this run: the folder stops being finished and its settings are
+        pinned. Record files and derived-file writes call it; a training stage calls it before
+        its trainer writes into the folder."""
+        if self._begun:
+            return
+        self._begun = True
+        (self.path / MANIFEST).unlink(missing_ok=True)
+        if not (self.path / SETTINGS).exists():
+            write_json_atomic(self.path / SETTINGS, self._current())
 
     @property
     def finished(self) -> bool:
         return (self.path / MANIFEST).exists()
 
     def records(self, name: str, key: str = "key") -> RecordFile:
-        rf = RecordFile(self.path / name, key=key)
+        """An append-only record file of this folder (loaded; a rerun skips what it holds)."""
+        rf = RecordFile(self.path / name, key=key, on_write=self.begin)
         self._files.append(rf)
         return rf
 
-    def reopen(self) -> None:
-        """About to add work to a finished folder: it stops being finished first."""
-        (self.path / MANIFEST).unlink(missing_ok=True)
+    def failures(self, name: str = "failures.jsonl") -> FailureLog:
+        """This folder's failure log (see :class:`FailureLog`)."""
+        fl = FailureLog(self.path / name, on_write=self.begin)
+        self._files.append(fl)
+        return fl
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """A derived JSON file of this folder, written atomically."""
+        self.begin()
+        write_json_atomic(self.path / name, obj)
+        return self.path / name
+
+    def write_jsonl(self, name: str, rows: Iterable[dict]) -> Path:
+        """A derived JSONL file of this folder, written atomically."""
+        self.begin()
+        write_jsonl_atomic(self.path / name, rows)
+        return self.path / name
 
     def finish(self, manifest: dict) -> Path:
         """Write ``manifest.json`` — the last file a stage writes."""
+        self.begin()
         for rf in self._files:
             rf.close()
         full = {
@@ -178,14 +324,13 @@ class StageDir:
 
     def close(self) -> None:
         for rf in self._files:
-            if not rf._fh.closed:
-                rf.close()
+            rf.close()
         self._lock.close()
 
     def __enter__(self) -> "StageDir":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -215,7 +360,12 @@ def read_manifest(path: str | os.PathLike, stage: str | Iterable[str] | None = N
             f"{path} has no {MANIFEST}: the stage that writes it has not finished. "
             "Rerun that stage's command to complete it."
         )
-    manifest = json.loads(m.read_text())
+    try:
+        manifest = json.loads(m.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(f"{m}: corrupt manifest ({e}); rerun the stage that wrote {path} to rewrite it") from None
+    if not isinstance(manifest, dict):
+        raise StoreError(f"{m}: corrupt manifest (not a JSON object); rerun the stage that wrote {path}")
     if stage is not None:
         wanted = {stage} if isinstance(stage, str) else set(stage)
         if manifest.get("stage") not in wanted:

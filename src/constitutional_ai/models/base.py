@@ -15,7 +15,7 @@ Two operations:
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, Sequence, runtime_checkable
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
@@ -28,6 +28,11 @@ class BackendError(RuntimeError):
 
 class LogprobsUnavailable(BackendError):
     """Raised by backends that cannot return log-probabilities for fixed options."""
+
+
+class RequestFailed(BackendError):
+    """One request failed for good (e.g. a server error after every retry) while the backend as
+    a whole works: stages record it as that record's failure and go on."""
 
 
 class PromptTooLong(BackendError):
@@ -56,11 +61,6 @@ class Sampling:
     seed: int = 0
     stop: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["stop"] = list(self.stop)
-        return d
-
 
 def derive_seed(*parts: object) -> int:
     """A stable 63-bit seed from any printable parts (stable across processes and runs)."""
@@ -74,6 +74,13 @@ class Backend(Protocol):
 
     #: Human-readable identity recorded in every record's provenance.
     name: str
+    #: Tokens the model accepts (prompt + answer), when the backend knows it before a request;
+    #: ``None`` when only the server can tell (it then rejects an over-long prompt per request).
+    context_length: int | None
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of a rendered prompt (only called when ``context_length`` is known)."""
+        ...
 
     def generate(
         self,
@@ -98,12 +105,3 @@ class Backend(Protocol):
     def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
         """The raw prompt string the model sees for a chat conversation."""
         ...
-
-
-@dataclass
-class BackendInfo:
-    """Static facts about a backend, for manifests."""
-
-    name: str
-    kind: str
-    details: dict = field(default_factory=dict)

@@ -42,6 +42,9 @@ _FAST_TOP_K = 20  # vLLM's default cap on logprobs per position
 class OpenAIBackend:
     """A model served behind an OpenAI-compatible API."""
 
+    #: The server rejects over-long prompts per request (HTTP 400); nothing to check before.
+    context_length: int | None = None
+
     def __init__(
         self,
         model: str,

@@ -1,0 +1,48 @@
+"""The stages of the method, one module each, and their one name.
+
+A stage's name (``train-sft``) is its manifest's ``stage``, its recipe key under ``stages:``,
+the default name of its folder in a ``cai run``, and — with the first dash read as a space
+for the ``train`` and ``eval`` groups — its command (``cai train sft``; ``cai train-sft``
+works too). The CLI, the pipeline and the report all read this table.
+
+A stage module never imports another stage module: what two stages share lives in the
+library modules beside ``stages/`` (``feedback``, ``pm``, ``metrics``, ``generation`` ...).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: its name, the module with ``Config``/``main``/``cli``, and what it does."""
+
+    name: str
+    module: str
+    summary: str
+
+    @property
+    def command(self) -> str:
+        group, _, rest = self.name.partition("-")
+        return f"{group} {rest}" if group in ("train", "eval") and rest else self.name
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(f"{__name__}.{self.module}")
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("revise", "revise", "SL-CAI data: critique and revise responses to red-team prompts"),
+    Stage("train-sft", "train_sft", "SL-CAI: finetune on revisions (+ helpful samples) with TRL's SFTTrainer"),
+    Stage("sample-pairs", "sample_pairs", "two independent responses per prompt from a policy model"),
+    Stage("label", "label", "RLAIF: soft preference labels from a feedback model (multiple choice)"),
+    Stage("train-pm", "train_pm", "preference model on soft AI labels (+ helpfulness comparisons)"),
+    Stage("train-rl", "train_rl", "RL-CAI: RLOO (or GRPO) against the PM with a KL penalty"),
+    Stage("eval-hhh", "eval_hhh", "HHH binary multiple choice accuracy and calibration (feedback model or PM)"),
+    Stage("eval-compare", "eval_compare", "head-to-head: models answer the same prompts, a judge compares them; Elo"),
+    Stage("eval-rounds", "eval_rounds", "PM score of the initial response and of each revision round"),
+    Stage("eval-refusal", "eval_refusal", "refusal rate on benign prompts that look risky"),
+)
+BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}

@@ -32,7 +32,6 @@ responses, principle ids, every raw score per order), ``failures.jsonl``, ``metr
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 import time
@@ -42,13 +41,15 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..config import opt
+from ..config import opt, output_settings, parse_config
 from ..constitution import FeedbackPrinciple, load_constitution
+from ..data import prompt_items
+from ..feedback import FeedbackOptions, label_chunk, position_stats
+from ..generation import Failed, generate_each, release
+from ..metrics import bradley_terry_elo, pair_table
 from ..models import Sampling, derive_seed, load_backend
 from ..prompts import STOP_STRINGS, clean_text
-from ..store import StageDir, file_sha256, write_json_atomic
-from .evaluate import TIE_EPS, _NeedsLogprobs, generate_answers, prompt_items, release
-from .label import LabelConfig, label_chunk, position_stats
+from ..store import StageDir, file_sha256
 
 #: The question the judge answers on helpful prompts.
 HELPFULNESS_PRINCIPLE = (
@@ -59,6 +60,9 @@ HELPFULNESS_PRINCIPLE = (
 #: dimension -> (prompt set name, config field with its prompts)
 DIMENSIONS = {"harmlessness": ("red_team", "prompts_red_team"), "helpfulness": ("helpful", "prompts_helpful")}
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+#: Completes the error raised when the judge has no log-probabilities.
+NEEDS_LOGPROBS = ("Judging comparisons needs the answer log-probabilities of the feedback model. Use a backend "
+                  "that returns them (a local checkpoint or hub id, or vLLM/SGLang's OpenAI-compatible server).")
 
 
 @dataclass
@@ -66,78 +70,26 @@ class CompareConfig:
     models: list[str] = opt([], "Model specs to compare (two or more), e.g. default runs/sft runs/rl")
     names: list[str] = opt([], "One short name per model (letters, digits, . _ -); default: each spec's last path part")
     judge: str = opt("default", "Feedback model that compares the answers (needs log-probabilities)")
-    out: str = opt("runs/eval/compare", "Output folder (rerun the same command to resume)")
+    out: str = opt("runs/eval/compare", "Output folder (rerun the same command to resume)", output=False)
     prompts_red_team: str = opt("builtin:red_team", "Prompts for the harmlessness comparison ('none' to skip it)")
     prompts_helpful: str = opt("builtin:helpful", "Prompts for the helpfulness comparison ('none' to skip it)")
-    limit: int = opt(50, "Prompts per set (0 = all)")
-    take: str = opt("last", "Which prompts --limit keeps: 'last' (default: not the ones `--limit N` training runs used) or 'first'")
-    constitution: str = opt("default", "Constitution with the harmlessness feedback principles and exemplars")
-    few_shot: int | None = opt(None, "Feedback exemplars before each question (default: all in the constitution)")
+    limit: int = opt(50, "Prompts per set (0 = all)", output=False, min=0)
+    take: str = opt("last", "Which prompts --limit keeps: 'last' (default: not the ones `--limit N` training runs used) or 'first'",
+                    output=False)
+    constitution: str = opt("default", "Constitution with the harmlessness feedback principles and exemplars",
+                            output=False)  # its fingerprint is pinned instead
+    few_shot: int | None = opt(None, "Feedback exemplars before each question (default: all in the constitution)", min=0)
     seed: int = opt(0, "Seed for answers (same per prompt for every model) and principle draws")
     temperature: float = opt(1.0, "Sampling temperature of the answers (1 = the models' own distribution)")
     top_p: float = opt(1.0, "Nucleus sampling threshold (1 = off)")
-    max_new_tokens: int = opt(200, "Token budget per answer")
-    elo_prior: float = opt(1.0, "Virtual tied games between every pair of models in the Bradley-Terry fit (> 0)")
-    batch_size: int = opt(16, "Prompts per model batch")
+    max_new_tokens: int = opt(200, "Token budget per answer", min=1)
+    elo_prior: float = opt(1.0, "Virtual tied games between every pair of models in the Bradley-Terry fit (> 0)", output=False)
+    batch_size: int = opt(16, "Prompts per model batch", output=False, min=1)
     truncation: str = opt("error", "Prompts longer than a model's context: 'error' or 'left'")
 
 
 def default_name(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(spec.rstrip("/")).name or spec).strip("-") or "model"
-
-
-def bradley_terry_elo(names: list[str], outcomes: list[tuple[str, str, float]], prior: float = 1.0,
-                      base: float = 1000.0, scale: float = 400.0, tol: float = 1e-10, max_iter: int = 100_000) -> dict[str, float]:
-    """Elo ratings from soft pairwise outcomes ``(a, b, P(a better))`` (see the module docstring)."""
-    m, idx = len(names), {n: i for i, n in enumerate(names)}
-    wins, games = [0.0] * m, [[0.0] * m for _ in range(m)]
-    for a, b, p in outcomes:
-        i, j = idx[a], idx[b]
-        wins[i] += p
-        wins[j] += 1.0 - p
-        games[i][j] += 1
-        games[j][i] += 1
-    for i in range(m):
-        for j in range(m):
-            if i != j:
-                games[i][j] += prior
-                wins[i] += prior / 2
-    if any(w <= 0 for w in wins):
-        raise ValueError("a model lost every comparison: the Bradley-Terry fit needs --elo-prior > 0")
-    pi = [1.0] * m
-    for _ in range(max_iter):
-        new = []
-        for i in range(m):
-            d = sum(games[i][j] / (pi[i] + pi[j]) for j in range(m) if j != i and games[i][j])
-            new.append(wins[i] / d if d else pi[i])
-        g = math.exp(sum(math.log(x) for x in new) / m)
-        new = [x / g for x in new]
-        done = max(abs(math.log(x / y)) for x, y in zip(new, pi)) < tol
-        pi = new
-        if done:
-            break
-    return {n: base + scale * math.log10(pi[idx[n]]) for n in names}
-
-
-def pair_table(comps: list[dict], names: list[str]) -> tuple[dict, dict, list[dict]]:
-    """Win-rate and mean-preference matrices (row vs column) and one summary row per pair."""
-    win = {a: {} for a in names}
-    mean_p = {a: {} for a in names}
-    rows = []
-    for a, b in combinations(names, 2):
-        ps = [c["p_a"] for c in comps if (c["a"], c["b"]) == (a, b)]
-        if not ps:
-            continue
-        wins_a = sum(p > 0.5 + TIE_EPS for p in ps)
-        wins_b = sum(p < 0.5 - TIE_EPS for p in ps)
-        ties = len(ps) - wins_a - wins_b
-        rate = (wins_a + ties / 2) / len(ps)
-        mp = sum(ps) / len(ps)
-        win[a][b], win[b][a] = rate, 1 - rate
-        mean_p[a][b], mean_p[b][a] = mp, 1 - mp
-        rows.append({"a": a, "b": b, "n": len(ps), "wins_a": wins_a, "ties": ties, "wins_b": wins_b,
-                     "win_rate_a": rate, "mean_p_a": mp})
-    return win, mean_p, rows
 
 
 def compare_metrics(comps: list[dict], cfg: CompareConfig, names: list[str], dims: dict) -> dict:
@@ -167,7 +119,7 @@ def main(cfg: CompareConfig) -> Path:
         raise ValueError(f"model names must be unique and use only letters, digits, '.', '_', '-': {names}")
     if cfg.elo_prior <= 0:
         raise ValueError("--elo-prior must be > 0")
-    sets, dims, settings = {}, {}, {k: v for k, v in asdict(cfg).items() if k not in ("out", "batch_size", "limit", "take", "elo_prior")}
+    sets, dims, hashes = {}, {}, {}
     for dim, (set_name, field) in DIMENSIONS.items():
         spec = getattr(cfg, field)
         if spec.lower() == "none":
@@ -175,19 +127,18 @@ def main(cfg: CompareConfig) -> Path:
         items, pfile = prompt_items(spec, cfg.limit or None, cfg.take)
         sets[set_name] = items
         dims[dim] = (set_name, spec, len(items))
-        settings[f"{field}_sha256"] = file_sha256(pfile)
+        hashes[f"{field}_sha256"] = file_sha256(pfile)
     if not dims:
         raise ValueError("both prompt sets are 'none': nothing to compare")
     c = load_constitution(cfg.constitution)
     if "harmlessness" in dims and not c.feedback:
         raise ValueError(f"{c.source}: the constitution has no feedback principles for the harmlessness judge")
-    settings["constitution_sha256"] = c.fingerprint()
+    settings = output_settings(cfg, **hashes, constitution_sha256=c.fingerprint())
     constitutions = {"harmlessness": c, "helpfulness": replace(c, feedback=(FeedbackPrinciple("helpfulness", HELPFULNESS_PRINCIPLE),))}
-    out = StageDir(cfg.out, "eval-compare", settings)
     t0 = time.time()
-    try:
+    with StageDir(cfg.out, "eval-compare", settings) as out:
         answers = {n: out.records(f"responses-{n}.jsonl") for n in names}
-        failures = out.records("failures.jsonl")
+        failures = out.failures()
         judged = out.records("samples.jsonl")
         sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=STOP_STRINGS)
         # ---- 1. every model answers every prompt (cached per model)
@@ -195,17 +146,17 @@ def main(cfg: CompareConfig) -> Path:
             todo = [(s, it) for s, items in sets.items() for it in items if f"{s}/{it.id}" not in answers[name]]
             if not todo:
                 continue
-            out.reopen()
             backend = load_backend(spec, batch_size=cfg.batch_size, truncation=cfg.truncation)
             print(f"[eval compare] {name}: {len(todo)} answers to write with {backend.name}", file=sys.stderr)
             with tqdm(total=len(todo), desc=f"answers {name}", unit="prompt", dynamic_ncols=True) as bar:
                 for start in range(0, len(todo), cfg.batch_size):
                     chunk = todo[start : start + cfg.batch_size]
                     seeds = [derive_seed(cfg.seed, s, it.id) for s, it in chunk]
-                    texts = generate_answers(backend, [it for _, it in chunk], sampling, seeds, cfg.batch_size, bar)
+                    texts = generate_each(backend, [list(it.messages) for _, it in chunk], sampling, seeds)
+                    bar.update(len(chunk))
                     for (s, it), seed, raw in zip(chunk, seeds, texts):
-                        if isinstance(raw, Exception):
-                            failures.append({"key": f"{name}/{s}/{it.id}@{time.time_ns()}", "model": name, "error": str(raw)})
+                        if isinstance(raw, Failed):
+                            failures.append(f"{name}/{s}/{it.id}", raw.error, model=name, kind=raw.kind)
                             continue
                         answers[name].append({"key": f"{s}/{it.id}", "prompt_set": s, "prompt_id": it.id, "category": it.category,
                                               "messages": [dict(m) for m in it.messages], "response": clean_text(raw),
@@ -225,9 +176,8 @@ def main(cfg: CompareConfig) -> Path:
                                      "responses": [answers[a].records[k]["response"], answers[b].records[k]["response"]],
                                      "dimension": dim, "prompt_set": s, "category": it.category, "a": a, "b": b})
         if todo:
-            out.reopen()
-            judge = _NeedsLogprobs(load_backend(cfg.judge, batch_size=cfg.batch_size), "Judging comparisons")
-            lcfg = LabelConfig(debias=True, principles=1, few_shot=cfg.few_shot, seed=cfg.seed, batch_size=cfg.batch_size)
+            judge = load_backend(cfg.judge, batch_size=cfg.batch_size)
+            opts = FeedbackOptions(debias=True, principles=1, few_shot=cfg.few_shot, seed=cfg.seed)
             print(f"[eval compare] {len(todo)} comparisons to judge with {judge.name}", file=sys.stderr)
             step = max(1, cfg.batch_size // 2)
             specs = dict(zip(names, cfg.models))
@@ -236,7 +186,7 @@ def main(cfg: CompareConfig) -> Path:
                     mine = [t for t in todo if t["dimension"] == dim]
                     for start in range(0, len(mine), step):
                         chunk = mine[start : start + step]
-                        for t, lr in zip(chunk, label_chunk(judge, chunk, constitutions[dim], lcfg)):
+                        for t, lr in zip(chunk, label_chunk(judge, chunk, constitutions[dim], opts, NEEDS_LOGPROBS)):
                             judged.append({**lr, **{k: t[k] for k in ("dimension", "prompt_set", "category", "a", "b")},
                                            "model_a": specs[t["a"]], "model_b": specs[t["b"]], "judge": cfg.judge})
                         bar.update(len(chunk))
@@ -245,7 +195,7 @@ def main(cfg: CompareConfig) -> Path:
         wanted = {f"{dim}/{it.id}/{a}~{b}" for dim, (s, _, _) in dims.items() for it in sets[s] for a, b in combinations(names, 2)}
         comps = [r for r in judged if r["key"] in wanted]
         metrics = compare_metrics(comps, cfg, names, dims)
-        write_json_atomic(Path(cfg.out) / "metrics.json", metrics)
+        out.write_json("metrics.json", metrics)
         out.finish({"config": asdict(cfg), "inputs": {"models": dict(zip(names, cfg.models)), "judge": cfg.judge,
                                                       **{d: v[1] for d, v in dims.items()}},
                     "counts": {"comparisons": len(comps), "expected": len(wanted),
@@ -254,10 +204,13 @@ def main(cfg: CompareConfig) -> Path:
                     "files": {"samples": "samples.jsonl", "metrics": "metrics.json",
                               **{f"responses_{n}": f"responses-{n}.jsonl" for n in names}},
                     "seconds": round(time.time() - t0, 1)})
-    finally:
-        out.close()
     for dim, elo in metrics["elo"].items():
         print(f"[eval compare] {dim} Elo: " + ", ".join(f"{n} {r:.0f}" for n, r in sorted(elo.items(), key=lambda x: -x[1])),
               file=sys.stderr)
     print(f"[eval compare] {len(comps)} comparisons -> {cfg.out}", file=sys.stderr)
     return Path(cfg.out)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    main(parse_config(CompareConfig, argv, "cai eval compare", __doc__.split("\n\n")[0]))
+    return 0

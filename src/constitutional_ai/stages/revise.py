@@ -27,68 +27,39 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
-
 from tqdm.auto import tqdm
 
-from ..config import opt, parse_config
+from ..config import opt, output_settings, parse_config
 from ..constitution import Constitution, load_constitution
-from ..data import DataError, PromptItem, load_prompts, prompt_file, write_jsonl_atomic
-from ..models import Backend, PromptTooLong, Sampling, derive_seed, load_backend
+from ..data import load_prompts, prompt_file
+from ..generation import Failed, check_fits, generate_each
+from ..models import Backend, Sampling, derive_seed, load_backend
 from ..prompts import STOP_STRINGS, clean_text, critique_messages, revision_messages
 from ..store import StageDir, file_sha256
 
 
 @dataclass
 class ReviseConfig:
-    out: str = opt("runs/revise", "Output folder (created; rerun the same command to resume)")
-    prompts: str = opt("builtin:red_team", "Prompt file (.jsonl/.csv/.txt, HH transcripts) or builtin:red_team / builtin:helpful")
+    out: str = opt("runs/revise", "Output folder (created; rerun the same command to resume)", output=False)
+    prompts: str = opt("builtin:red_team", "Prompt file (.jsonl/.csv/.txt, HH transcripts) or builtin:red_team / builtin:helpful",
+                       output=False)  # its content hash is pinned instead
     model: str = opt("default", "Model spec: default (embedded SmolLM2-135M), a checkpoint folder, a hub id, or openai:MODEL@URL")
-    constitution: str = opt("default", "Constitution file (native YAML/JSON, Anthropic or llm-swarm JSON) or 'default'")
-    rounds: int = opt(4, "Sequential critique/revision rounds per response (paper: 4)")
-    samples: int = opt(1, "Independent initial responses (each revised) per prompt")
-    limit: int | None = opt(None, "Use only the first N prompts")
+    constitution: str = opt("default", "Constitution file (native YAML/JSON, Anthropic or llm-swarm JSON) or 'default'",
+                            output=False)  # its fingerprint is pinned instead
+    rounds: int = opt(4, "Sequential critique/revision rounds per response (paper: 4)", min=1)
+    samples: int = opt(1, "Independent initial responses (each revised) per prompt", min=1)
+    limit: int | None = opt(None, "Use only the first N prompts", output=False, min=1)
     seed: int = opt(0, "Seed for principle draws and sampling")
     temperature: float = opt(1.0, "Sampling temperature for every generation (paper: 1)")
     top_p: float = opt(1.0, "Nucleus sampling threshold (1 = off)")
-    max_new_tokens: int = opt(200, "Token budget for each response, critique and revision")
-    few_shot: int | None = opt(None, "Number of the constitution's revision exemplars shown before each request (default: all)")
+    max_new_tokens: int = opt(200, "Token budget for each response, critique and revision", min=1)
+    few_shot: int | None = opt(None, "Number of the constitution's revision exemplars shown before each request (default: all)",
+                               min=0)
     no_critique: bool = opt(False, "Revise directly without a critique step (the paper's ablation)")
-    sft_rounds: str = opt("last", "Revisions in sft.jsonl: 'last', 'all' (one example per round), or N (round N only)")
-    batch_size: int = opt(16, "Conversations per model batch; also the number of prompts in flight")
+    sft_rounds: str = opt("last", "Revisions in sft.jsonl: 'last', 'all' (one example per round), or N (round N only)",
+                          output=False)  # sft.jsonl is rebuilt from the records on every run
+    batch_size: int = opt(16, "Conversations per model batch; also the number of prompts in flight", output=False, min=1)
     truncation: str = opt("error", "Prompts longer than the context: 'error' or 'left' (drop oldest turns)")
-
-
-def settings_of(cfg: ReviseConfig, constitution: Constitution, prompts_hash: str) -> dict:
-    """The settings that change the records; a rerun must match them exactly."""
-    return {
-        "prompts_sha256": prompts_hash,
-        "model": cfg.model,
-        "constitution_sha256": constitution.fingerprint(),
-        "rounds": cfg.rounds,
-        "samples": cfg.samples,
-        "seed": cfg.seed,
-        "temperature": cfg.temperature,
-        "top_p": cfg.top_p,
-        "max_new_tokens": cfg.max_new_tokens,
-        "few_shot": cfg.few_shot,
-        "no_critique": cfg.no_critique,
-    }
-
-
-def check_lengths(backend: Backend, items: Sequence[PromptItem], budget: int) -> None:
-    """Fail before any work if a prompt alone cannot fit in the model's context."""
-    ctx = getattr(backend, "context_length", None)
-    count = getattr(backend, "count_tokens", None)
-    if ctx is None or count is None:
-        return  # remote backends: the server reports over-long prompts per request
-    for it in items:
-        n = count(backend.render(it.messages))
-        if n + budget > ctx:
-            raise DataError(
-                f"{it.source}: field 'prompt': the prompt has {n} tokens; with max_new_tokens={budget} "
-                f"the model ({ctx}-token context) cannot answer it. Shorten or drop it."
-            )
 
 
 def run_chains(
@@ -109,26 +80,17 @@ def run_chains(
 
     def step(live: list[dict], name: str, build) -> list[dict]:
         """Generate one turn for every live chain; returns the chains still alive."""
-        convs, seeds, ok = [], [], []
-        for ch in live:
-            convs.append(build(ch))
-            seeds.append(derive_seed(cfg.seed, ch["key"], name))
-            ok.append(ch)
-        try:
-            texts = backend.generate(convs, sampling, seeds=seeds)
-        except PromptTooLong:
-            # Retry one by one so a single over-long chain does not sink its batch.
-            texts, survivors = [], []
-            for ch, conv, seed in zip(ok, convs, seeds):
-                try:
-                    texts.append(backend.generate([conv], sampling, seeds=[seed])[0])
-                    survivors.append(ch)
-                except PromptTooLong as e1:
-                    failures.append({"key": ch["key"], "prompt_id": ch["prompt_id"], "step": name, "error": str(e1)})
-            ok = survivors
+        texts = generate_each(backend, [build(ch) for ch in live], sampling,
+                              [derive_seed(cfg.seed, ch["key"], name) for ch in live])
         bar.update(len(live))
-        for ch, t in zip(ok, texts):
-            ch["_last_raw"] = t
+        ok = []
+        for ch, t in zip(live, texts):
+            if isinstance(t, Failed):
+                failures.append({"key": ch["key"], "prompt_id": ch["prompt_id"], "step": name, "kind": t.kind,
+                                 "error": t.error})
+            else:
+                ch["_last_raw"] = t
+                ok.append(ch)
         return ok
 
     live = step(chains, "initial", lambda ch: ch["messages"])
@@ -193,8 +155,6 @@ def sft_rows(records: list[dict], which: str) -> list[dict]:
 
 def main(cfg: ReviseConfig) -> Path:
     """Run the stage; returns the output folder."""
-    if cfg.rounds < 1 or cfg.samples < 1:
-        raise ValueError("--rounds and --samples must be at least 1")
     if cfg.sft_rounds not in ("last", "all") and not (cfg.sft_rounds.isdigit() and 1 <= int(cfg.sft_rounds) <= cfg.rounds):
         raise ValueError(f"--sft-rounds must be 'last', 'all' or a round number 1..{cfg.rounds}, got {cfg.sft_rounds!r}")
     pfile = prompt_file(cfg.prompts)
@@ -202,10 +162,10 @@ def main(cfg: ReviseConfig) -> Path:
     constitution = load_constitution(cfg.constitution)
     if not constitution.critique_revision:
         raise ValueError(f"{constitution.source}: the constitution has no critique/revision principles")
-    out = StageDir(cfg.out, "revise", settings_of(cfg, constitution, file_sha256(pfile)))
-    try:
+    settings = output_settings(cfg, prompts_sha256=file_sha256(pfile), constitution_sha256=constitution.fingerprint())
+    with StageDir(cfg.out, "revise", settings) as out:
         records = out.records("records.jsonl")
-        failures_file = out.records("failures.jsonl")
+        failures = out.failures()
         todo = [
             {"key": f"{it.id}/s{s}", "prompt_id": it.id, "sample": s, "category": it.category,
              "source": it.source, "messages": [dict(m) for m in it.messages]}
@@ -214,9 +174,8 @@ def main(cfg: ReviseConfig) -> Path:
         todo = [ch for ch in todo if ch["key"] not in records]
         t0 = time.time()
         if todo:
-            out.reopen()
             backend = load_backend(cfg.model, batch_size=cfg.batch_size, truncation=cfg.truncation)
-            check_lengths(backend, items, cfg.max_new_tokens)
+            check_fits(backend, items, cfg.max_new_tokens)
             steps_per_chain = 1 + cfg.rounds * (1 if cfg.no_critique else 2)
             print(f"[revise] {len(todo)} responses to write ({len(records)} already done) with {backend.name}", file=sys.stderr)
             with tqdm(total=len(todo) * steps_per_chain, desc="revise", unit="gen", dynamic_ncols=True) as bar:
@@ -228,15 +187,14 @@ def main(cfg: ReviseConfig) -> Path:
                                    constitution=constitution.fingerprint())
                         records.append(rec)
                     for f in failed:
-                        f["key"] = f"{f['key']}@{int(time.time() * 1000)}"  # a failure log, not a record set
-                        failures_file.append(f)
+                        failures.append(f.pop("key"), f.pop("error"), **f)
                     bar.set_postfix(done=len(records), failed=len(failed))
         else:
             print(f"[revise] all {len(records)} responses already done in {cfg.out}", file=sys.stderr)
         wanted = {f"{it.id}/s{s}" for it in items for s in range(cfg.samples)}
         finished = [r for r in records if r["key"] in wanted]
         rows = sft_rows(finished, cfg.sft_rounds)
-        write_jsonl_atomic(Path(cfg.out) / "sft.jsonl", rows)
+        out.write_jsonl("sft.jsonl", rows)
         missing = len(wanted) - len(finished)
         principle_counts: dict[str, int] = {}
         for r in finished:
@@ -253,8 +211,6 @@ def main(cfg: ReviseConfig) -> Path:
             "files": {"records": "records.jsonl", "sft": "sft.jsonl", "failures": "failures.jsonl"},
             "seconds": round(time.time() - t0, 1),
         })
-    finally:
-        out.close()
     print(f"[revise] {len(finished)} records, {len(rows)} SFT examples, {missing} failed -> {manifest.parent}", file=sys.stderr)
     if missing:
         print(f"[revise] see {Path(cfg.out) / 'failures.jsonl'}; rerun the same command to retry them", file=sys.stderr)

@@ -17,62 +17,53 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..config import opt, parse_config
+from ..config import opt, output_settings, parse_config
 from ..data import load_prompts, prompt_file
-from ..models import PromptTooLong, Sampling, derive_seed, load_backend
+from ..generation import Failed, generate_each
+from ..models import Sampling, derive_seed, load_backend
 from ..prompts import STOP_STRINGS, clean_text
 from ..store import StageDir, file_sha256
 
 
 @dataclass
 class SamplePairsConfig:
-    out: str = opt("runs/pairs", "Output folder (rerun the same command to resume)")
+    out: str = opt("runs/pairs", "Output folder (rerun the same command to resume)", output=False)
     model: str = opt("default", "Policy model spec, typically the SL-CAI checkpoint folder")
-    prompts: str = opt("builtin:red_team", "Prompt file or builtin:red_team / builtin:helpful")
-    limit: int | None = opt(None, "Use only the first N prompts")
+    prompts: str = opt("builtin:red_team", "Prompt file or builtin:red_team / builtin:helpful",
+                       output=False)  # its content hash is pinned instead
+    limit: int | None = opt(None, "Use only the first N prompts", output=False, min=1)
     seed: int = opt(0, "Seed; each response's seed is derived from it, the prompt id and the index")
-    temperature: float = opt(1.0, "Sampling temperature (paper: 1)")
+    temperature: float = opt(1.0, "Sampling temperature (paper: 1)", min=0)
     top_p: float = opt(1.0, "Nucleus sampling threshold (1 = off)")
-    max_new_tokens: int = opt(200, "Token budget per response")
-    batch_size: int = opt(16, "Conversations per model batch")
+    max_new_tokens: int = opt(200, "Token budget per response", min=1)
+    batch_size: int = opt(16, "Conversations per model batch", output=False, min=1)
     truncation: str = opt("error", "Prompts longer than the context: 'error' or 'left'")
 
 
 def main(cfg: SamplePairsConfig) -> Path:
     pfile = prompt_file(cfg.prompts)
     items = load_prompts(pfile, limit=cfg.limit)
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "limit", "batch_size")}
-    settings["prompts_sha256"] = file_sha256(pfile)
-    out = StageDir(cfg.out, "sample-pairs", settings)
-    try:
+    with StageDir(cfg.out, "sample-pairs", output_settings(cfg, prompts_sha256=file_sha256(pfile))) as out:
         pairs = out.records("pairs.jsonl")
-        failures = out.records("failures.jsonl")
+        failures = out.failures()
         todo = [it for it in items if it.id not in pairs]
         sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=STOP_STRINGS)
         t0 = time.time()
         if todo:
-            out.reopen()
             backend = load_backend(cfg.model, batch_size=cfg.batch_size, truncation=cfg.truncation)
             print(f"[sample-pairs] {len(todo)} prompts to sample ({len(pairs)} done) with {backend.name}", file=sys.stderr)
+            step = max(1, cfg.batch_size // 2)
             with tqdm(total=len(todo), desc="sample-pairs", unit="pair", dynamic_ncols=True) as bar:
-                for start in range(0, len(todo), max(1, cfg.batch_size // 2)):
-                    chunk = todo[start : start + max(1, cfg.batch_size // 2)]
+                for start in range(0, len(todo), step):
+                    chunk = todo[start : start + step]
                     convs = [list(it.messages) for it in chunk for _ in range(2)]
                     seeds = [derive_seed(cfg.seed, it.id, k) for it in chunk for k in range(2)]
-                    try:
-                        texts = backend.generate(convs, sampling, seeds=seeds)
-                    except PromptTooLong:
-                        texts = []
-                        for c, s in zip(convs, seeds):
-                            try:
-                                texts.append(backend.generate([c], sampling, seeds=[s])[0])
-                            except PromptTooLong as e:
-                                texts.append(e)
+                    texts = generate_each(backend, convs, sampling, seeds)
                     for i, it in enumerate(chunk):
                         a, b = texts[2 * i], texts[2 * i + 1]
-                        if isinstance(a, Exception) or isinstance(b, Exception):
-                            err = a if isinstance(a, Exception) else b
-                            failures.append({"key": f"{it.id}@{time.time_ns()}", "prompt_id": it.id, "error": str(err)})
+                        if isinstance(a, Failed) or isinstance(b, Failed):
+                            err = a if isinstance(a, Failed) else b
+                            failures.append(it.id, err.error, prompt_id=it.id, kind=err.kind)
                             continue
                         pairs.append({
                             "key": it.id, "prompt_id": it.id, "category": it.category, "source": it.source,
@@ -93,8 +84,6 @@ def main(cfg: SamplePairsConfig) -> Path:
             "files": {"pairs": "pairs.jsonl", "failures": "failures.jsonl"},
             "seconds": round(time.time() - t0, 1),
         })
-    finally:
-        out.close()
     print(f"[sample-pairs] {n} pairs -> {manifest.parent}", file=sys.stderr)
     return Path(cfg.out)
 

@@ -58,10 +58,11 @@ import torch.nn.functional as F
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
-from ..config import opt, parse_config, training_config_dict
-from ..data import DataError, check_messages, parse_hh_transcript, read_jsonl, write_jsonl_atomic
-from ..store import StageDir, file_sha256, last_checkpoint, read_manifest, write_json_atomic
-from .score import encode_conversation, score_ids
+from ..config import opt, output_settings, parse_config, training_config_dict
+from ..data import DataError, check_messages, parse_hh_transcript, read_jsonl
+from ..metrics import calibration
+from ..pm import encode_conversation, score_ids
+from ..store import StageDir, file_sha256, last_checkpoint, read_manifest
 
 
 
@@ -78,39 +79,14 @@ def soft_bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p: torch.Tens
     return -(p * F.logsigmoid(d) + (1 - p) * F.logsigmoid(-d)).mean()
 
 
-def expected_calibration_error(pred: Sequence[float], target: Sequence[float], bins: int = 10) -> tuple[float, list[dict]]:
-    """ECE of predicted probabilities against soft targets, and the reliability table.
-
-    Predictions go into ``bins`` equal-width bins on [0, 1] (the last bin includes 1). In
-    each bin the mean prediction is compared with the mean *target probability* (not a 0/1
-    outcome: AI labels are themselves probabilities). ECE = Σ (n_bin / N)·|mean pred − mean
-    target|. The table has one row per bin (empty bins have ``None`` means).
-    """
-    if len(pred) != len(target) or not pred:
-        raise ValueError("expected_calibration_error needs equally long, non-empty pred and target")
-    sums = [[0, 0.0, 0.0] for _ in range(bins)]
-    for q, t in zip(pred, target):
-        b = min(int(q * bins), bins - 1)
-        sums[b][0] += 1
-        sums[b][1] += q
-        sums[b][2] += t
-    n, ece, table = len(pred), 0.0, []
-    for b, (c, sq, st) in enumerate(sums):
-        row = {"bin": b, "lo": b / bins, "hi": (b + 1) / bins, "count": c,
-               "mean_pred": sq / c if c else None, "mean_target": st / c if c else None}
-        if c:
-            ece += c / n * abs(sq / c - st / c)
-        table.append(row)
-    return ece, table
-
-
 # ----------------------------------------------------------------------------- config
 @dataclass
 class TrainPMConfig(RewardConfig):
-    labels: list[str] = opt([], "Finished `cai label` output folder(s)")
-    out: str = opt("runs/pm", "Output folder: PM checkpoint, metrics.json, heldout_scores.jsonl, manifest.json")
+    labels: list[str] = opt([], "Finished `cai label` output folder(s)", output=False)  # their hashes are pinned instead
+    out: str = opt("runs/pm", "Output folder: PM checkpoint, metrics.json, heldout_scores.jsonl, manifest.json", output=False)
     model: str = opt("default", "Base model: default (embedded SmolLM2-135M), a checkpoint folder or a hub id")
-    helpful: str | None = opt(None, "Helpfulness comparisons (JSONL): HH `chosen`/`rejected` transcripts or preference rows")
+    helpful: str | None = opt(None, "Helpfulness comparisons (JSONL): HH `chosen`/`rejected` transcripts or preference rows",
+                              output=False)  # its hash is pinned instead
     helpful_ratio: float | None = opt(None, "Fraction of pairs that are helpfulness comparisons; the larger side is subsampled; unset = use all")
     eval_fraction: float = opt(0.1, "Fraction of each source's prompts held out for accuracy and calibration")
     soft_labels: bool = opt(True, "Train on the soft AI labels; false = hard labels (p >= 0.5 -> 1), the ablation")
@@ -130,14 +106,6 @@ class TrainPMConfig(RewardConfig):
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
             self.activation_checkpointing = False  # TRL turns it on by default; it only slows small CPU runs
         super().__post_init__()
-
-
-def settings_of(cfg: TrainPMConfig, inputs: dict) -> dict:
-    """What changes the trained PM; a rerun into the same folder must match it."""
-    keys = ["model", "helpful_ratio", "eval_fraction", "soft_labels", "seed", "learning_rate", "num_train_epochs",
-            "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
-            "lr_scheduler_type", "warmup_steps", "weight_decay", "center_rewards_coefficient", "bf16"]
-    return {"inputs": inputs, **{k: getattr(cfg, k) for k in keys}}
 
 
 # ----------------------------------------------------------------------------- data
@@ -333,11 +301,11 @@ def evaluate_pairs(model, pad_token_id: int, rows: list[dict], batch_size: int) 
         c = torch.tensor([x["r_chosen"] for x in items], dtype=torch.float64)
         j = torch.tensor([x["r_rejected"] for x in items], dtype=torch.float64)
         p = torch.tensor([x["p_chosen"] for x in items], dtype=torch.float64)
-        ece, table = expected_calibration_error([x["pred_p_chosen"] for x in items], p.tolist())
+        cal = calibration([x["pred_p_chosen"] for x in items], p.tolist())
         entropy = -(p * p.clamp_min(1e-12).log() + (1 - p) * (1 - p).clamp_min(1e-12).log()).mean()
         return {"n": len(items), "accuracy": float((c > j).double().mean()), "log_loss": float(soft_bt_loss(c, j, p)),
                 "label_entropy": float(entropy), "chance_log_loss": math.log(2), "mean_margin": float((c - j).mean()),
-                "ece": ece, "reliability": table}
+                "ece": cal["ece"], "reliability": cal["reliability"]}
 
     metrics = summary(per)
     metrics["by_source"] = {s: summary([x for x in per if x["source"] == s]) for s in sorted({x["source"] for x in per})}
@@ -363,12 +331,10 @@ def main(cfg: TrainPMConfig) -> Path:
     helpful = load_pairs(cfg.helpful, "helpful", 1.0) if cfg.helpful else []
     inputs = {"labels": label_inputs,
               "helpful": {"path": str(Path(cfg.helpful).resolve()), "sha256": file_sha256(cfg.helpful)} if cfg.helpful else None}
-    out = StageDir(cfg.out, "train-pm", settings_of(cfg, inputs))
-    if out.finished:
-        print(f"[train-pm] {cfg.out} is already finished with these settings; nothing to do", file=sys.stderr)
-        out.close()
-        return Path(cfg.out)
-    try:
+    with StageDir(cfg.out, "train-pm", output_settings(cfg, inputs=inputs)) as out:
+        if out.finished:
+            print(f"[train-pm] {cfg.out} is already finished with these settings; nothing to do", file=sys.stderr)
+            return Path(cfg.out)
         ai_used, helpful_used = mix(ai, helpful, cfg.helpful_ratio, cfg.seed)
         tokenizer = load_tokenizer(cfg)
         train_rows, heldout, dropped = [], [], 0
@@ -381,6 +347,7 @@ def main(cfg: TrainPMConfig) -> Path:
         print(f"[train-pm] {len(ai_used)} AI-feedback + {len(helpful_used)} helpfulness pairs; "
               f"{len(train_rows)} train, {len(heldout)} held out, {dropped} too long", file=sys.stderr)
         model = load_model(cfg, tokenizer)
+        out.begin()
         trainer = build_trainer(cfg, model, tokenizer, train_rows)
         t0 = time.time()
         resumed = last_checkpoint(cfg.out)
@@ -395,8 +362,8 @@ def main(cfg: TrainPMConfig) -> Path:
         metrics["train"] = {"steps": steps, "seconds": round(seconds, 2), "seconds_per_step": round(seconds / max(steps, 1), 3),
                             "train_loss": result.training_loss, "soft_labels": cfg.soft_labels,
                             "log_history": trainer.state.log_history}
-        write_json_atomic(Path(cfg.out) / "metrics.json", metrics)
-        write_jsonl_atomic(Path(cfg.out) / "heldout_scores.jsonl", per)
+        out.write_json("metrics.json", metrics)
+        out.write_jsonl("heldout_scores.jsonl", per)
         summary = {k: metrics[k] for k in ("accuracy", "log_loss", "label_entropy", "ece") if k in metrics}
         manifest = out.finish({
             "config": training_config_dict(cfg),
@@ -407,8 +374,6 @@ def main(cfg: TrainPMConfig) -> Path:
             "metrics": {**summary, "train_steps": steps, "seconds_per_step": metrics["train"]["seconds_per_step"]},
             "files": {"model": ".", "metrics": "metrics.json", "heldout": "heldout_scores.jsonl"},
         })
-    finally:
-        out.close()
     print(f"[train-pm] {steps} steps in {seconds:.0f} s; held-out "
           + (f"accuracy {metrics['accuracy']:.3f}, ECE {metrics['ece']:.3f}" if heldout else "set empty")
           + f" -> {manifest.parent}", file=sys.stderr)

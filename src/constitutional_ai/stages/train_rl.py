@@ -50,7 +50,6 @@ run trains again from the start.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 import sys
@@ -63,12 +62,12 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOConfig, RLOOConfig
 
-from ..config import opt, parse_config, training_config_dict
+from ..config import opt, output_settings, parse_config, training_config_dict
 from ..data import DataError, PromptItem, load_prompts, prompt_file
 from ..models import derive_seed
 from ..models.local import resolve_model_path
-from ..store import MANIFEST, StageDir, file_sha256, last_checkpoint, manifest_identity, read_manifest
-from .score import load_pm, score_conversations
+from ..store import MANIFEST, StageDir, dumps, file_sha256, last_checkpoint, manifest_identity, read_manifest
+from ..pm import load_pm, score_conversations
 
 STAGE = "train-rl"
 BOILERPLATE = ["I'm sorry", "I cannot", "I can't", "As an AI", "you are valid, valued, and cared for", "it's important to"]
@@ -80,21 +79,22 @@ LOG_KEYS = ["step", "reward", "reward_std", "kl", "response_length", "empty_rate
 class TrainRLConfig(RLOOConfig):
     """TRL's RLOOConfig (every TrainingArguments flag works) plus the RL-CAI inputs."""
 
-    policy: str = opt("default", "Policy to train: default (embedded SmolLM2-135M) or a checkpoint folder, usually `cai train sft` output")
-    pm: str | None = opt(None, "Preference model: a finished `cai train pm` folder")
-    out: str = opt("runs/rl", "Output folder for the RL-CAI checkpoint and logs (also sets output_dir)")
+    policy: str = opt("default", "Policy to train: default (embedded SmolLM2-135M) or a checkpoint folder, usually `cai train sft` output",
+                      output=False)  # pinned by its identity in the inputs
+    pm: str | None = opt(None, "Preference model: a finished `cai train pm` folder", output=False)  # pinned likewise
+    out: str = opt("runs/rl", "Output folder for the RL-CAI checkpoint and logs (also sets output_dir)", output=False)
     algorithm: str = opt("rloo", "rloo (KL penalty in the reward, the CAI objective) or grpo (KL in the loss)")
     kl_coef: float = opt(0.001, "KL penalty coefficient β against the starting policy (paper: 0.001); TRL's `beta`")
-    prompts_red_team: str = opt("builtin:red_team", "Red-team prompts (file or builtin:NAME)")
-    prompts_helpful: str = opt("builtin:helpful", "Helpfulness prompts (file or builtin:NAME)")
+    prompts_red_team: str = opt("builtin:red_team", "Red-team prompts (file or builtin:NAME)", output=False)  # hash pinned
+    prompts_helpful: str = opt("builtin:helpful", "Helpfulness prompts (file or builtin:NAME)", output=False)  # hash pinned
     helpful_fraction: float = opt(0.5, "Share of helpfulness prompts in the RL prompt mix (the paper trained on both)")
     limit_prompts: int | None = opt(None, "Use at most this many prompts in all (after mixing)")
     boilerplate_phrases: list[str] = opt(BOILERPLATE, "Phrases whose rate is logged as boilerplate_rate (case-insensitive)")
     penalize_boilerplate: float = opt(0.0, "Subtract this from the reward of answers with a boilerplate phrase (0 = paper: PM only)")
     min_length_tokens: int = opt(5, "Answers shorter than this many tokens count in short_rate")
     max_length_tokens: int | None = opt(None, "Answers longer than this many tokens count in long_rate (unset: not measured)")
-    pm_batch_size: int = opt(16, "Conversations per PM forward pass")
-    num_samples: int = opt(4, "Completions kept in samples.jsonl from the first and from the last step")
+    pm_batch_size: int = opt(16, "Conversations per PM forward pass", output=False, min=1)
+    num_samples: int = opt(4, "Completions kept in samples.jsonl from the first and from the last step", output=False, min=0)
     # CPU-friendly defaults for inherited TRL/transformers settings (all overridable).
     beta: float | None = opt(None, "TRL's name for --kl-coef; set --kl-coef instead")
     bf16: bool | None = opt(False, "bf16 mixed precision (TRL's default is on; off here: CPU fp32)")
@@ -132,17 +132,6 @@ def grpo_config(cfg: TrainRLConfig) -> GRPOConfig:
     """A GRPOConfig with every value of ``cfg`` that GRPO also has (β included); the rest GRPO's defaults."""
     names = {f.name for f in dataclasses.fields(GRPOConfig) if f.init}
     return GRPOConfig(**{k: v for k, v in cfg._given.items() if k in names})
-
-
-def settings_of(cfg: TrainRLConfig, inputs: dict) -> dict:
-    """What changes the trained policy (or its logged guards); a rerun into the same folder must match it."""
-    keys = ["algorithm", "kl_coef", "helpful_fraction", "limit_prompts", "boilerplate_phrases", "penalize_boilerplate",
-            "min_length_tokens", "max_length_tokens", "seed", "learning_rate", "num_train_epochs", "max_steps",
-            "per_device_train_batch_size", "gradient_accumulation_steps", "num_generations", "max_completion_length",
-            "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "num_iterations", "epsilon", "epsilon_high",
-            "normalize_advantages", "mask_truncated_completions", "lr_scheduler_type", "warmup_steps", "weight_decay",
-            "max_grad_norm", "bf16", "disable_dropout"]
-    return json.loads(json.dumps({"inputs": inputs, **{k: getattr(cfg, k) for k in keys}}))
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -264,7 +253,7 @@ class LogWriter(TrainerCallback):
         row = log_row(logs, state.global_step)
         self.rows.append(row)
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(dumps(row) + "\n")
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
         print(f"[train rl] step {row['step']}: reward {fmt(row['reward'], '.3f')} kl {fmt(row['kl'], '.4f')} "
               f"len {fmt(row['response_length'], '.1f')} empty {fmt(row['empty_rate'], '.0%')} boilerplate "
@@ -317,12 +306,12 @@ def main(cfg: TrainRLConfig) -> Path:
                           "helpful": cfg.prompts_helpful, "helpful_sha256": file_sha256(prompt_file(cfg.prompts_helpful))}}
     red, helpful = load_prompts(cfg.prompts_red_team), load_prompts(cfg.prompts_helpful)
     rows = mix_prompts(red, helpful, cfg.helpful_fraction, cfg.limit_prompts, cfg.seed)
-    out = StageDir(cfg.out, STAGE, settings_of(cfg, inputs))
-    try:
+    with StageDir(cfg.out, STAGE, output_settings(cfg, inputs=inputs)) as out:
         if out.finished:
             print(f"[train rl] already done: {cfg.out} (same settings); delete the folder to retrain", file=sys.stderr)
             return Path(cfg.out)
         pm_model, pm_tokenizer = load_pm(cfg.pm, device=str(cfg.device))
+        out.begin()
         log = LogWriter(Path(cfg.out) / "log.jsonl")
         trainer, rewards = build_trainer(cfg, rows, policy_path, pm_model, pm_tokenizer, log)
         n_help = sum(r["source"] == "helpful" for r in rows)
@@ -333,8 +322,7 @@ def main(cfg: TrainRLConfig) -> Path:
         trainer.model.save_pretrained(cfg.out)
         trainer.processing_class.save_pretrained(cfg.out)
         samples = (rewards.first or []) + (rewards.last if rewards.last is not rewards.first else [])
-        with open(Path(cfg.out) / "samples.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
+        out.write_jsonl("samples.jsonl", samples)
         steps = trainer.state.global_step
         first, last = (log.rows[0], log.rows[-1]) if log.rows else ({}, {})
         warnings = guard_warnings(first, last) if log.rows else []
@@ -353,8 +341,6 @@ def main(cfg: TrainRLConfig) -> Path:
             "files": {"checkpoint": ".", "log": "log.jsonl", "samples": "samples.jsonl"},
             "seconds": round(time.time() - t0, 1),
         })
-    finally:
-        out.close()
     print(f"[train rl] {steps} steps; reward {first.get('reward')} -> {last.get('reward')}; checkpoint -> {cfg.out}",
           file=sys.stderr)
     return Path(cfg.out)

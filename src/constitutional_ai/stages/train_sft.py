@@ -27,7 +27,6 @@ interrupted training restarts from the beginning (the helpful samples are kept).
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 import time
@@ -37,8 +36,9 @@ from pathlib import Path
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from ..config import opt, parse_config, training_config_dict
+from ..config import opt, output_settings, parse_config, training_config_dict
 from ..data import DataError, load_prompts, prompt_file, read_jsonl
+from ..generation import Failed, generate_each
 from ..models import Sampling, derive_seed, load_backend
 from ..models.local import resolve_model_path
 from ..prompts import STOP_STRINGS, clean_text
@@ -52,16 +52,18 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # Llama/Qwen/Mistral-st
 class TrainSFTConfig(SFTConfig):
     """TRL's SFTConfig (every TrainingArguments flag works) plus the SL-CAI inputs."""
 
-    data: list[str] = opt([], "One or more `cai revise` output folders (their sft.jsonl is the revision data)")
+    data: list[str] = opt([], "One or more `cai revise` output folders (their sft.jsonl is the revision data)",
+                          output=False)  # their sft.jsonl hashes are pinned instead
     model: str = opt("default", "Model to finetune: default (embedded SmolLM2-135M), a checkpoint folder or a hub id")
-    out: str = opt("runs/sft", "Output folder for the finetuned checkpoint (also sets output_dir)")
+    out: str = opt("runs/sft", "Output folder for the finetuned checkpoint (also sets output_dir)", output=False)
     rounds_upto: int | None = opt(None, "Keep only revisions of rounds <= N (SL-CAI-n; needs `cai revise --sft-rounds all`)")
     helpful_ratio: float = opt(0.5, "Fraction of the training set that is helpfulness data (0 = revisions only)")
-    helpful_data: str | None = opt(None, "JSONL of helpful conversations (`messages` ending in an assistant turn); default: sample them from --model")
+    helpful_data: str | None = opt(None, "JSONL of helpful conversations (`messages` ending in an assistant turn); "
+                                   "default: sample them from --model", output=False)  # its hash is pinned instead
     helpful_prompts: str = opt("builtin:helpful", "Prompts to sample helpful replies for when --helpful-data is not given")
     helpful_temperature: float = opt(1.0, "Sampling temperature for helpful replies")
-    helpful_max_new_tokens: int = opt(200, "Token budget of each sampled helpful reply")
-    helpful_batch_size: int = opt(16, "Prompts per generation batch when sampling helpful replies")
+    helpful_max_new_tokens: int = opt(200, "Token budget of each sampled helpful reply", min=1)
+    helpful_batch_size: int = opt(16, "Prompts per generation batch when sampling helpful replies", output=False, min=1)
     lora: bool = opt(False, "Train LoRA adapters (then merge them into a plain checkpoint) instead of all weights")
     lora_r: int = opt(16, "LoRA rank")
     lora_alpha: int = opt(32, "LoRA scaling alpha")
@@ -82,29 +84,6 @@ class TrainSFTConfig(SFTConfig):
         if self.learning_rate is None:
             self.learning_rate = 2e-4 if self.lora else 2e-5
         super().__post_init__()
-
-
-# TrainingArguments fields that cannot change the trained weights: a rerun may change them.
-_NOT_SETTINGS = {
-    "data", "out", "output_dir", "helpful_data", "helpful_batch_size", "report_to", "run_name", "project",
-    "disable_tqdm", "skip_memory_metrics", "do_train", "do_eval", "do_predict", "local_rank", "hub_token",
-    "resume_from_checkpoint", "torch_empty_cache_steps", "dataset_num_proc", "use_cpu", "tf32",
-    "activation_checkpointing", "activation_checkpointing_kwargs", "gradient_checkpointing",
-    "gradient_checkpointing_kwargs", "activation_offloading", "prediction_loss_only", "per_device_eval_batch_size",
-}
-_NOT_SETTINGS_PREFIXES = ("logging_", "log_", "trackio_", "eval", "save_", "hub_", "push_to_hub", "dataloader_",
-                          "ddp_", "include_for_metrics", "batch_eval", "load_best", "metric_for", "greater_is")
-
-
-def settings_of(cfg: TrainSFTConfig, data_hashes: list[str], helpful_hash: str | None) -> dict:
-    """Everything that changes the finetuned weights; a rerun must match it exactly."""
-    s = {k: v for k, v in training_config_dict(cfg).items() if k not in _NOT_SETTINGS and not k.startswith(_NOT_SETTINGS_PREFIXES)}
-    s["data_sha256"] = data_hashes
-    s["helpful_data_sha256"] = helpful_hash
-    if cfg.helpful_data is not None:  # sampling settings are moot with a file
-        for k in ("helpful_prompts", "helpful_temperature", "helpful_max_new_tokens"):
-            s.pop(k)
-    return json.loads(json.dumps(s))  # as settings.json will hold it (tuples become lists)
 
 
 def check_conversation(messages, where: str) -> list[dict]:
@@ -164,9 +143,9 @@ def helpful_sampled(cfg: TrainSFTConfig, n: int, out: StageDir) -> tuple[list[li
     wanted = [(items[i % len(items)], i // len(items)) for i in range(n)]
     wanted = [(it, s, f"{it.id}/s{s}") for it, s in wanted]
     records = out.records("helpful.jsonl")
+    failures = out.failures()
     todo = [w for w in wanted if w[2] not in records]
     if todo:
-        out.reopen()
         backend = load_backend(cfg.model, batch_size=cfg.helpful_batch_size)
         sampling = Sampling(temperature=cfg.helpful_temperature, max_new_tokens=cfg.helpful_max_new_tokens, stop=STOP_STRINGS)
         print(f"[train sft] sampling {len(todo)} helpful replies ({len(wanted) - len(todo)} already done) "
@@ -174,14 +153,19 @@ def helpful_sampled(cfg: TrainSFTConfig, n: int, out: StageDir) -> tuple[list[li
         for start in range(0, len(todo), cfg.helpful_batch_size):
             batch = todo[start : start + cfg.helpful_batch_size]
             seeds = [derive_seed(cfg.seed, it.id, "helpful", s) for it, s, _ in batch]
-            texts = backend.generate([list(it.messages) for it, _, _ in batch], sampling, seeds=seeds)
+            texts = generate_each(backend, [list(it.messages) for it, _, _ in batch], sampling, seeds)
             for (it, s, key), raw, seed in zip(batch, texts, seeds):
+                if isinstance(raw, Failed):
+                    failures.append(key, raw.error, prompt_id=it.id, kind=raw.kind)
+                    continue
                 records.append({"key": key, "prompt_id": it.id, "sample": s, "response": clean_text(raw), "raw": raw,
                                 "messages": [dict(m) for m in it.messages], "model": backend.name, "seed": seed})
         del backend  # free it before the model to train is loaded
     convs, empty = [], 0
     for _, _, key in wanted:
-        rec = records.records[key]
+        rec = records.records.get(key)
+        if rec is None:
+            continue  # failed (counted from failures.jsonl); retried on the next run
         if rec["response"].strip():
             convs.append(rec["messages"] + [{"role": "assistant", "content": rec["response"]}])
         else:
@@ -231,8 +215,11 @@ def main(cfg: TrainSFTConfig) -> Path:
         helpful_hash = file_sha256(cfg.helpful_data)
     elif n_help:
         helpful_hash = file_sha256(prompt_file(cfg.helpful_prompts))
-    out = StageDir(cfg.out, STAGE, settings_of(cfg, [i["sft_sha256"] for i in inputs], helpful_hash))
-    try:
+    settings = output_settings(cfg, data_sha256=[i["sft_sha256"] for i in inputs], helpful_data_sha256=helpful_hash)
+    if cfg.helpful_data is not None:  # sampling settings are moot with a file
+        for k in ("helpful_prompts", "helpful_temperature", "helpful_max_new_tokens"):
+            settings.pop(k)
+    with StageDir(cfg.out, STAGE, settings) as out:
         if out.finished:
             print(f"[train sft] already done: {cfg.out} (same settings); delete the folder to retrain", file=sys.stderr)
             return Path(cfg.out)
@@ -243,7 +230,7 @@ def main(cfg: TrainSFTConfig) -> Path:
             helpful = helpful_from_file(cfg, n_help)
         else:
             helpful, empty = helpful_sampled(cfg, n_help, out)
-        out.reopen()
+        out.begin()
         trainer, dropped = build_trainer(cfg, revisions + helpful)
         print(f"[train sft] {len(revisions)} revisions + {len(helpful)} helpful examples "
               f"({'LoRA' if cfg.lora else 'full'} finetuning of {cfg.model})", file=sys.stderr)
@@ -262,7 +249,9 @@ def main(cfg: TrainSFTConfig) -> Path:
                        "helpful_prompts": None if cfg.helpful_data or not n_help else cfg.helpful_prompts,
                        "model": resolve_model_path(cfg.model)},
             "counts": {"revision_examples": len(revisions), "helpful_examples": len(helpful),
-                       "helpful_target": n_help, "helpful_empty": empty, "dropped_too_long": dropped,
+                       "helpful_target": n_help, "helpful_empty": empty,
+                       "helpful_failed": n_help - len(helpful) - empty if n_help and cfg.helpful_data is None else 0,
+                       "dropped_too_long": dropped,
                        "trained_examples": len(trainer.train_dataset) if dropped is not None else None},
             "train": {"steps": steps, "resumed_from": resumed and Path(resumed).name, "first_loss": losses[0] if losses else None,
                       "last_loss": losses[-1] if losses else None, "train_loss": result.training_loss,
@@ -271,8 +260,6 @@ def main(cfg: TrainSFTConfig) -> Path:
             "files": {"checkpoint": ".", "helpful": "helpful.jsonl" if n_help and cfg.helpful_data is None else None},
             "seconds": round(time.time() - t0, 1),
         })
-    finally:
-        out.close()
     loss = f"loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "no loss logged"
     print(f"[train sft] {steps} steps, {loss}; checkpoint -> {cfg.out}", file=sys.stderr)
     return Path(cfg.out)

@@ -1,0 +1,209 @@
+"""AI feedback (Bai et al. 2022, section 4.1): the multiple-choice question, soft labels, position bias.
+
+The label stage (``cai label``), the HHH evaluation and the head-to-head judge all ask a
+feedback model the same question about two responses::
+
+    Consider the following conversation between a human and an assistant:
+    Human: ...
+    [a feedback principle, drawn at random per label]
+    Options:
+    (A) [response]
+    (B) [response]
+    The answer is: (
+
+and normalise the log-probabilities of "A" and "B" into P(A). Here are the pieces, usable
+from a notebook as from the stages::
+
+    from constitutional_ai.feedback import FeedbackOptions, label_chunk
+    labels = label_chunk(backend, [{"key": "p1", "messages": [...], "responses": [a, b]}],
+                         constitution, FeedbackOptions(debias=True))
+
+Few-shot exemplars precede the question, each with its own independently drawn principle;
+with ``debias`` every pair is scored in both orders and averaged (Lee et al. 2023); with
+``cot`` the model reasons first and the averaged probability is clamped to ``clamp``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .constitution import Constitution
+from .metrics import mean
+from .models import Backend, BackendError, LogprobsUnavailable, Sampling, derive_seed
+from .prompts import COT_STOP, feedback_messages, feedback_question
+
+#: Completes the error raised when a labeller has no log-probabilities.
+LABEL_HINT = ("Soft labels need the answer log-probabilities. Use a backend that returns them "
+              "(local transformers, or vLLM/SGLang's OpenAI server), or pass --hard-labels to record "
+              "hard 0/1 labels instead (marked as such).")
+
+
+@dataclass(frozen=True)
+class FeedbackOptions:
+    """How each pair is asked about (the label stage's flags of the same names)."""
+
+    principles: int = 1
+    debias: bool = True
+    few_shot: int | None = None
+    cot: bool = False
+    clamp: tuple[float, float] = (0.4, 0.6)
+    cot_samples: int = 1
+    cot_max_new_tokens: int = 160
+    cot_temperature: float = 1.0
+    hard_labels: bool = False
+    seed: int = 0
+
+    @classmethod
+    def of(cls, cfg: Any, **overrides: Any) -> "FeedbackOptions":
+        """The options held by a stage config with fields of the same names."""
+        values = {f.name: getattr(cfg, f.name) for f in fields(cls) if hasattr(cfg, f.name)}
+        if "clamp" in values:
+            values["clamp"] = tuple(values["clamp"])
+        return cls(**{**values, **overrides})
+
+    @property
+    def per_pair(self) -> int:
+        """Scoring prompts per pair: principles × orders × reasoning samples."""
+        return self.principles * (2 if self.debias else 1) * (self.cot_samples if self.cot else 1)
+
+
+def normalise(lp_a: float, lp_b: float) -> float:
+    """P(A) from the two options' log-probabilities (softmax over just these two)."""
+    m = max(lp_a, lp_b)
+    ea, eb = math.exp(lp_a - m), math.exp(lp_b - m)
+    return ea / (ea + eb)
+
+
+def clamp(p: float, lo: float, hi: float) -> float:
+    return min(hi, max(lo, p))
+
+
+def draw_principles(c: Constitution, cfg: FeedbackOptions, key: str) -> list[tuple[str, list[str]]]:
+    """For each of K principles: (principle id, [principle id of each few-shot exemplar]).
+
+    Each few-shot exemplar draws its own principle, independently of the label's principle.
+    The exemplar draws are made once per pair and shared by its K principles and both
+    orders, so all of a pair's prompts begin with the same exemplars and conversation —
+    a prefix the backend encodes once.
+    """
+    n_ex = len(c.feedback_examples) if cfg.few_shot is None else min(cfg.few_shot, len(c.feedback_examples))
+    shots = [random.Random(derive_seed(cfg.seed, key, "exemplar", e)).choice(c.feedback).id for e in range(n_ex)]
+    return [(random.Random(derive_seed(cfg.seed, key, "principle", k)).choice(c.feedback).id, shots)
+            for k in range(cfg.principles)]
+
+
+def scoring_units(rec: dict, c: Constitution, cfg: FeedbackOptions) -> list[dict]:
+    """Every (principle, order, reasoning sample) question to ask about one pair."""
+    a, b = rec["responses"]
+    orders = [("AB", a, b), ("BA", b, a)] if cfg.debias else [("AB", a, b)]
+    units = []
+    for k, (pid, shots) in enumerate(draw_principles(c, cfg, rec["key"])):
+        exemplars = []
+        for ex, sp in zip(c.feedback_examples, shots):
+            q = feedback_question(ex.messages, ex.response_a, ex.response_b, c.feedback_principle(sp).text)
+            exemplars.append((q, ex.preferred, ex.reasoning))
+        for order, first, second in orders:
+            q = feedback_question(rec["messages"], first, second, c.feedback_principle(pid).text)
+            for s in range(cfg.cot_samples if cfg.cot else 1):
+                units.append({"principle": pid, "exemplar_principles": shots, "order": order, "sample": s,
+                              "k": k, "question": q, "exemplars": exemplars})
+    return units
+
+
+def label_chunk(backend: Backend, recs: list[dict], c: Constitution, cfg: FeedbackOptions,
+                hint: str = LABEL_HINT) -> list[dict]:
+    """Label a chunk of pairs (``key``, ``messages``, ``responses``) in as few batched backend calls
+    as possible. Returns one label record per pair, or ``{"key", "error", ...}`` for a pair the
+    model answered with neither letter (hard labels). ``hint`` completes the error raised when
+    the backend has no log-probabilities."""
+    units = [(r, u) for r in recs for u in scoring_units(r, c, cfg)]
+    reasonings = [""] * len(units)
+    if cfg.cot:
+        convs = [feedback_messages(u["question"], u["exemplars"], cot=True) for _, u in units]
+        seeds = [derive_seed(cfg.seed, r["key"], "cot", u["k"], u["order"], u["sample"]) for r, u in units]
+        sampling = Sampling(temperature=cfg.cot_temperature, max_new_tokens=cfg.cot_max_new_tokens, stop=COT_STOP)
+        reasonings = backend.generate(convs, sampling, seeds=seeds)
+    final = [feedback_messages(u["question"], u["exemplars"], cot=cfg.cot, reasoning=reasonings[i] if cfg.cot else None)
+             for i, (_, u) in enumerate(units)]
+    if cfg.hard_labels:
+        letters = backend.generate(final, Sampling(temperature=0.0, max_new_tokens=2), seeds=[0] * len(final))
+        logprobs = [[] for _ in units]
+        p_first = [1.0 if t.strip().upper().startswith("A") else 0.0 if t.strip().upper().startswith("B") else math.nan
+                   for t in letters]
+    else:
+        try:
+            logprobs = backend.score_choices([backend.render(m) for m in final], ["A", "B"])
+        except LogprobsUnavailable as e:
+            raise BackendError(f"{e}\n{hint}") from None
+        p_first = [normalise(*lp) for lp in logprobs]
+    out = []
+    for r in recs:
+        scores = []
+        for i, (rr, u) in enumerate(units):
+            if rr is not r:
+                continue
+            pa = p_first[i] if u["order"] == "AB" else 1.0 - p_first[i]  # P(response a is better)
+            scores.append({"principle": u["principle"], "exemplar_principles": u["exemplar_principles"],
+                           "order": u["order"], "sample": u["sample"], "logprobs": logprobs[i],
+                           "p_first": p_first[i], "p_a": pa, "reasoning": reasonings[i]})
+        if any(math.isnan(s["p_a"]) for s in scores):
+            out.append({"key": r["key"], "error": "the model's answer was neither (A) nor (B)",
+                        "answers": [None if math.isnan(s["p_first"]) else s["p_first"] for s in scores]})
+            continue
+        p_raw = sum(s["p_a"] for s in scores) / len(scores)
+        p = clamp(p_raw, *cfg.clamp) if cfg.cot else p_raw
+        out.append({"key": r["key"], "prompt_id": r["prompt_id"], "messages": r["messages"],
+                    "responses": r["responses"], "principles": sorted({s["principle"] for s in scores}),
+                    "scores": scores, "p_a_unclamped": p_raw, "p_a": p, "hard": cfg.hard_labels,
+                    "cot": cfg.cot, "model": backend.name, "seed": cfg.seed})
+    return out
+
+
+def preference_row(rec: dict) -> dict:
+    """TRL conversational preference format, chosen = the response the label favours."""
+    a, b = rec["responses"]
+    p = rec["p_a"]
+    chosen, rejected, pc = (a, b, p) if p >= 0.5 else (b, a, 1.0 - p)
+    return {"prompt": rec["messages"], "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}], "p_chosen": pc,
+            "pair_id": rec["key"], "principles": rec["principles"], "hard": rec["hard"]}
+
+
+def position_stats(records: list[dict]) -> dict:
+    """How much the labeller follows the slot rather than the content.
+
+    ``first_slot_rate``: share of single-order scorings whose verdict is (A) (0.5 = no bias).
+    ``slot_following_rate``: share of (pair, principle, sample) scored in both orders whose
+    verdict picks the same slot both times, i.e. contradicts itself (0 = consistent).
+    ``single_order_agreement``: share of labels where the first order alone agrees with the
+    final (debiased) label.
+    """
+    singles = [s for r in records for s in r["scores"]]
+    both, follow, agree = 0, 0, 0
+    for r in records:
+        by = {}
+        for s in r["scores"]:
+            by.setdefault((s["principle"], s["sample"], tuple(s["exemplar_principles"])), {})[s["order"]] = s
+        for d in by.values():
+            if "AB" in d and "BA" in d:
+                both += 1
+                follow += (d["AB"]["p_first"] > 0.5) == (d["BA"]["p_first"] > 0.5)
+        ab = [s["p_a"] for s in r["scores"] if s["order"] == "AB"]
+        agree += (sum(ab) / len(ab) > 0.5) == (r["p_a"] > 0.5)
+    ab_singles = [s for s in singles if s["order"] == "AB"]
+    return {
+        "labels": len(records),
+        "scorings": len(singles),
+        "mean_p_first": mean([s["p_first"] for s in singles]),
+        "first_slot_rate": mean([float(s["p_first"] > 0.5) for s in singles]),
+        "slot_following_rate": follow / both if both else None,
+        "single_order_agreement": agree / len(records) if records else None,
+        "mean_confidence_single_order": mean([abs(s["p_a"] - 0.5) for s in ab_singles]),
+        "mean_confidence": mean([abs(r["p_a"] - 0.5) for r in records]),
+        "mean_p_chosen": mean([max(r["p_a"], 1 - r["p_a"]) for r in records]),
+    }
+
+
