@@ -357,3 +357,15 @@ def test_write_jsonl_atomic_keeps_old_file_on_failure(tmp_path):
     with pytest.raises(TypeError):
         write_jsonl_atomic(p, [{"x": object()}])
     assert [x.name for x in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+@pytest.mark.parametrize("suffix, body", [
+    (".jsonl", b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n'),
+    (".txt", b"first\nsecond \xff\n"),
+    (".csv", b"prompt\nhello\n\xe9t\xe9\n"),
+])
+def test_non_utf8_prompt_file_names_file_and_line(tmp_path, suffix, body):
+    p = tmp_path / f"prompts{suffix}"
+    p.write_bytes(body)
+    with pytest.raises(DataError, match=rf"prompts\{suffix}:\d: not UTF-8 text"):
+        load_prompts(p)

@@ -28,18 +28,16 @@ def tiny_recipe(tmp_path: Path, model: str) -> Path:
         "out": str(tmp_path / "run"), "model": model, "feedback_model": model, "pm_model": model, "seed": 0,
         "stages": {
             "revise": {"prompts": str(prompts), "rounds": 2, "few_shot": 1, "sft_rounds": "all", **small},
-            "train_sft": {"max_steps": 1, "helpful_ratio": 0.25, "helpful_prompts": str(helpful), "helpful_max_new_tokens": 8},
+            "train-sft": {"max_steps": 1, "helpful_ratio": 0.25, "helpful_prompts": str(helpful), "helpful_max_new_tokens": 8},
             "sample_pairs": {"prompts": str(prompts), **small},
             "label": {"few_shot": 1},
-            "train_pm": {"max_steps": 1, "helpful_ratio": 0.5, "eval_fraction": 0.3},
-            "train_rl": {"max_steps": 1, "prompts_red_team": str(prompts), "prompts_helpful": str(helpful),
+            "train-pm": {"max_steps": 1, "helpful_ratio": 0.5, "eval_fraction": 0.3},
+            "train-rl": {"max_steps": 1, "prompts_red_team": str(prompts), "prompts_helpful": str(helpful),
                          "max_completion_length": 8, "num_generations": 2, "per_device_train_batch_size": 2},
-            "eval": {
-                "hhh": {"limit": 4, "few_shot": 1},
-                "compare": {"prompts_red_team": str(prompts), "prompts_helpful": str(helpful), "limit": 2, "few_shot": 1, **small},
-                "rounds": {},
-                "refusal": {"prompts": str(helpful), "limit": 2, **small},
-            },
+            "eval-hhh": {"limit": 4, "few_shot": 1},
+            "eval-compare": {"prompts_red_team": str(prompts), "prompts_helpful": str(helpful), "limit": 2, "few_shot": 1, **small},
+            "eval-rounds": {},
+            "eval-refusal": {"prompts": str(helpful), "limit": 2, **small},
         },
     }
     path = tmp_path / "recipe.yaml"
@@ -52,10 +50,11 @@ def run_cli(recipe: Path, *extra: str, timeout: int = 900) -> subprocess.Complet
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, "CAI_DEBUG": "1"})
 
 
-EXPECTED = {"revise": "revise", "sft": "train-sft", "pairs": "sample-pairs", "labels": "label", "pm": "train-pm",
-            "rl": "train-rl", "eval/hhh-labeller": "eval-hhh", "eval/hhh-pm": "eval-hhh", "eval/compare": "eval-compare",
-            "eval/rounds": "eval-rounds", "eval/refusal-base": "eval-refusal", "eval/refusal-sl-cai": "eval-refusal",
-            "eval/refusal-rl-cai": "eval-refusal"}
+# folder -> stage: every folder is named after its stage (plus a variant for repeated evaluations)
+EXPECTED = {"revise": "revise", "train-sft": "train-sft", "sample-pairs": "sample-pairs", "label": "label",
+            "train-pm": "train-pm", "train-rl": "train-rl", "eval-hhh-labeller": "eval-hhh", "eval-hhh-pm": "eval-hhh",
+            "eval-compare": "eval-compare", "eval-rounds": "eval-rounds", "eval-refusal-base": "eval-refusal",
+            "eval-refusal-sl-cai": "eval-refusal", "eval-refusal-rl-cai": "eval-refusal"}
 
 
 def test_recipe_errors_name_file_and_key(tmp_path):
@@ -66,6 +65,9 @@ def test_recipe_errors_name_file_and_key(tmp_path):
     bad.write_text("stages:\n  revise: {roundz: 2}\n")
     with pytest.raises(ValueError, match=r"bad\.yaml: stages\.revise: unknown setting\(s\) roundz"):
         plan(load_recipe(bad))
+    bad.write_text("stages:\n  train-sft: false\n")
+    with pytest.raises(RecipeError, match="only evaluations can be skipped"):
+        load_recipe(bad)
     bad.write_text("modle: x\n")
     with pytest.raises(RecipeError, match="unknown key"):
         load_recipe(bad)
@@ -74,10 +76,10 @@ def test_recipe_errors_name_file_and_key(tmp_path):
 def test_bundled_recipes_resolve():
     for name in ("tiny", "paper"):
         steps = plan(load_recipe(ROOT / "recipes" / f"{name}.yaml"))
-        assert [s.name for s in steps][:6] == ["revise", "train_sft", "sample_pairs", "label", "train_pm", "train_rl"]
+        assert [s.name for s in steps][:6] == ["revise", "train-sft", "sample-pairs", "label", "train-pm", "train-rl"]
     paper = {s.name: s.config for s in plan(load_recipe(ROOT / "recipes" / "paper.yaml"))}
     assert paper["revise"].rounds == 4 and paper["revise"].temperature == 1.0
-    assert paper["label"].clamp == [0.4, 0.6] and paper["train_rl"].kl_coef == 0.001
+    assert paper["label"].clamp == [0.4, 0.6] and paper["train-rl"].kl_coef == 0.001
 
 
 def test_run_end_to_end_then_interrupt_and_resume(tmp_path, tiny_model):
@@ -106,16 +108,16 @@ def test_run_end_to_end_then_interrupt_and_resume(tmp_path, tiny_model):
     proc = subprocess.Popen([sys.executable, "-m", "constitutional_ai.cli", "run", str(recipe2)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
-    while time.time() < deadline and not (run2 / ".pipeline" / "train_sft.json").exists():
+    while time.time() < deadline and not (run2 / ".pipeline" / "train-sft.json").exists():
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert (run2 / "sft" / "manifest.json").exists() and not (run2 / "report.html").exists()
-    before = {s: (run2 / s / "manifest.json").stat().st_mtime_ns for s in ("revise", "sft")}
+    assert (run2 / "train-sft" / "manifest.json").exists() and not (run2 / "report.html").exists()
+    before = {s: (run2 / s / "manifest.json").stat().st_mtime_ns for s in ("revise", "train-sft")}
     r3 = run_cli(recipe2)
     assert r3.returncode == 0, r3.stderr[-3000:]
-    assert "revise: up to date" in r3.stderr and "train_sft: up to date" in r3.stderr
-    assert before == {s: (run2 / s / "manifest.json").stat().st_mtime_ns for s in ("revise", "sft")}
+    assert "revise: up to date" in r3.stderr and "train-sft: up to date" in r3.stderr
+    assert before == {s: (run2 / s / "manifest.json").stat().st_mtime_ns for s in ("revise", "train-sft")}
     for sub, stage in EXPECTED.items():
         assert json.loads((run2 / sub / "manifest.json").read_text())["stage"] == stage
     # Same seeds, same records: the interrupted run's revise output equals the first run's.

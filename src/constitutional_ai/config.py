@@ -57,13 +57,19 @@ def output_settings(cfg: Any, **extra: Any) -> dict:
     inherited arguments that only shape logging/saving/evaluation are left out as well.
     ``extra`` adds what the config does not hold (input hashes, a constitution fingerprint).
     """
-    values = training_config_dict(cfg) if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg)
+    inherited: set[str] = set()
+    if hasattr(cfg, "to_dict"):  # a transformers/TRL training config: the fields of the class we extend
+        values = training_config_dict(cfg)
+        base = next(c for c in type(cfg).__mro__
+                    if dataclasses.is_dataclass(c) and not c.__module__.startswith("constitutional_ai"))
+        inherited = {f.name for f in dataclasses.fields(base)}
+    else:
+        values = dataclasses.asdict(cfg)
     out = {}
     for f in dataclasses.fields(cfg):
         if f.name not in values or not f.metadata.get("output", True):
             continue
-        inherited = "output" not in f.metadata  # a transformers/TRL argument, not one of ours
-        if inherited and (f.name in _NOT_OUTPUT_FIELDS or f.name.startswith(_NOT_OUTPUT_PREFIXES)):
+        if f.name in inherited and (f.name in _NOT_OUTPUT_FIELDS or f.name.startswith(_NOT_OUTPUT_PREFIXES)):
             continue
         out[f.name] = values[f.name]
     return json.loads(json.dumps({**out, **extra}))

@@ -19,6 +19,7 @@ and the field, e.g. ``prompts.jsonl:7: field 'prompt': empty prompt``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -101,26 +102,35 @@ def prompt_file(spec: str | Path) -> Path:
     return builtin_path(spec.split(":", 1)[1]) if spec.startswith("builtin:") else Path(spec)
 
 
+def read_text(path: str | Path) -> str:
+    """A text file's content as UTF-8 (a leading BOM dropped); a file in another encoding is a
+    :class:`DataError` naming the file and the line of the first bad byte."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")  # files saved by some editors start with a BOM
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); save the file as UTF-8") from None
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, object)`` for each non-blank line, numbering lines from 1.
 
     Raises :class:`DataError` on a line that is not valid JSON or not a JSON object.
     """
-    # utf-8-sig: files saved by some editors start with a BOM, which json rejects.
-    with open(path, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                hint = " (JSON arrays are not supported; write one object per line)" if (
-                    n == 1 and line.lstrip().startswith("[")) else ""
-                raise _err(where, f"invalid JSON: {e.msg} at column {e.colno}{hint}") from None
-            if not isinstance(obj, dict):
-                raise _err(where, f"expected a JSON object, got {type(obj).__name__}")
-            yield n, obj
+    for n, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            hint = " (JSON arrays are not supported; write one object per line)" if (
+                n == 1 and line.lstrip().startswith("[")) else ""
+            raise _err(where, f"invalid JSON: {e.msg} at column {e.colno}{hint}") from None
+        if not isinstance(obj, dict):
+            raise _err(where, f"expected a JSON object, got {type(obj).__name__}")
+        yield n, obj
 
 
 def parse_hh_transcript(text: str, where: str = "") -> list[dict]:
@@ -243,7 +253,7 @@ def _jsonl_items(path: Path) -> Iterator[PromptItem]:
 
 
 def _csv_items(path: Path) -> Iterator[PromptItem]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
@@ -278,16 +288,15 @@ def _csv_items(path: Path) -> Iterator[PromptItem]:
 
 
 def _txt_items(path: Path) -> Iterator[PromptItem]:
-    with open(path, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            text = line.strip()
-            if text:
-                yield PromptItem(
-                    id=f"{path.stem}-{n}",
-                    messages=({"role": "user", "content": text},),
-                    category=None,
-                    source=f"{path}:{n}",
-                )
+    for n, line in enumerate(read_text(path).split("\n"), 1):
+        text = line.strip()
+        if text:
+            yield PromptItem(
+                id=f"{path.stem}-{n}",
+                messages=({"role": "user", "content": text},),
+                category=None,
+                source=f"{path}:{n}",
+            )
 
 
 def load_prompts(

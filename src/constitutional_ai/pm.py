@@ -33,7 +33,7 @@ def load_pm(path: str | Path, device: str | None = None):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     path = Path(path)
-    if (path / MANIFEST).exists() or (path / SETTINGS).exists():
+    if any((path / name).exists() for name in (MANIFEST, SETTINGS, ".lock")):
         read_manifest(path, stage="train-pm")  # ours: refuse an unfinished or foreign folder
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)

@@ -90,10 +90,46 @@ def embedded_model_dir() -> Path:
 
 
 def resolve_model_path(spec: str | None) -> str:
-    """``None``/``"default"`` → the embedded model's folder; anything else unchanged."""
+    """``None``/``"default"`` → the embedded model's folder; a checkpoint folder or hub id is checked
+    before any loading starts, so a typo fails at once with what ``--model`` takes (instead of a
+    missing folder being retried as a hub id)."""
     if spec in (None, "", "default"):
         return str(embedded_model_dir())
+    spec = str(spec)
+    hint = ("--model takes 'default', a local checkpoint folder, a hub id this machine can download, "
+            "or openai:MODEL@http://host:port/v1")
+    p = Path(spec).expanduser()
+    if p.exists():
+        if not p.is_dir() or not (p / "config.json").exists():
+            raise BackendError(f"cannot load model {spec!r}: not a model checkpoint folder (no config.json in it)\n{hint}")
+        return str(p)
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
+        raise BackendError(f"cannot load model {spec!r}: no such model folder\n{hint}")
+    _check_hub_id(spec, hint)
     return spec
+
+
+def _check_hub_id(repo_id: str, hint: str) -> None:
+    """Fail fast on a hub id that cannot be loaded here (not cached when offline, or unknown)."""
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except HFValidationError:
+        raise BackendError(f"cannot load model {repo_id!r}: neither a model folder nor a valid hub id\n{hint}") from None
+    if isinstance(cached, str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise BackendError(f"cannot load model {repo_id!r}: no such model folder, and not in the hub cache "
+                           f"(HF_HUB_OFFLINE is set)\n{hint}")
+    try:
+        model_info(repo_id, timeout=10)
+    except RepositoryNotFoundError:
+        raise BackendError(f"cannot load model {repo_id!r}: no such model folder or hub model\n{hint}") from None
+    except Exception as e:  # unreachable hub: say so now rather than after minutes of retries
+        raise BackendError(f"cannot load model {repo_id!r}: no such model folder, and the hub cannot be reached "
+                           f"({type(e).__name__})\n{hint}") from None
 
 
 class LocalBackend:
