@@ -8,11 +8,11 @@ import sys
 
 from .stages import BY_NAME, STAGES
 
-# command -> (module, function, one-line description). The stages come from the one stage
-# table; modules load lazily so `cai --help` is instant and a stage's heavy imports happen
+# command -> (module, function or stage name, one-line description). The stages come from the
+# one stage table; modules load lazily so `cai --help` is instant and a stage's heavy imports happen
 # only when it runs.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    **{s.command: (f"constitutional_ai.stages.{s.module}", "cli", s.summary) for s in STAGES},
+    **{s.command: ("constitutional_ai.stages", s.name, s.summary) for s in STAGES},
     "score": ("constitutional_ai.stages.score", "cli", "score responses with a preference model"),
     "report": ("constitutional_ai.report", "cli", "self-contained HTML report of a run folder"),
     "run": ("constitutional_ai.pipeline", "cli", "the whole pipeline from a YAML recipe, resumable"),
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     module, func, _ = COMMANDS[cmd]
-    fn = getattr(importlib.import_module(module), func)
+    fn = BY_NAME[func].cli if func in BY_NAME else getattr(importlib.import_module(module), func)
     try:
         return int(fn(rest) or 0)
     except KeyboardInterrupt:

@@ -18,10 +18,11 @@ from types import ModuleType
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage: its name, the module with ``Config``/``main``/``cli``, and what it does."""
+    """One stage: its name, its module (with ``main(config)``), its config class, and what it does."""
 
     name: str
     module: str
+    config: str
     summary: str
 
     @property
@@ -32,17 +33,35 @@ class Stage:
     def load(self) -> ModuleType:
         return importlib.import_module(f"{__name__}.{self.module}")
 
+    def cli(self, argv: list[str] | None = None) -> int:
+        """``cai <command> ARGS``: parse the flags (and ``--config``) into the config, run ``main``."""
+        from ..config import parse_config
+
+        mod = self.load()
+        mod.main(parse_config(getattr(mod, self.config), argv, f"cai {self.command}", (mod.__doc__ or "").split("\n\n")[0]))
+        return 0
+
 
 STAGES: tuple[Stage, ...] = (
-    Stage("revise", "revise", "SL-CAI data: critique and revise responses to red-team prompts"),
-    Stage("train-sft", "train_sft", "SL-CAI: finetune on revisions (+ helpful samples) with TRL's SFTTrainer"),
-    Stage("sample-pairs", "sample_pairs", "two independent responses per prompt from a policy model"),
-    Stage("label", "label", "RLAIF: soft preference labels from a feedback model (multiple choice)"),
-    Stage("train-pm", "train_pm", "preference model on soft AI labels (+ helpfulness comparisons)"),
-    Stage("train-rl", "train_rl", "RL-CAI: RLOO (or GRPO) against the PM with a KL penalty"),
-    Stage("eval-hhh", "eval_hhh", "HHH binary multiple choice accuracy and calibration (feedback model or PM)"),
-    Stage("eval-compare", "eval_compare", "head-to-head: models answer the same prompts, a judge compares them; Elo"),
-    Stage("eval-rounds", "eval_rounds", "PM score of the initial response and of each revision round"),
-    Stage("eval-refusal", "eval_refusal", "refusal rate on benign prompts that look risky"),
+    Stage("revise", "revise", "ReviseConfig",
+          "SL-CAI data: critique and revise responses to red-team prompts"),
+    Stage("train-sft", "train_sft", "TrainSFTConfig",
+          "SL-CAI: finetune on revisions (+ helpful samples) with TRL's SFTTrainer"),
+    Stage("sample-pairs", "sample_pairs", "SamplePairsConfig",
+          "two independent responses per prompt from a policy model"),
+    Stage("label", "label", "LabelConfig",
+          "RLAIF: soft preference labels from a feedback model (multiple choice)"),
+    Stage("train-pm", "train_pm", "TrainPMConfig",
+          "preference model on soft AI labels (+ helpfulness comparisons)"),
+    Stage("train-rl", "train_rl", "TrainRLConfig",
+          "RL-CAI: RLOO (or GRPO) against the PM with a KL penalty"),
+    Stage("eval-hhh", "eval_hhh", "HHHConfig",
+          "HHH binary multiple choice accuracy and calibration (feedback model or PM)"),
+    Stage("eval-compare", "eval_compare", "CompareConfig",
+          "head-to-head: models answer the same prompts, a judge compares them; Elo"),
+    Stage("eval-rounds", "eval_rounds", "RoundsConfig",
+          "PM score of the initial response and of each revision round"),
+    Stage("eval-refusal", "eval_refusal", "RefusalConfig",
+          "refusal rate on benign prompts that look risky"),
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}

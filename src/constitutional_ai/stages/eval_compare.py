@@ -209,8 +209,3 @@ def main(cfg: CompareConfig) -> Path:
               file=sys.stderr)
     print(f"[eval compare] {len(comps)} comparisons -> {cfg.out}", file=sys.stderr)
     return Path(cfg.out)
-
-
-def cli(argv: list[str] | None = None) -> int:
-    main(parse_config(CompareConfig, argv, "cai eval compare", __doc__.split("\n\n")[0]))
-    return 0

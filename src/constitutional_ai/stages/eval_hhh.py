@@ -258,8 +258,3 @@ def _hhh_pm(cfg: HHHConfig, todo: list[dict], records, bar) -> None:
             records.append({**_hhh_record(e), "evaluator": "pm", "pm": cfg.pm, "pm_scores": [r1, r2],
                             "p_first_better": {"pm": p}, "graded": {"pm": graded(p, e["correct"])}})
         bar.update(len(chunk))
-
-
-def cli(argv: list[str] | None = None) -> int:
-    main(parse_config(HHHConfig, argv, "cai eval hhh", __doc__.split("\n\n")[0]))
-    return 0

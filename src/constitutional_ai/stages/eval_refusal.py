@@ -143,8 +143,3 @@ def main(cfg: RefusalConfig) -> Path:
     print(f"[eval refusal] {len(done)} answers; refusal rate {rr:.1%} -> {cfg.out}" if rr is not None
           else f"[eval refusal] no answers -> {cfg.out}", file=sys.stderr)
     return Path(cfg.out)
-
-
-def cli(argv: list[str] | None = None) -> int:
-    main(parse_config(RefusalConfig, argv, "cai eval refusal", __doc__.split("\n\n")[0]))
-    return 0

@@ -83,8 +83,3 @@ def main(cfg: RoundsConfig) -> Path:
     means = " -> ".join(f"{r['mean']:.3f}" for r in metrics["per_round"] if r["mean"] is not None)
     print(f"[eval rounds] {len(done)} records; mean PM score by round: {means} -> {cfg.out}", file=sys.stderr)
     return Path(cfg.out)
-
-
-def cli(argv: list[str] | None = None) -> int:
-    main(parse_config(RoundsConfig, argv, "cai eval rounds", __doc__.split("\n\n")[0]))
-    return 0

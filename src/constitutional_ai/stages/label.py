@@ -2,18 +2,11 @@
 
     cai label --pairs runs/pairs --out runs/labels
 
-For each response pair the feedback model sees the paper's multiple-choice question::
-
-    Consider the following conversation between a human and an assistant:
-    Human: ...
-    [a feedback principle, drawn at random per label]
-    Options:
-    (A) [response]
-    (B) [response]
-    The answer is: (
-
-and the log-probabilities of "A" and "B" as the next token are normalised into a soft label.
-Few-shot exemplars precede the question, each with its own independently drawn principle.
+Each pair is asked the paper's multiple-choice question ("Consider the following conversation
+... Options: (A) ... (B) ... The answer is: (") under a feedback principle drawn at random per
+label, after few-shot exemplars that each draw their own principle; the log-probabilities of
+"A" and "B" are normalised into a soft label. The question, the draws and the arithmetic live
+in :mod:`constitutional_ai.feedback`.
 
 Beyond the paper (Lee et al. 2023): with ``--debias`` (default) every pair is scored in both
 orders and the two probabilities averaged, cancelling the position bias small labellers
@@ -114,8 +107,3 @@ def main(cfg: LabelConfig) -> Path:
           + (f", verdict follows the slot in {sf:.0%} of both-order checks" if sf is not None else "")
           + f" -> {manifest.parent}", file=sys.stderr)
     return Path(cfg.out)
-
-
-def cli(argv: list[str] | None = None) -> int:
-    main(parse_config(LabelConfig, argv, "cai label", __doc__.split("\n\n")[0]))
-    return 0

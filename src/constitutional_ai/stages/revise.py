@@ -215,9 +215,3 @@ def main(cfg: ReviseConfig) -> Path:
     if missing:
         print(f"[revise] see {Path(cfg.out) / 'failures.jsonl'}; rerun the same command to retry them", file=sys.stderr)
     return Path(cfg.out)
-
-
-def cli(argv: list[str] | None = None) -> int:
-    cfg = parse_config(ReviseConfig, argv, "cai revise", __doc__.split("\n\n")[0])
-    main(cfg)
-    return 0

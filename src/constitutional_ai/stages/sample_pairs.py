@@ -86,8 +86,3 @@ def main(cfg: SamplePairsConfig) -> Path:
         })
     print(f"[sample-pairs] {n} pairs -> {manifest.parent}", file=sys.stderr)
     return Path(cfg.out)
-
-
-def cli(argv: list[str] | None = None) -> int:
-    main(parse_config(SamplePairsConfig, argv, "cai sample-pairs", __doc__.split("\n\n")[0]))
-    return 0

@@ -378,9 +378,3 @@ def main(cfg: TrainPMConfig) -> Path:
           + (f"accuracy {metrics['accuracy']:.3f}, ECE {metrics['ece']:.3f}" if heldout else "set empty")
           + f" -> {manifest.parent}", file=sys.stderr)
     return Path(cfg.out)
-
-
-def cli(argv: list[str] | None = None) -> int:
-    cfg = parse_config(TrainPMConfig, argv, "cai train pm", __doc__.split("\n\n")[0])
-    main(cfg)
-    return 0

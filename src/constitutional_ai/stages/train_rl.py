@@ -344,9 +344,3 @@ def main(cfg: TrainRLConfig) -> Path:
     print(f"[train rl] {steps} steps; reward {first.get('reward')} -> {last.get('reward')}; checkpoint -> {cfg.out}",
           file=sys.stderr)
     return Path(cfg.out)
-
-
-def cli(argv: list[str] | None = None) -> int:
-    cfg = parse_config(TrainRLConfig, argv, "cai train rl", __doc__.split("\n\n")[0])
-    main(cfg)
-    return 0

@@ -263,9 +263,3 @@ def main(cfg: TrainSFTConfig) -> Path:
     loss = f"loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "no loss logged"
     print(f"[train sft] {steps} steps, {loss}; checkpoint -> {cfg.out}", file=sys.stderr)
     return Path(cfg.out)
-
-
-def cli(argv: list[str] | None = None) -> int:
-    cfg = parse_config(TrainSFTConfig, argv, "cai train sft", __doc__.split("\n\n")[0])
-    main(cfg)
-    return 0
