@@ -177,7 +177,8 @@ def eval_steps(recipe: dict, root: Path, s: dict, f: str) -> list[Step]:
 
 
 def _fingerprint(step: Step, done: dict[str, str]) -> str:
-    cfg = dataclasses.asdict(step.config) if dataclasses.is_dataclass(step.config) else dict(step.config)
+    c = step.config
+    cfg = dataclasses.asdict(c) if dataclasses.is_dataclass(c) and not isinstance(c, type) else dict(c)
     return json_sha256({"config": json.loads(json.dumps(cfg, default=str)), "inputs": {i: done.get(i) for i in step.inputs}})
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from html import escape
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1", "#edc948", "#9c755f"]
 FONT = 'font-family="system-ui, -apple-system, Segoe UI, Roboto, sans-serif"'
@@ -141,7 +141,7 @@ class _Frame:
 
 
 def line_chart(
-    series: dict[str, Sequence[tuple[float, float | None]]],
+    series: Mapping[str, Sequence[tuple[float, float | None]]],
     *,
     title: str,
     xlabel: str,
@@ -152,7 +152,7 @@ def line_chart(
     integer_x: bool = False,
     ref: tuple[float, str] | None = None,
     markers: bool | None = None,
-    bands: dict[str, Sequence[tuple[float, float | None, float | None]]] | None = None,
+    bands: Mapping[str, Sequence[tuple[float, float | None, float | None]]] | None = None,
 ) -> str:
     """Lines through (x, y) points, one per named series; ``None`` y values break the line.
 
@@ -217,7 +217,7 @@ def _legend_rows(names: Sequence[str], width: int) -> int:
 
 def bar_chart(
     categories: Sequence[str],
-    series: dict[str, Sequence[float | None]],
+    series: Mapping[str, Sequence[float | None]],
     *,
     title: str,
     ylabel: str,

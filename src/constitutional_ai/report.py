@@ -23,7 +23,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from . import __version__
 from .stages import STAGES
@@ -362,7 +362,8 @@ def sec_pm(stages: list[Stage]) -> str:
     return "".join(out)
 
 
-RL_CHARTS = [  # (title, y label, [(series label, log key)], y range)
+RL_CHARTS: list[tuple[str, str, list[tuple[str, str]], tuple[float, float] | None]] = [
+    # (title, y label, [(series label, log key)], y range)
     ("Reward (PM score, shaded ± std)", "reward", [("mean PM reward", "reward"), ("total reward optimised", "reward_total")], None),
     ("KL to the starting policy", "KL (per token)", [("KL", "kl")], None),
     ("Response length", "tokens", [("mean length", "response_length")], None),
@@ -391,8 +392,8 @@ def sec_rl(stages: list[Stage], ctx: Ctx) -> str:
         if warns:
             out.append('<ul class="warnings">' + "".join(f"<li>reward-hacking guard: {esc(w)}</li>" for w in warns) + "</ul>")
         charts = []
-        for title, ylabel, keys, yr in RL_CHARTS:
-            ser = {lab: [(r.get("step", i), r.get(k)) for i, r in enumerate(log)] for lab, k in keys if any(r.get(k) is not None for r in log)}
+        for title, ylabel, series_keys, yr in RL_CHARTS:
+            ser = {lab: [(r.get("step", i), r.get(k)) for i, r in enumerate(log)] for lab, k in series_keys if any(r.get(k) is not None for r in log)}
             if all(r.get("reward_total") == r.get("reward") for r in log):
                 ser.pop("total reward optimised", None)  # no boilerplate penalty: the same line twice
             band = {"mean PM reward": [(r.get("step", i), r["reward"] - r["reward_std"], r["reward"] + r["reward_std"])
@@ -590,7 +591,7 @@ def sec_evals(by: dict[str, list[Stage]], ctx: Ctx) -> str:
 
 
 # ----------------------------------------------------------------------------- page
-def header(run_dir: Path, stages: list[Stage], broken: list[str] = ()) -> str:
+def header(run_dir: Path, stages: list[Stage], broken: Sequence[str] = ()) -> str:
     recipe = read_json(run_dir / "recipe.json") or {}
     name = recipe.get("name") or run_dir.resolve().name
     rows, small = [], False

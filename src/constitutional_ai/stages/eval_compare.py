@@ -38,6 +38,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -93,7 +94,7 @@ def default_name(spec: str) -> str:
 
 
 def compare_metrics(comps: list[dict], cfg: CompareConfig, names: list[str], dims: dict) -> dict:
-    metrics = {"kind": "compare", "models": dict(zip(names, cfg.models)), "judge": cfg.judge,
+    metrics: dict[str, Any] = {"kind": "compare", "models": dict(zip(names, cfg.models)), "judge": cfg.judge,
                "dimensions": {}, "win_rates": {}, "mean_preference": {}, "pairs": {}, "elo": {}, "position_bias": {},
                "elo_method": f"Bradley-Terry MLE on soft outcomes (MM iteration), {cfg.elo_prior} virtual tie(s) per pair, "
                              "rating = 1000 + 400*log10(strength / geometric mean)"}
@@ -165,31 +166,31 @@ def main(cfg: CompareConfig) -> Path:
             del backend
             release()
         # ---- 2. the judge compares every pair on every prompt, both orders
-        todo = []
+        pending: list[dict[str, Any]] = []
         for dim, (s, _, _) in dims.items():
             for it in sets[s]:
                 k = f"{s}/{it.id}"
                 for a, b in combinations(names, 2):
                     key = f"{dim}/{it.id}/{a}~{b}"
                     if key not in judged and k in answers[a] and k in answers[b]:
-                        todo.append({"key": key, "prompt_id": it.id, "messages": [dict(m) for m in it.messages],
+                        pending.append({"key": key, "prompt_id": it.id, "messages": [dict(m) for m in it.messages],
                                      "responses": [answers[a].records[k]["response"], answers[b].records[k]["response"]],
                                      "dimension": dim, "prompt_set": s, "category": it.category, "a": a, "b": b})
-        if todo:
+        if pending:
             judge = load_backend(cfg.judge, batch_size=cfg.batch_size)
             opts = FeedbackOptions(debias=True, principles=1, few_shot=cfg.few_shot, seed=cfg.seed)
-            print(f"[eval compare] {len(todo)} comparisons to judge with {judge.name}", file=sys.stderr)
+            print(f"[eval compare] {len(pending)} comparisons to judge with {judge.name}", file=sys.stderr)
             step = max(1, cfg.batch_size // 2)
             specs = dict(zip(names, cfg.models))
-            with tqdm(total=len(todo), desc="judge", unit="comparison", dynamic_ncols=True) as bar:
+            with tqdm(total=len(pending), desc="judge", unit="comparison", dynamic_ncols=True) as bar:
                 for dim in dims:
-                    mine = [t for t in todo if t["dimension"] == dim]
+                    mine = [t for t in pending if t["dimension"] == dim]
                     for start in range(0, len(mine), step):
-                        chunk = mine[start : start + step]
-                        for t, lr in zip(chunk, label_chunk(judge, chunk, constitutions[dim], opts, NEEDS_LOGPROBS)):
+                        batch = mine[start : start + step]
+                        for t, lr in zip(batch, label_chunk(judge, batch, constitutions[dim], opts, NEEDS_LOGPROBS)):
                             judged.append({**lr, **{k: t[k] for k in ("dimension", "prompt_set", "category", "a", "b")},
                                            "model_a": specs[t["a"]], "model_b": specs[t["b"]], "judge": cfg.judge})
-                        bar.update(len(chunk))
+                        bar.update(len(batch))
             del judge
             release()
         wanted = {f"{dim}/{it.id}/{a}~{b}" for dim, (s, _, _) in dims.items() for it in sets[s] for a, b in combinations(names, 2)}

@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 from tqdm.auto import tqdm
 
 from ..config import opt, output_settings, parse_config
@@ -166,7 +167,7 @@ def main(cfg: ReviseConfig) -> Path:
     with StageDir(cfg.out, "revise", settings) as out:
         records = out.records("records.jsonl")
         failures = out.failures()
-        todo = [
+        todo: list[dict[str, Any]] = [
             {"key": f"{it.id}/s{s}", "prompt_id": it.id, "sample": s, "category": it.category,
              "source": it.source, "messages": [dict(m) for m in it.messages]}
             for it in items for s in range(cfg.samples)

@@ -61,10 +61,11 @@ def main(cfg: SamplePairsConfig) -> Path:
                     texts = generate_each(backend, convs, sampling, seeds)
                     for i, it in enumerate(chunk):
                         a, b = texts[2 * i], texts[2 * i + 1]
-                        if isinstance(a, Failed) or isinstance(b, Failed):
-                            err = a if isinstance(a, Failed) else b
+                        err = a if isinstance(a, Failed) else b
+                        if isinstance(err, Failed):
                             failures.append(it.id, err.error, prompt_id=it.id, kind=err.kind)
                             continue
+                        assert isinstance(a, str) and isinstance(b, str)
                         pairs.append({
                             "key": it.id, "prompt_id": it.id, "category": it.category, "source": it.source,
                             "messages": [dict(m) for m in it.messages],

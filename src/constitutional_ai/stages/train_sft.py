@@ -140,8 +140,7 @@ def helpful_sampled(cfg: TrainSFTConfig, n: int, out: StageDir) -> tuple[list[li
     """
     items = load_prompts(cfg.helpful_prompts)
     random.Random(derive_seed(cfg.seed, "helpful-order")).shuffle(items)
-    wanted = [(items[i % len(items)], i // len(items)) for i in range(n)]
-    wanted = [(it, s, f"{it.id}/s{s}") for it, s in wanted]
+    wanted = [(items[i % len(items)], i // len(items), f"{items[i % len(items)].id}/s{i // len(items)}") for i in range(n)]
     records = out.records("helpful.jsonl")
     failures = out.failures()
     todo = [w for w in wanted if w[2] not in records]
