@@ -257,6 +257,15 @@ def test_unexpected_eval_format_falls_back_to_a_table(tmp_path):
     assert "SL-CAI: critique → revision" in html  # the rest of the report is still there
 
 
+def test_a_corrupt_manifest_is_a_warning_not_a_silent_not_run(tmp_path):
+    run = tmp_path / "run"
+    with StageDir(run / "label", "label", {}) as d:
+        d.finish({})
+    (run / "label" / "manifest.json").write_text('{"stage": "lab')  # truncated
+    html = build_report(run).read_text(encoding="utf-8")
+    assert "unreadable <code>manifest.json</code> in <code>label</code>" in html
+
+
 def test_plot_helpers():
     assert nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
     assert nice_ticks(-0.37, 0.52, 4) == [-0.25, 0, 0.25, 0.5]
