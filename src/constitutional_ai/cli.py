@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train pm": ("constitutional_ai.stages.train_pm", "cli", "preference model on soft AI labels (+ helpfulness comparisons)"),
     "score": ("constitutional_ai.stages.score", "cli", "score responses with a preference model"),
     "train rl": ("constitutional_ai.stages.train_rl", "cli", "RL-CAI: RLOO (or GRPO) against the PM with a KL penalty"),
+    "train dpo": ("constitutional_ai.stages.train_dpo", "cli", "DPO-CAI (offline, not the paper's route): DPO on soft AI labels or revision pairs"),
     "eval": ("constitutional_ai.stages.evaluate", "cli", "evaluations: hhh | compare | rounds | refusal"),
     "report": ("constitutional_ai.report", "cli", "self-contained HTML report of a run folder"),
     "run": ("constitutional_ai.pipeline", "cli", "the whole pipeline from a YAML recipe, resumable"),
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cai {__version__}")
         return 0
     cmd, rest = argv[0], argv[1:]
-    if cmd == "train" and rest and rest[0] in ("sft", "pm", "rl"):
+    if cmd == "train" and rest and rest[0] in ("sft", "pm", "rl", "dpo"):
         cmd, rest = f"train {rest[0]}", rest[1:]
     if cmd not in COMMANDS:
         print(f"cai: unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
