@@ -11,6 +11,7 @@ A recipe is YAML::
     pm_model: default              # base of the preference model
     constitution: default
     seed: 0
+    routes: [rl]                   # rl: train_pm -> train_rl (the paper); dpo: train_dpo (offline); or both
     stages:                        # per-stage settings = that stage's CLI flags
       revise: {rounds: 4, ...}
       train_sft: {...}
@@ -18,6 +19,7 @@ A recipe is YAML::
       label: {...}
       train_pm: {...}
       train_rl: {...}
+      train_dpo: {...}
       eval: {hhh: {...}, compare: {...}, rounds: {...}, refusal: {...}}
 
 A stage is skipped when its folder has a manifest and the resolved settings (its own and
@@ -42,8 +44,9 @@ from .config import from_mapping
 from .data import HELPFUL_COMPARISONS
 from .store import MANIFEST, json_sha256, write_json_atomic
 
-ORDER = ("revise", "train_sft", "sample_pairs", "label", "train_pm", "train_rl", "eval")
-TOP_KEYS = {"name", "description", "out", "model", "feedback_model", "pm_model", "constitution", "seed", "stages"}
+ORDER = ("revise", "train_sft", "sample_pairs", "label", "train_pm", "train_rl", "train_dpo", "eval")
+TOP_KEYS = {"name", "description", "out", "model", "feedback_model", "pm_model", "constitution", "seed", "routes", "stages"}
+ROUTES = {"rl": ("train_pm", "train_rl"), "dpo": ("train_dpo",)}
 
 
 class RecipeError(ValueError):
@@ -76,6 +79,12 @@ def load_recipe(path: str | Path) -> dict:
     recipe.setdefault("pm_model", recipe["feedback_model"])
     recipe.setdefault("constitution", "default")
     recipe.setdefault("seed", 0)
+    routes = recipe.setdefault("routes", ["rl"])
+    if not isinstance(routes, list) or not routes or set(routes) - set(ROUTES):
+        raise RecipeError(f"{path}: routes: expected a non-empty list of {', '.join(ROUTES)}, got {routes!r}")
+    unused = [k for r, ks in ROUTES.items() if r not in routes for k in ks if k in stages]
+    if unused:
+        raise RecipeError(f"{path}: stages.{', stages.'.join(unused)} given but routes is {routes}")
     recipe["_file"] = str(path)
     return recipe
 
@@ -100,7 +109,7 @@ def _cfg(cls, values: dict, where: str):
 
 def plan(recipe: dict) -> list[Step]:
     """Resolve a recipe into the ordered list of steps (nothing runs here)."""
-    from .stages import label, revise, sample_pairs, train_pm, train_rl, train_sft
+    from .stages import label, revise, sample_pairs, train_dpo, train_pm, train_rl, train_sft
 
     root = Path(recipe["out"])
     s = {k: dict(v or {}) for k, v in recipe["stages"].items()}
@@ -126,7 +135,13 @@ def plan(recipe: dict) -> list[Step]:
         Step("train_rl", root / "rl", _cfg(train_rl.TrainRLConfig, {
             "seed": seed, **s.get("train_rl", {}), "policy": str(root / "sft"), "pm": str(root / "pm"),
             "out": str(root / "rl")}, f"{f}: stages.train_rl"), train_rl.main, ("train_sft", "train_pm")),
+        Step("train_dpo", root / "dpo", _cfg(train_dpo.TrainDPOConfig, {
+            "seed": seed, "labels": [str(root / "labels")], "helpful": str(HELPFUL_COMPARISONS), **s.get("train_dpo", {}),
+            "model": str(root / "sft"), "out": str(root / "dpo")}, f"{f}: stages.train_dpo"), train_dpo.main,
+            ("revise", "train_sft", "label")),
     ]
+    skipped = {k for r, ks in ROUTES.items() if r not in recipe["routes"] for k in ks}
+    steps = [st for st in steps if st.name not in skipped]
     steps += eval_steps(recipe, root, s.get("eval", {}), f)
     return steps
 
@@ -136,7 +151,12 @@ def eval_steps(recipe: dict, root: Path, ev: dict, f: str) -> list[Step]:
     PM score vs revision round, and refusal rate of each checkpoint on benign prompts."""
     from .stages import eval_compare, evaluate
 
-    models = {"base": recipe["model"], "sl-cai": str(root / "sft"), "rl-cai": str(root / "rl")}
+    models = {"base": recipe["model"], "sl-cai": str(root / "sft")}
+    deps = {"base": (), "sl-cai": ("train_sft",)}  # the steps each checkpoint comes from
+    for route, (name, folder, step) in {"rl": ("rl-cai", "rl", "train_rl"), "dpo": ("dpo-cai", "dpo", "train_dpo")}.items():
+        if route in recipe["routes"]:
+            models[name], deps[name] = str(root / folder), (step,)
+    has_pm = "rl" in recipe["routes"]  # the PM is trained on the RL route only
     steps = []
     if ev.get("hhh", {}) is not False:
         hhh = dict(ev.get("hhh") or {})
@@ -144,16 +164,16 @@ def eval_steps(recipe: dict, root: Path, ev: dict, f: str) -> list[Step]:
             "constitution": recipe["constitution"], "seed": recipe["seed"], **hhh, "model": recipe["feedback_model"],
             "out": str(root / "eval" / "hhh-labeller")}, f"{f}: stages.eval.hhh"), evaluate.hhh_main))
         pm_hhh = {k: v for k, v in hhh.items() if k in ("task", "limit", "batch_size", "max_length")}
-        steps.append(Step("eval_hhh_pm", root / "eval" / "hhh-pm", _cfg(evaluate.HHHConfig, {
+        steps += [] if not has_pm else [Step("eval_hhh_pm", root / "eval" / "hhh-pm", _cfg(evaluate.HHHConfig, {
             **pm_hhh, "pm": str(root / "pm"), "out": str(root / "eval" / "hhh-pm")}, f"{f}: stages.eval.hhh"),
-            evaluate.hhh_main, ("train_pm",)))
+            evaluate.hhh_main, ("train_pm",))]
     if ev.get("compare", {}) is not False:
         steps.append(Step("eval_compare", root / "eval" / "compare", _cfg(eval_compare.CompareConfig, {
             "judge": recipe["feedback_model"], "constitution": recipe["constitution"], "seed": recipe["seed"],
             **(ev.get("compare") or {}), "models": list(models.values()), "names": list(models),
             "out": str(root / "eval" / "compare")}, f"{f}: stages.eval.compare"), eval_compare.main,
-            ("train_sft", "train_rl")))
-    if ev.get("rounds", {}) is not False:
+            tuple(d for n in models for d in deps[n])))
+    if ev.get("rounds", {}) is not False and has_pm:
         steps.append(Step("eval_rounds", root / "eval" / "rounds", _cfg(evaluate.RoundsConfig, {
             **(ev.get("rounds") or {}), "revise": str(root / "revise"), "pm": str(root / "pm"),
             "out": str(root / "eval" / "rounds")}, f"{f}: stages.eval.rounds"), evaluate.rounds_main,
@@ -163,7 +183,7 @@ def eval_steps(recipe: dict, root: Path, ev: dict, f: str) -> list[Step]:
             steps.append(Step(f"eval_refusal_{name}", root / "eval" / f"refusal-{name}", _cfg(evaluate.RefusalConfig, {
                 "seed": recipe["seed"], **(ev.get("refusal") or {}), "model": spec,
                 "out": str(root / "eval" / f"refusal-{name}")}, f"{f}: stages.eval.refusal"), evaluate.refusal_main,
-                {"base": (), "sl-cai": ("train_sft",), "rl-cai": ("train_rl",)}[name]))
+                deps[name]))
     return steps
 
 
