@@ -30,8 +30,8 @@ def label_folder(path: Path, rows: list[tuple[str, str, float]]) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     with open(path / "preferences.jsonl", "w") as f:
         for i, (c, r, p) in enumerate(rows):
-            f.write(json.dumps({"prompt": user(f"How do I pick lock number {i}?"), "chosen": asst(c), "rejected": asst(r),
-                                "p_chosen": p, "pair_id": f"ai{i}", "hard": False}) + "\n")
+            f.write(json.dumps({"prompt": user(f"How do I pick lock number {i}?"), "chosen": asst(c),
+                                "rejected": asst(r), "p_chosen": p, "pair_id": f"ai{i}", "hard": False}) + "\n")
     d = StageDir(path, "label", {})
     d.finish({})
     d.close()
@@ -52,8 +52,8 @@ def revise_folder(path: Path, prompts: int) -> Path:
             f.write(json.dumps({
                 "key": f"p{i}/s0", "prompt_id": f"p{i}", "messages": user(f"How do I pick lock {i}?"),
                 "initial_response": f"Rake pin {i} with a tension wrench.",
-                "rounds": [{"round": 1, "principle": "harm", "critique": "bad", "revision": r1, "empty_revision": False},
-                           {"round": 2, "principle": "harm", "critique": "bad", "revision": r2, "empty_revision": i == 0}],
+                "rounds": [{"round": 1, "principle": "h", "critique": "c", "revision": r1, "empty_revision": False},
+                           {"round": 2, "principle": "h", "critique": "c", "revision": r2, "empty_revision": i == 0}],
             }) + "\n")
     d = StageDir(path, "revise", {})
     d.finish({"files": {"records": "records.jsonl"}})
@@ -77,7 +77,7 @@ def weights(path) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------- the losses
 def test_soft_dpo_loss_matches_hand_arithmetic():
     t = torch.tensor
-    # β·Δ = 0.5·((1.5 − (−0.5)) − 0) = 1: 0.8·(−log σ(1)) + 0.2·(−log σ(−1)) = 0.8·0.313262 + 0.2·1.313262
+    # β·Δ = 0.5·(1.5 − (−0.5)) = 1: 0.8·(−log σ(1)) + 0.2·(−log σ(−1)) = 0.8·0.313262 + 0.2·1.313262
     assert float(soft_dpo_loss(t([1.5]), t([-0.5]), t([0.8]), 0.5)) == pytest.approx(0.513262, abs=1e-5)
     # A hard label (p = 1) is plain DPO, −log σ(β·Δ); p = 0 is the pair the other way round.
     for d in (-2.0, 0.0, 0.7, 3.0):
@@ -172,8 +172,8 @@ def test_revision_pairs_with_apo(tmp_path, tiny_model, which, pairs, identical):
     rows, info = train_dpo.revision_pairs(rev, which)
     assert info["sha256"] and all(r["p_chosen"] == 1.0 for r in rows)
     if which == "final":  # the last revision over the original response
-        assert [(r["chosen"][0]["content"][:7], r["rejected"][0]["content"][:4]) for r in rows] == [("Round 1", "Rake"),
-                                                                                                 ("Round 2", "Rake"), ("Round 2", "Rake")]
+        got = [(r["chosen"][0]["content"][:7], r["rejected"][0]["content"][:4]) for r in rows]
+        assert got == [("Round 1", "Rake"), ("Round 2", "Rake"), ("Round 2", "Rake")]
     out = train_dpo.main(config(tmp_path, tiny_model, revisions=[str(rev)], revision_pairs=which, loss_type="apo_zero"))
     m = json.loads((out / "manifest.json").read_text())
     assert m["counts"]["revision_pairs"] == (6 if which == "rounds" else 3)

@@ -45,7 +45,8 @@ from .data import HELPFUL_COMPARISONS
 from .store import MANIFEST, json_sha256, write_json_atomic
 
 ORDER = ("revise", "train_sft", "sample_pairs", "label", "train_pm", "train_rl", "train_dpo", "eval")
-TOP_KEYS = {"name", "description", "out", "model", "feedback_model", "pm_model", "constitution", "seed", "routes", "stages"}
+TOP_KEYS = {"name", "description", "out", "model", "feedback_model", "pm_model", "constitution", "seed", "routes",
+            "stages"}
 ROUTES = {"rl": ("train_pm", "train_rl"), "dpo": ("train_dpo",)}
 
 
@@ -136,9 +137,9 @@ def plan(recipe: dict) -> list[Step]:
             "seed": seed, **s.get("train_rl", {}), "policy": str(root / "sft"), "pm": str(root / "pm"),
             "out": str(root / "rl")}, f"{f}: stages.train_rl"), train_rl.main, ("train_sft", "train_pm")),
         Step("train_dpo", root / "dpo", _cfg(train_dpo.TrainDPOConfig, {
-            "seed": seed, "labels": [str(root / "labels")], "helpful": str(HELPFUL_COMPARISONS), **s.get("train_dpo", {}),
-            "model": str(root / "sft"), "out": str(root / "dpo")}, f"{f}: stages.train_dpo"), train_dpo.main,
-            ("revise", "train_sft", "label")),
+            "seed": seed, "labels": [str(root / "labels")], "helpful": str(HELPFUL_COMPARISONS),
+            **s.get("train_dpo", {}), "model": str(root / "sft"), "out": str(root / "dpo")}, f"{f}: stages.train_dpo"),
+            train_dpo.main, ("revise", "train_sft", "label")),
     ]
     skipped = {k for r, ks in ROUTES.items() if r not in recipe["routes"] for k in ks}
     steps = [st for st in steps if st.name not in skipped]
@@ -153,7 +154,8 @@ def eval_steps(recipe: dict, root: Path, ev: dict, f: str) -> list[Step]:
 
     models = {"base": recipe["model"], "sl-cai": str(root / "sft")}
     deps = {"base": (), "sl-cai": ("train_sft",)}  # the steps each checkpoint comes from
-    for route, (name, folder, step) in {"rl": ("rl-cai", "rl", "train_rl"), "dpo": ("dpo-cai", "dpo", "train_dpo")}.items():
+    route_models = {"rl": ("rl-cai", "rl", "train_rl"), "dpo": ("dpo-cai", "dpo", "train_dpo")}
+    for route, (name, folder, step) in route_models.items():
         if route in recipe["routes"]:
             models[name], deps[name] = str(root / folder), (step,)
     has_pm = "rl" in recipe["routes"]  # the PM is trained on the RL route only

@@ -2,7 +2,8 @@
 
     cai train dpo --model runs/sft --labels runs/labels --helpful src/constitutional_ai/data/helpful_comparisons.jsonl \
         --helpful-ratio 0.5 --out runs/dpo
-    cai train dpo --model runs/sft --revisions runs/revise --revision-pairs final --loss-type apo_zero --out runs/dpo-apo
+    cai train dpo --model runs/sft --revisions runs/revise --revision-pairs final --loss-type apo_zero \
+        --out runs/dpo-apo
 
 The paper trains a preference model and then runs online RL against it (``cai train pm``,
 ``cai train rl``). This stage is the offline alternative: TRL's ``DPOTrainer`` trains
@@ -64,12 +65,14 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from ..config import opt, parse_config, training_config_dict
 from ..data import DataError, read_jsonl, write_jsonl_atomic
 from ..models.local import resolve_model_path
-from ..store import MANIFEST, StageDir, file_sha256, last_checkpoint, manifest_identity, read_manifest, write_json_atomic
+from ..store import (MANIFEST, StageDir, file_sha256, last_checkpoint, manifest_identity, read_manifest,
+                     write_json_atomic)
 from .train_pm import load_label_folder, load_pairs
 
 STAGE = "train-dpo"
 LOSSES = ("sigmoid", "apo_zero", "apo_down")
-LOG_KEYS = ("step", "loss", "margin", "accuracy", "reward_chosen", "reward_rejected", "kl", "learning_rate", "grad_norm")
+LOG_KEYS = ("step", "loss", "margin", "accuracy", "reward_chosen", "reward_rejected", "kl", "learning_rate",
+            "grad_norm")
 EXTRA_COLUMNS = ("p_chosen", "weight")  # travel with each pair into the batch
 
 
@@ -107,16 +110,25 @@ class TrainDPOConfig(DPOConfig):
     model: str = opt("default", "Policy to train, also the frozen reference: usually the `cai train sft` checkpoint")
     labels: list[str] = opt([], "Finished `cai label` folder(s): soft AI-feedback preference pairs")
     revisions: list[str] = opt([], "Finished `cai revise` folder(s): revision preferred to the response it revised")
-    revision_pairs: str = opt("rounds", "'rounds': each round's revision over the previous response; 'final': last revision over the original")
-    helpful: str | None = opt(None, "Helpfulness comparisons (JSONL): HH `chosen`/`rejected` transcripts or preference rows")
-    helpful_ratio: float | None = opt(None, "Share of the loss weight on helpfulness pairs (0 < R < 1; nothing discarded); unset = weight 1 each")
-    soft_labels: bool = opt(True, "Use each pair's p_chosen as its target; false = hard labels (p >= 0.5 -> chosen, ties left out)")
-    out: str = opt("runs/dpo", "Output folder: DPO checkpoint, log.jsonl, metrics.json, manifest.json (also sets output_dir)")
+    revision_pairs: str = opt("rounds", "'rounds': each round's revision over the previous response; "
+                                        "'final': the last revision over the original")
+    helpful: str | None = opt(None, "Helpfulness comparisons (JSONL): HH `chosen`/`rejected` transcripts or "
+                                    "preference rows")
+    helpful_ratio: float | None = opt(None, "Share of the loss weight on helpfulness pairs (0 < R < 1; nothing is "
+                                            "discarded); unset = weight 1 each")
+    soft_labels: bool = opt(True, "Use each pair's p_chosen as its target; false = hard labels (p >= 0.5 -> chosen, "
+                                  "ties left out)")
+    loss_type: list[str] = opt(["sigmoid"], "sigmoid (soft-target DPO; plain DPO on hard labels), apo_zero or "
+                                            "apo_down (APO, hard labels)")
+    out: str = opt("runs/dpo", "Output folder: DPO checkpoint, log.jsonl, metrics.json, manifest.json "
+                               "(also sets output_dir)")
     # CPU-friendly defaults for inherited TRL/transformers settings (all overridable).
     bf16: bool | None = opt(False, "bf16 mixed precision (TRL's default is on; off here for CPU fp32)")
-    gradient_checkpointing: bool | None = opt(None, "Deprecated alias of --activation-checkpointing (off by default here)", nargs="?", const=True)
+    gradient_checkpointing: bool | None = opt(None, "Deprecated alias of --activation-checkpointing (off by default)",
+                                              nargs="?", const=True)
     report_to: None | str | list[str] = opt("none", "Integrations to log to ('none', 'wandb', 'tensorboard', ...)")
-    save_strategy: str = opt("no", "Intermediate checkpoints: 'no', 'steps' or 'epoch' (the final policy is always saved)")
+    save_strategy: str = opt("no", "Intermediate checkpoints: 'no', 'steps' or 'epoch' (the final policy is always "
+                                   "saved)")
     logging_steps: float = opt(1, "Log every N optimizer steps")
     per_device_train_batch_size: int = opt(4, "Preference pairs per device per step")
     num_train_epochs: float = opt(1.0, "Epochs over the pairs (--max-steps overrides)")
@@ -132,7 +144,8 @@ class TrainDPOConfig(DPOConfig):
             raise ValueError(f"--loss-type must be one of {', '.join(LOSSES)}, got {self.loss_type}")
         unsupported = {"precompute_ref_log_probs": self.precompute_ref_log_probs, "padding_free": self.padding_free,
                        "use_weighting": self.use_weighting, "ld_alpha": self.ld_alpha is not None,
-                       "f_divergence_type": self.f_divergence_type != "reverse_kl", "loss_weights": self.loss_weights is not None}
+                       "f_divergence_type": self.f_divergence_type != "reverse_kl",
+                       "loss_weights": self.loss_weights is not None}
         bad = [k for k, v in unsupported.items() if v]
         if bad:
             raise ValueError(f"cai train dpo does not support --{', --'.join(b.replace('_', '-') for b in bad)} "
@@ -140,12 +153,14 @@ class TrainDPOConfig(DPOConfig):
         if self.revision_pairs not in ("rounds", "final"):
             raise ValueError(f"--revision-pairs must be 'rounds' or 'final', got {self.revision_pairs!r}")
         if self.helpful_ratio is not None and not 0 < self.helpful_ratio < 1:
-            raise ValueError(f"--helpful-ratio must be in (0, 1) (leave out --helpful to train without it), got {self.helpful_ratio}")
+            raise ValueError(f"--helpful-ratio must be in (0, 1) (leave out --helpful to train without it), "
+                             f"got {self.helpful_ratio}")
 
 
 SETTING_KEYS = ("loss_type", "beta", "soft_labels", "revision_pairs", "helpful_ratio", "seed", "learning_rate",
-                "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
-                "truncation_mode", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "bf16",
+                "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+                "max_length", "truncation_mode", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm",
+                "bf16",
                 "disable_dropout", "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps", "optim")
 
 
@@ -231,12 +246,14 @@ class SoftDPOTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        self._signature_columns = [*self._signature_columns, *(c for c in EXTRA_COLUMNS if c not in self._signature_columns)]
+        cols = self._signature_columns
+        self._signature_columns = [*cols, *(c for c in EXTRA_COLUMNS if c not in cols)]
 
     def _logps_and_dist(self, model, inputs: dict, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed completion log-probs per sequence, and the log-distributions at completion positions."""
         ids, mask = inputs["input_ids"], inputs["completion_mask"][:, -keep + 1:]
-        logits = model(input_ids=ids, attention_mask=inputs["attention_mask"], logits_to_keep=keep, use_cache=False).logits
+        logits = model(input_ids=ids, attention_mask=inputs["attention_mask"], logits_to_keep=keep,
+                       use_cache=False).logits
         logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # position t predicts token t + 1
         tok = logp.gather(-1, ids[:, -keep + 1:].unsqueeze(-1)).squeeze(-1)
         return (tok * mask).sum(1), logp
@@ -304,7 +321,8 @@ def build_trainer(cfg: TrainDPOConfig, rows: list[dict], log: LogWriter) -> Soft
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected", *EXTRA_COLUMNS)} for r in rows])
     collator = WeightedPreferenceCollator(pad_token_id=tokenizer.pad_token_id, max_length=cfg.max_length,
-                                          truncation_mode=cfg.truncation_mode, pad_to_multiple_of=cfg.pad_to_multiple_of)
+                                          truncation_mode=cfg.truncation_mode,
+                                          pad_to_multiple_of=cfg.pad_to_multiple_of)
     return SoftDPOTrainer(model=model, ref_model=ref, args=cfg, data_collator=collator, train_dataset=data,
                           processing_class=tokenizer, callbacks=[log])
 
@@ -341,7 +359,8 @@ def main(cfg: TrainDPOConfig) -> Path:
     """Train (or find already trained) the DPO-CAI policy; returns the output folder."""
     t0 = time.time()
     pairs, inputs = load_inputs(cfg)
-    if cfg.loss_type[0] != "sigmoid" and cfg.soft_labels and any(r["p_chosen"] != 1.0 for v in pairs.values() for r in v):
+    soft_pairs = any(r["p_chosen"] != 1.0 for rows in pairs.values() for r in rows)
+    if cfg.loss_type[0] != "sigmoid" and cfg.soft_labels and soft_pairs:
         raise ValueError(f"--loss-type {cfg.loss_type[0]} has no soft-label form and some pairs have p_chosen < 1: "
                          "add --soft-labels false (hard labels) or use --loss-type sigmoid")
     out = StageDir(cfg.out, STAGE, settings_of(cfg, inputs))
@@ -355,12 +374,14 @@ def main(cfg: TrainDPOConfig) -> Path:
         n_help = len(screened["helpful"])
         n_other = len(screened["ai"]) + len(screened["revision"])
         w_other, w_help = mix_weights(n_other, n_help, cfg.helpful_ratio)
-        train = [{**r, "weight": w_help if src == "helpful" else w_other} for src, rows in screened.items() for r in rows]
+        train = [{**r, "weight": w_help if src == "helpful" else w_other}
+                 for src, rows in screened.items() for r in rows]
         if not train:
             raise DataError(f"no preference pairs left to train on (rejected: {rejected})")
-        print(f"[train dpo] {len(screened['ai'])} AI-label + {len(screened['revision'])} revision + {n_help} helpfulness "
-              f"pairs (weights {w_other:.3g} / {w_help:.3g}), loss {cfg.loss_type[0]}, beta {cfg.beta}; "
-              f"rejected {({f'{s}/{k}': v for s, w in rejected.items() for k, v in w.items() if v}) or 'none'}", file=sys.stderr)
+        why = {f"{src}/{k}": v for src, w in rejected.items() for k, v in w.items() if v} or "none"
+        print(f"[train dpo] {len(screened['ai'])} AI-label + {len(screened['revision'])} revision + {n_help} "
+              f"helpfulness pairs (weights {w_other:.3g} / {w_help:.3g}), loss {cfg.loss_type[0]}, beta {cfg.beta}; "
+              f"rejected {why}", file=sys.stderr)
         resumed = last_checkpoint(cfg.out)
         log_path = Path(cfg.out) / "log.jsonl"
         if not resumed:
@@ -377,9 +398,11 @@ def main(cfg: TrainDPOConfig) -> Path:
         metrics = {"first": first, "last": last, "train_loss": result.training_loss, "steps": steps,
                    "seconds_per_step": round(result.metrics["train_runtime"] / max(steps, 1), 3)}
         write_json_atomic(Path(cfg.out) / "metrics.json", metrics)
-        counts = {"ai_pairs": len(pairs["ai"]), "revision_pairs": len(pairs["revision"]), "helpful_pairs": len(pairs["helpful"]),
-                  **{f"{src}_rejected_{k}": v for src, why in rejected.items() for k, v in why.items() if v},
-                  "trained_pairs": len(train), "too_long_dropped": len(train) - len(trainer.train_dataset), "steps": steps}
+        counts = {"ai_pairs": len(pairs["ai"]), "revision_pairs": len(pairs["revision"]),
+                  "helpful_pairs": len(pairs["helpful"]),
+                  **{f"{src}_rejected_{k}": v for src, w in rejected.items() for k, v in w.items() if v},
+                  "trained_pairs": len(train), "too_long_dropped": len(train) - len(trainer.train_dataset),
+                  "steps": steps}
         out.finish({
             "config": training_config_dict(cfg),
             "inputs": inputs,
