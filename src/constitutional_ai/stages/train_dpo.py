@@ -270,7 +270,9 @@ class SoftDPOTrainer(DPOTrainer):
         with torch.no_grad():
             ref_logps, ref_logp = self._logps_and_dist(self.ref_model, inputs, keep)
             m = cmask[:, -keep + 1:].float()
-            kl = ((logp.exp() * (logp - ref_logp)).sum(-1) * m).sum() / m.sum().clamp_min(1)
+            # KL ≥ 0 exactly; while π ≈ π_ref float32 rounding can dip below it, which is noise, not signal.
+            per_pos = (logp.exp() * (logp - ref_logp)).sum(-1).clamp_min(0)
+            kl = (per_pos * m).sum() / m.sum().clamp_min(1)
         c, r = (logps - ref_logps).chunk(2)  # chosen and rejected log-ratios
         kind = self.loss_types[0]
         per_pair = soft_dpo_loss(c, r, p, self.beta) if kind == "sigmoid" else apo_loss(kind, c, r, self.beta)
