@@ -11,6 +11,7 @@ A recipe is YAML::
     pm_model: default              # base of the preference model
     constitution: default
     seed: 0
+    routes: [rl]                   # rl: train-pm -> train-rl (the paper); dpo: train-dpo (offline); or both
     stages:                        # per-stage settings = that stage's CLI flags
       revise: {rounds: 4, ...}
       train-sft: {...}
@@ -18,6 +19,7 @@ A recipe is YAML::
       label: {...}
       train-pm: {...}
       train-rl: {...}
+      train-dpo: {...}
       eval-hhh: {...}              # `false` skips an evaluation
       eval-compare: {...}
       eval-rounds: {...}
@@ -49,7 +51,10 @@ from .store import MANIFEST, json_sha256, write_json_atomic
 
 ORDER = tuple(st.name for st in STAGES)
 EVALS = tuple(n for n in ORDER if n.startswith("eval-"))
-TOP_KEYS = {"name", "description", "out", "model", "feedback_model", "pm_model", "constitution", "seed", "stages"}
+TOP_KEYS = {"name", "description", "out", "model", "feedback_model", "pm_model", "constitution", "seed", "routes",
+            "stages"}
+#: route -> the stages only it runs, and the checkpoint it adds to the evaluations
+ROUTES = {"rl": (("train-pm", "train-rl"), "rl-cai"), "dpo": (("train-dpo",), "dpo-cai")}
 
 
 class RecipeError(ValueError):
@@ -79,6 +84,12 @@ def load_recipe(path: str | Path) -> dict:
         if v is False and k not in EVALS:
             raise RecipeError(f"{path}: stages.{k}: only evaluations can be skipped with false")
     recipe["stages"] = stages
+    routes = recipe.setdefault("routes", ["rl"])
+    if not isinstance(routes, list) or not routes or set(routes) - set(ROUTES):
+        raise RecipeError(f"{path}: routes: expected a non-empty list of {', '.join(ROUTES)}, got {routes!r}")
+    unused = [k for r, (ks, _) in ROUTES.items() if r not in routes for k in ks if k in stages]
+    if unused:
+        raise RecipeError(f"{path}: stages.{', stages.'.join(unused)} given but routes is {routes}")
     recipe.setdefault("out", f"runs/{path.stem}")
     recipe.setdefault("model", "default")
     recipe.setdefault("feedback_model", "default")
@@ -109,7 +120,7 @@ def _cfg(cls, values: dict, where: str):
 
 def plan(recipe: dict) -> list[Step]:
     """Resolve a recipe into the ordered list of steps (nothing runs here)."""
-    from .stages import label, revise, sample_pairs, train_pm, train_rl, train_sft
+    from .stages import label, revise, sample_pairs, train_dpo, train_pm, train_rl, train_sft
 
     root = Path(recipe["out"])
     s = {k: dict(v or {}) for k, v in recipe["stages"].items()}
@@ -134,8 +145,12 @@ def plan(recipe: dict) -> list[Step]:
                                                   "labels": [d["label"]]}, train_pm.main, ("label",)),
         step("train-rl", train_rl.TrainRLConfig, {"seed": seed, **s.get("train-rl", {}), "policy": d["train-sft"],
                                                   "pm": d["train-pm"]}, train_rl.main, ("train-sft", "train-pm")),
+        step("train-dpo", train_dpo.TrainDPOConfig, {"seed": seed, "labels": [d["label"]], "helpful": str(HELPFUL_COMPARISONS),
+                                                     **s.get("train-dpo", {}), "model": d["train-sft"]},
+             train_dpo.main, ("revise", "train-sft", "label")),
     ]
-    return steps + eval_steps(recipe, root, s, f)
+    skipped = {k for r, (ks, _) in ROUTES.items() if r not in recipe["routes"] for k in ks}
+    return [st for st in steps if st.name not in skipped] + eval_steps(recipe, root, s, f)
 
 
 def eval_steps(recipe: dict, root: Path, s: dict, f: str) -> list[Step]:
@@ -143,7 +158,12 @@ def eval_steps(recipe: dict, root: Path, s: dict, f: str) -> list[Step]:
     PM score vs revision round, and refusal rate of each checkpoint on benign prompts."""
     from .stages import eval_compare, eval_hhh, eval_refusal, eval_rounds
 
-    models = {"base": recipe["model"], "sl-cai": str(root / "train-sft"), "rl-cai": str(root / "train-rl")}
+    models = {"base": recipe["model"], "sl-cai": str(root / "train-sft")}
+    after = {"base": (), "sl-cai": ("train-sft",)}  # the step each checkpoint comes from
+    for route, (ks, name) in ROUTES.items():
+        if route in recipe["routes"]:
+            models[name], after[name] = str(root / ks[-1]), (ks[-1],)
+    has_pm = "rl" in recipe["routes"]  # the PM is trained on the RL route only
     stages = recipe["stages"]
 
     def step(name: str, variant: str, cls, values: dict, run, inputs: tuple[str, ...] = ()) -> Step:
@@ -157,19 +177,19 @@ def eval_steps(recipe: dict, root: Path, s: dict, f: str) -> list[Step]:
             "constitution": recipe["constitution"], "seed": recipe["seed"], **hhh, "model": recipe["feedback_model"]},
             eval_hhh.main))
         pm_hhh = {k: v for k, v in hhh.items() if k in ("task", "limit", "batch_size", "max_length")}
-        steps.append(step("eval-hhh", "pm", eval_hhh.HHHConfig, {**pm_hhh, "pm": str(root / "train-pm")},
-                          eval_hhh.main, ("train-pm",)))
+        if has_pm:
+            steps.append(step("eval-hhh", "pm", eval_hhh.HHHConfig, {**pm_hhh, "pm": str(root / "train-pm")},
+                              eval_hhh.main, ("train-pm",)))
     if stages.get("eval-compare") is not False:
         steps.append(step("eval-compare", "", eval_compare.CompareConfig, {
             "judge": recipe["feedback_model"], "constitution": recipe["constitution"], "seed": recipe["seed"],
             **s.get("eval-compare", {}), "models": list(models.values()), "names": list(models)},
-            eval_compare.main, ("train-sft", "train-rl")))
-    if stages.get("eval-rounds") is not False:
+            eval_compare.main, tuple(a for n in models for a in after[n])))
+    if stages.get("eval-rounds") is not False and has_pm:
         steps.append(step("eval-rounds", "", eval_rounds.RoundsConfig, {
             **s.get("eval-rounds", {}), "revise": str(root / "revise"), "pm": str(root / "train-pm")},
             eval_rounds.main, ("revise", "train-pm")))
     if stages.get("eval-refusal") is not False:
-        after = {"base": (), "sl-cai": ("train-sft",), "rl-cai": ("train-rl",)}
         for name, spec in models.items():
             steps.append(step("eval-refusal", name, eval_refusal.RefusalConfig, {
                 "seed": recipe["seed"], **s.get("eval-refusal", {}), "model": spec}, eval_refusal.main, after[name]))

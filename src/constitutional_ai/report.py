@@ -417,6 +417,25 @@ def sec_rl(stages: list[Stage], ctx: Ctx) -> str:
     return "".join(out)
 
 
+def sec_dpo(stages: list[Stage]) -> str:
+    """The offline route: pair counts and mix weights, and loss / margin / KL per step from log.jsonl."""
+    out = []
+    for s in stages:
+        log, _ = read_jsonl(s.file("log", "log.jsonl"))
+        tr, mix, m = s.manifest.get("trainer") or {}, s.manifest.get("mix") or {}, s.manifest.get("metrics") or {}
+        out.append(f"<h3>{esc(s.rel)}</h3>" + counts_table({
+            **(s.manifest.get("counts") or {}), "loss": tr.get("loss_type"), "β": tr.get("beta"),
+            "soft labels": tr.get("soft_labels"), "helpful weight share": mix.get("helpful_weight_share"),
+            "train loss": m.get("train_loss"), "s/step": m.get("seconds_per_step")}))
+        charts = [line_chart({lab: [(r["step"], r.get(k)) for r in log]}, title=title, xlabel="step", ylabel=lab,
+                             integer_x=True)
+                  for title, lab, k in (("DPO loss", "loss", "loss"), ("Implicit reward margin β·Δ", "margin", "margin"),
+                                        ("KL to the SL-CAI reference", "KL (per token)", "kl"))
+                  if any(r.get(k) is not None for r in log)]
+        out.append(figs(*charts) if charts else "<p class='muted'>No training log (log.jsonl) in this folder.</p>")
+    return "".join(out)
+
+
 # ----------------------------------------------------------------------------- evaluations
 def sec_hhh(stages: list[Stage], ctx: Ctx) -> str:
     out = []
@@ -627,7 +646,8 @@ def header(run_dir: Path, stages: list[Stage], broken: Sequence[str] = ()) -> st
 
 SECTIONS = [("revise", "SL-CAI: critique → revision"), ("train-sft", "SL-CAI finetuning"),
             ("sample-pairs", "Response pairs"), ("label", "AI feedback labels (RLAIF)"), ("train-pm", "Preference model"),
-            ("train-rl", "RL-CAI"), ("eval", "Evaluations"), ("other", "Other stages"), ("samples", "Samples")]
+            ("train-rl", "RL-CAI"), ("train-dpo", "DPO-CAI (offline, not the paper's route)"),
+            ("eval", "Evaluations"), ("other", "Other stages"), ("samples", "Samples")]
 
 
 def section_id(stage: str) -> str:
@@ -665,6 +685,7 @@ def render(run_dir: Path, max_samples: int) -> str:
         "label": sec_label(by.get("label", []), ctx),
         "train-pm": sec_pm(by.get("train-pm", [])),
         "train-rl": sec_rl(by.get("train-rl", []), ctx),
+        **({"train-dpo": sec_dpo(by["train-dpo"])} if by.get("train-dpo") else {}),
         "eval": sec_evals(by, ctx),
     }
     others = [s for s in stages if section_id(s.name) == "other"]

@@ -55,6 +55,8 @@ STAGES: tuple[Stage, ...] = (
           "preference model on soft AI labels (+ helpfulness comparisons)"),
     Stage("train-rl", "train_rl", "TrainRLConfig",
           "RL-CAI: RLOO (or GRPO) against the PM with a KL penalty"),
+    Stage("train-dpo", "train_dpo", "TrainDPOConfig",
+          "offline route (not the paper's): DPO on soft AI labels or revision pairs"),
     Stage("eval-hhh", "eval_hhh", "HHHConfig",
           "HHH binary multiple choice accuracy and calibration (feedback model or PM)"),
     Stage("eval-compare", "eval_compare", "CompareConfig",

@@ -59,10 +59,11 @@ from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from ..config import opt, output_settings, parse_config, training_config_dict
-from ..data import DataError, check_messages, parse_hh_transcript, read_jsonl
+from ..data import DataError
 from ..metrics import calibration
 from ..pm import encode_conversation, score_ids
-from ..store import StageDir, file_sha256, last_checkpoint, read_manifest
+from ..preferences import load_label_folder, load_pairs
+from ..store import StageDir, file_sha256, last_checkpoint
 
 
 
@@ -109,57 +110,6 @@ class TrainPMConfig(RewardConfig):
 
 
 # ----------------------------------------------------------------------------- data
-def parse_pair(row: dict, where: str, source: str, default_p: float | None) -> dict:
-    """One comparison → ``{id, source, where, prompt, chosen, rejected, p_chosen}``.
-
-    Accepts the preference format (``prompt`` as messages or a string; ``chosen``/``rejected``
-    as assistant messages or strings) or, without ``prompt``, HH transcripts.
-    """
-    if "prompt" in row:
-        prompt = row["prompt"]
-        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else check_messages(prompt, where, "prompt", "user")
-        sides = {}
-        for k in ("chosen", "rejected"):
-            v = row.get(k)
-            if v is None:
-                raise DataError(f"{where}: field '{k}': missing")
-            sides[k] = [{"role": "assistant", "content": v}] if isinstance(v, str) else check_messages(v, where, k, "assistant")
-    else:
-        convs = {}
-        for k in ("chosen", "rejected"):
-            v = row.get(k)
-            if not isinstance(v, str):
-                raise DataError(f"{where}: field '{k}': expected an HH transcript string (or give `prompt` for the preference format)")
-            convs[k] = parse_hh_transcript(v, f"{where}: field '{k}'")
-            if convs[k][-1]["role"] != "assistant":
-                raise DataError(f"{where}: field '{k}': the transcript must end with an Assistant turn")
-        if convs["chosen"][:-1] != convs["rejected"][:-1]:
-            raise DataError(f"{where}: field 'rejected': chosen and rejected differ before their last Assistant turn")
-        prompt = convs["chosen"][:-1]
-        sides = {k: convs[k][-1:] for k in convs}
-    p = row.get("p_chosen", default_p)
-    if p is None:
-        raise DataError(f"{where}: field 'p_chosen': missing (AI feedback labels must carry their soft probability)")
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-        raise DataError(f"{where}: field 'p_chosen': expected a probability in [0, 1], got {p!r}")
-    rid = row.get("pair_id", row.get("id"))
-    return {"id": str(rid) if rid is not None else where, "source": source, "where": where, "prompt": prompt,
-            "chosen": sides["chosen"], "rejected": sides["rejected"], "p_chosen": float(p)}
-
-
-def load_pairs(path: str | Path, source: str, default_p: float | None) -> list[dict]:
-    return [parse_pair(row, f"{path}:{n}", source, default_p) for n, row in read_jsonl(path)]
-
-
-def load_label_folder(folder: str | Path) -> tuple[list[dict], dict]:
-    """AI-feedback pairs of a finished `cai label` folder, and its provenance for the manifest."""
-    read_manifest(folder, stage="label")
-    f = Path(folder) / "preferences.jsonl"
-    if not f.exists():
-        raise DataError(f"{folder}: no preferences.jsonl in this label folder")
-    return load_pairs(f, "ai", None), {"path": str(Path(folder).resolve()), "sha256": file_sha256(f)}
-
-
 def mix(ai: list[dict], helpful: list[dict], ratio: float | None, seed: int) -> tuple[list[dict], list[dict]]:
     """Subsample the larger side so that helpful / (ai + helpful) ≈ ratio (order kept)."""
     if ratio is None:
