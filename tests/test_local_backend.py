@@ -1,5 +1,6 @@
 """The in-process transformers backend on a tiny random Llama (and the embedded model)."""
 
+import random
 import time
 
 import pytest
@@ -30,6 +31,60 @@ def test_generation_depends_on_seed_not_on_batch(backend):
     assert full == one_by_one == reordered
     assert len(set(full)) > 1
     assert backend.generate(c[:1], sp, seeds=[99]) != full[:1]  # another seed, another sample
+
+
+def test_a_record_depends_only_on_its_own_seed_whatever_shares_its_batch(backend):
+    sp = Sampling(max_new_tokens=10)
+    target = convs(1, prefix="the record under test: ")[0]
+    (alone,) = backend.generate([target], sp, seeds=[42])
+    others = convs(7)
+    for mates, seeds in ((others[:3], [1, 2, 3]), (others[3:], [9, 8, 7, 6]), (others[:1] * 3, [5, 5, 5])):
+        got = backend.generate(mates + [target], sp, seeds=seeds + [42])
+        assert got[-1] == alone
+
+
+def chi_square(counts, probs):
+    n = sum(counts)
+    return sum((c - n * p) ** 2 / (n * p) for c, p in zip(counts, probs))
+
+
+# Critical values of the chi-square distribution at p = 0.001 (1 and 3 degrees of freedom):
+# a correct sampler fails these fixed-seed checks with probability 1e-3 per seed set.
+CHI2_1DF, CHI2_3DF = 10.83, 16.27
+DIST = [0.5, 0.25, 0.15, 0.1]
+
+
+def draws(backend, sampling, n=6000, probs=DIST):
+    logits = torch.tensor([probs] * n).log()
+    return backend._sample(logits, sampling, [random.Random(s) for s in range(n)])
+
+
+def test_sampler_follows_the_softmax_distribution(backend):
+    got = draws(backend, Sampling(temperature=1.0))
+    counts = [got.count(k) for k in range(4)]
+    assert chi_square(counts, DIST) < CHI2_3DF
+    # temperature 2 flattens the distribution to p ** (1/2), renormalised
+    flat = [p ** 0.5 for p in DIST]
+    flat = [p / sum(flat) for p in flat]
+    got = draws(backend, Sampling(temperature=2.0))
+    assert chi_square([got.count(k) for k in range(4)], flat) < CHI2_3DF
+    # a row's draw depends on its own generator only: the same seeds give the same tokens in any batch
+    logits = torch.tensor([DIST] * 5).log()
+    once = backend._sample(logits, Sampling(), [random.Random(s) for s in range(5)])
+    tail = backend._sample(logits[2:], Sampling(), [random.Random(s) for s in range(2, 5)])
+    assert once[2:] == tail
+    assert backend._sample(logits, Sampling(temperature=0.0), [random.Random(0)] * 5) == [0] * 5
+
+
+def test_sampler_honours_top_p(backend):
+    # top_p 0.7 keeps the head reaching 0.7 (0.5 + 0.25, the crossing token included): 2/3, 1/3
+    got = draws(backend, Sampling(top_p=0.7))
+    assert set(got) == {0, 1}
+    assert chi_square([got.count(0), got.count(1)], [2 / 3, 1 / 3]) < CHI2_1DF
+    # a permuted vocabulary keeps the same tokens (truncation is by probability, not position)
+    perm = [DIST[2], DIST[0], DIST[3], DIST[1]]
+    assert set(draws(backend, Sampling(top_p=0.7), n=2000, probs=perm)) == {1, 3}
+    assert set(draws(backend, Sampling(top_p=0.4), n=500)) == {0}
 
 
 def test_shared_prefix_path_matches_left_padding(backend):
