@@ -139,6 +139,45 @@ def test_score_choices_equals_naive_with_and_without_prefix_reuse(backend, optio
         backend.min_shared_prefix = 64
 
 
+def test_prefix_cache_reuses_blocks_across_calls_with_naive_probabilities(tiny_model):
+    b = LocalBackend(tiny_model, batch_size=4)
+    block = "Here are worked examples of the task. " * 12
+    prompts = [b.render([{"role": "user", "content": block + f"question {i}: (A) yes (B) no"},
+                         {"role": "assistant", "content": "The answer is: ("}]) for i in range(6)]
+    ref = naive_scores(b, prompts, ["A", "B"])
+    first = b.score_choices(prompts[:2], ["A", "B"])
+    assert b.prefix_cache.reused_tokens == 0 and b.prefix_cache.entries
+    block_len = b.count_tokens(b.render([{"role": "user", "content": block}]))
+    encoded = b.prefix_cache.encoded_tokens
+    later = b.score_choices(prompts[2:], ["A", "B"])  # another call: the block comes from the cache
+    assert b.prefix_cache.reused_tokens >= block_len - 10
+    assert b.prefix_cache.encoded_tokens - encoded < 20  # only what follows the block ran again
+    flat = lambda rows: [x for r in rows for x in r]  # noqa: E731
+    assert flat(first + later) == pytest.approx(flat(ref), abs=1e-4)
+    assert b.prefix_cache.bytes <= b.prefix_cache.max_bytes
+
+
+def test_prefix_cache_is_bounded_and_can_be_switched_off(tiny_model):
+    from constitutional_ai.models.local import PrefixKVCache
+
+    kv = lambda n: [(torch.zeros(1, 1, n, 4), torch.zeros(1, 1, n, 4))]  # noqa: E731  32 bytes per token
+    c = PrefixKVCache(max_bytes=32 * 25)
+    c.put([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], kv(10))
+    c.put([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], kv(12))  # extends the first: replaces it
+    assert list(c.entries) == [tuple(range(1, 13))] and c.bytes == 32 * 12
+    n, got = c.lookup([1, 2, 3, 99])
+    assert n == 3 and got[0][0].shape == (1, 1, 3, 4)
+    c.put(list(range(50, 60)), kv(10))
+    c.put(list(range(70, 80)), kv(10))  # over 25 tokens' worth: the least recently used goes
+    assert tuple(range(1, 13)) not in c.entries and c.bytes <= c.max_bytes
+    assert c.lookup([5, 6]) == (0, [])
+    off = LocalBackend(tiny_model, prefix_cache_mb=0)
+    prompts = [off.render([{"role": "user", "content": "word " * 80 + str(i)}]) for i in range(3)]
+    got, ref = off.score_choices(prompts, ["A", "B"]), naive_scores(off, prompts, ["A", "B"])
+    assert [x for r in got for x in r] == pytest.approx([x for r in ref for x in r], abs=1e-4)
+    assert not off.prefix_cache.entries
+
+
 def test_prefill_rendering_continues_the_assistant_turn(backend):
     text = backend.render([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "The answer is: ("}])
     assert text.endswith("The answer is: (")

@@ -24,12 +24,13 @@ import os
 import random
 import shutil
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from .base import BackendError, Conversation, PromptTooLong, Sampling
 
@@ -110,6 +111,7 @@ class LocalBackend:
         dtype: str = "auto",
         device: str | None = None,
         truncation: str = "error",
+        prefix_cache_mb: float = 512,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -122,6 +124,8 @@ class LocalBackend:
         self.truncation = truncation
         #: Prompts in a batch sharing at least this many leading tokens encode them once.
         self.min_shared_prefix = 64
+        #: KV caches of prompt prefixes scored before, reused across calls (0 MB: off).
+        self.prefix_cache = PrefixKVCache(int(prefix_cache_mb * 2**20))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype == "auto":
             # bf16 decoding is pathologically slow on CPUs; fp32 there, bf16 on GPUs.
@@ -333,6 +337,11 @@ class LocalBackend:
         When every option is a single token (the usual ``(`` → ``A``/``B`` case) a suffix
         needs only its last position's logits; otherwise each option's tokens are appended
         and their log-probs summed.
+
+        Across calls, the KV caches of the prefixes encoded here are kept in
+        :attr:`prefix_cache` (an LRU bounded in bytes, ``prefix_cache_mb``); a later prompt
+        beginning with tokens already encoded (the few-shot exemplar block every label
+        prompt starts with) reuses them instead of encoding them again.
         """
         if not prompts:
             return []
@@ -413,15 +422,20 @@ class LocalBackend:
         """
         pad = self.tokenizer.pad_token_id
         P = max(len(p) for p in prefixes)
-        pre = torch.full((len(prefixes), P), pad, dtype=torch.long)
         pre_mask = torch.zeros((len(prefixes), P), dtype=torch.long)
         for g, p in enumerate(prefixes):
-            if p:
-                pre[g, P - len(p):] = torch.tensor(p)
-                pre_mask[g, P - len(p):] = 1
-        pre, pre_mask = pre.to(self.device), pre_mask.to(self.device)
-        pos = (pre_mask.cumsum(-1) - 1).clamp_min(0)
-        cache = self.model(input_ids=pre, attention_mask=pre_mask, position_ids=pos, use_cache=True, logits_to_keep=1).cache
+            pre_mask[g, P - len(p):] = 1
+        pre_mask = pre_mask.to(self.device)
+        if self.prefix_cache.max_bytes > 0:
+            cache = self._cached_prefixes(prefixes, P)
+        else:
+            pre = torch.full((len(prefixes), P), pad, dtype=torch.long)
+            for g, p in enumerate(prefixes):
+                if p:
+                    pre[g, P - len(p):] = torch.tensor(p)
+            pos = (pre_mask.cumsum(-1) - 1).clamp_min(0)
+            cache = self.model(input_ids=pre.to(self.device), attention_mask=pre_mask, position_ids=pos,
+                               use_cache=True, logits_to_keep=1).cache
         groups = torch.tensor([r[2] for r in rows], device=self.device)
         cache.batch_select_indices(groups)  # copy each prefix's cache to its rows
         S = max(len(r[3]) for r in rows)
@@ -445,6 +459,42 @@ class LocalBackend:
         logp = logits.float().log_softmax(-1).cpu()
         col = {q: c for c, q in enumerate(need)}
         return [logp[b, [col[q - 1 if r[4] else q] for q in w]] for b, (w, r) in enumerate(zip(wanted, rows))]
+
+    def _cached_prefixes(self, prefixes: list[list[int]], width: int) -> DynamicCache:
+        """KV caches of ``prefixes``, left-padded to ``width`` and stacked into one batch.
+
+        Each prefix starts from the longest run of leading tokens any cached entry shares with
+        it (causal attention makes a cached sequence's first k positions exactly the KV of its
+        first k tokens), encodes only the rest, and is stored for later calls.
+        """
+        per_group = []
+        for p in prefixes:
+            n, kv = self.prefix_cache.lookup(p)
+            if n < len(p):
+                past = DynamicCache(ddp_cache_data=kv) if n else DynamicCache()
+                rest = torch.tensor([p[n:]], device=self.device)
+                pos = torch.arange(n, len(p), device=self.device).unsqueeze(0)
+                out = self.model(input_ids=rest, position_ids=pos, cache=past, use_cache=True, logits_to_keep=1).cache
+                kv = [(layer.keys, layer.values) for layer in out.layers]
+                self.prefix_cache.put(p, kv)
+            self.prefix_cache.reused_tokens += n
+            self.prefix_cache.encoded_tokens += len(p) - n
+            per_group.append(kv)
+        ref = next((kv for kv in per_group if kv), None)
+        if ref is None:  # every prefix is empty: nothing to attend to yet
+            return DynamicCache()
+        data = []
+        for layer in range(len(ref)):
+            k0, v0 = ref[layer]
+            ks = k0.new_zeros((len(prefixes), k0.shape[1], width, k0.shape[3]))
+            vs = v0.new_zeros((len(prefixes), v0.shape[1], width, v0.shape[3]))
+            for g, kv in enumerate(per_group):
+                if kv:
+                    n = kv[layer][0].shape[2]
+                    ks[g, :, width - n:] = kv[layer][0][0]
+                    vs[g, :, width - n:] = kv[layer][1][0]
+            data.append((ks, vs))
+        return DynamicCache(ddp_cache_data=data)
 
 
 class SlabLayer(DynamicLayer):
@@ -501,6 +551,65 @@ class SlabCache(Cache):
 
     def __init__(self, n_layers: int, capacity: int):
         super().__init__(layers=[SlabLayer(capacity) for _ in range(n_layers)])
+
+
+class PrefixKVCache:
+    """An LRU of KV caches keyed by token-id sequences, bounded in bytes.
+
+    :meth:`lookup` returns the KV of the longest leading run of tokens shared with any entry
+    (a slice of that entry), so a new prompt benefits from every entry that begins like it.
+    ``max_bytes`` 0 disables it. ``reused_tokens`` / ``encoded_tokens`` count prefix tokens
+    taken from the cache vs run through the model, for benchmarks and logs.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.entries: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self.bytes = 0
+        self.reused_tokens = self.encoded_tokens = 0
+
+    @staticmethod
+    def _size(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+
+    def lookup(self, ids: Sequence[int]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """(n, per-layer (keys, values) of the first n tokens) for the longest cached match."""
+        best, best_key = 0, None
+        for key in self.entries:
+            n = _shared_len(key, ids)
+            if n > best:
+                best, best_key = n, key
+        if best_key is None:
+            return 0, []
+        self.entries.move_to_end(best_key)
+        return best, [(k[:, :, :best], v[:, :, :best]) for k, v in self.entries[best_key]]
+
+    def put(self, ids: Sequence[int], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Store the KV of ``ids`` (batch 1); entries it extends are replaced, not duplicated."""
+        key = tuple(ids)
+        size = self._size(kv)
+        if not key or size > self.max_bytes:
+            return
+        for old in [k for k in self.entries if len(k) <= len(key) and key[: len(k)] == k]:
+            self.bytes -= self._size(self.entries.pop(old))
+        self.entries[key] = [(k.contiguous(), v.contiguous()) for k, v in kv]
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, dropped = self.entries.popitem(last=False)
+            self.bytes -= self._size(dropped)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
+
+
+def _shared_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _common_prefix_len(seqs: list[list[int]]) -> int:
