@@ -58,6 +58,8 @@ class LabelConfig:
     principles: int = opt(1, "Principles per label, each drawn at random; their probabilities are averaged (paper: 1)")
     debias: bool = opt(True, "Score both option orders and average them (Lee et al. 2023); --no-debias for one order")
     few_shot: int | None = opt(None, "Feedback exemplars before each question (default: all in the constitution)")
+    exemplar_pool: int = opt(8, "Exemplar blocks (each exemplar with its own random principle) drawn once per run; "
+                             "each label uses one at random, so the model reuses its encoding (0: a fresh draw per pair)")
     cot: bool = opt(False, "Chain-of-thought: the model reasons before the answer is scored")
     clamp: list[float] = opt([0.4, 0.6], "With --cot: clamp label probabilities to [LO, HI] (paper: 0.4 0.6)")
     cot_samples: int = opt(1, "With --cot: reasoning samples per scoring, probabilities averaged")
@@ -86,10 +88,18 @@ def draw_principles(c: Constitution, cfg: LabelConfig, key: str) -> list[tuple[s
     Each few-shot exemplar draws its own principle, independently of the label's principle.
     The exemplar draws are made once per pair and shared by its K principles and both
     orders, so all of a pair's prompts begin with the same exemplars and conversation —
-    a prefix the backend encodes once.
+    a prefix the backend encodes once. With ``exemplar_pool`` N > 0 a pair's exemplar block
+    is one of N blocks drawn once per run, so different pairs share it too and a backend
+    with a prefix cache encodes each block once per run rather than once per pair.
     """
     n_ex = len(c.feedback_examples) if cfg.few_shot is None else min(cfg.few_shot, len(c.feedback_examples))
-    shots = [random.Random(derive_seed(cfg.seed, key, "exemplar", e)).choice(c.feedback).id for e in range(n_ex)]
+    if cfg.exemplar_pool > 0:
+        # A pool of blocks drawn once per run (from the seed alone); the pair key picks one.
+        pool = [[random.Random(derive_seed(cfg.seed, "pool", i, "exemplar", e)).choice(c.feedback).id
+                 for e in range(n_ex)] for i in range(cfg.exemplar_pool)]
+        shots = pool[random.Random(derive_seed(cfg.seed, key, "pool")).randrange(cfg.exemplar_pool)]
+    else:
+        shots = [random.Random(derive_seed(cfg.seed, key, "exemplar", e)).choice(c.feedback).id for e in range(n_ex)]
     return [(random.Random(derive_seed(cfg.seed, key, "principle", k)).choice(c.feedback).id, shots)
             for k in range(cfg.principles)]
 
@@ -212,6 +222,8 @@ def main(cfg: LabelConfig) -> Path:
         raise ValueError(f"--clamp needs LO HI with 0 <= LO <= HI <= 1, got {cfg.clamp}")
     if cfg.principles < 1 or cfg.cot_samples < 1:
         raise ValueError("--principles and --cot-samples must be at least 1")
+    if cfg.exemplar_pool < 0:
+        raise ValueError(f"--exemplar-pool must be 0 (a fresh draw per pair) or more, got {cfg.exemplar_pool}")
     pm = read_manifest(cfg.pairs, stage="sample-pairs")
     c = load_constitution(cfg.constitution)
     if not c.feedback:
