@@ -286,6 +286,8 @@ class LocalBackend:
         tok = self.tokenizer
         B = len(prompts)
         past, logits, attn, width, next_pos = self._prefill(prompts, sampling.max_new_tokens)
+        # Without padding holes no mask is needed: transformers then skips building one per step.
+        dense = bool(attn.all())
         rngs = [random.Random(int(s)) for s in seeds]
         active = list(range(B))  # original row index of each row still in the batch
         generated: list[list[int]] = [[] for _ in range(B)]
@@ -313,12 +315,13 @@ class LocalBackend:
                 sel = torch.tensor(keep, device=self.device)
                 past.batch_select_indices(sel)
                 attn, next_pos = attn[sel], next_pos[sel]
+                dense = dense or bool(attn.all())  # the padded rows may just have left
                 active = [active[j] for j in keep]
                 tokens = [tokens[j] for j in keep]
             width += 1
             step = torch.tensor(tokens, device=self.device).unsqueeze(-1)
-            out = self.model(input_ids=step, attention_mask=attn[:, :width], position_ids=next_pos, cache=past,
-                             use_cache=True)
+            out = self.model(input_ids=step, attention_mask=None if dense else attn[:, :width], position_ids=next_pos,
+                             cache=past, use_cache=True)
             logits = out.logits[:, -1, :].float()
             next_pos = next_pos + 1
         for r in range(B):
@@ -353,7 +356,8 @@ class LocalBackend:
             for o in options:
                 full = tok(p + o, add_special_tokens=False).input_ids
                 # Tokenisers may merge across the boundary; fall back to separate encoding.
-                row.append(full[len(pids):] if full[: len(pids)] == pids and len(full) > len(pids) else tok(o, add_special_tokens=False).input_ids)
+                merged = full[: len(pids)] != pids or len(full) <= len(pids)
+                row.append(tok(o, add_special_tokens=False).input_ids if merged else full[len(pids):])
             option_ids.append(row)
         for i, pids in enumerate(prompt_ids):
             longest = max(len(o) for o in option_ids[i])
