@@ -91,12 +91,15 @@ def test_shared_prefix_path_matches_left_padding(backend):
     c = convs(4, prefix="A long shared instruction that every prompt in the batch begins with. " * 8)
     sp = Sampling(max_new_tokens=10)
     shared = backend.generate(c, sp, seeds=[1, 2, 3, 4])
+    reused = backend.prefix_cache.reused_tokens
+    again = backend.generate(c[::-1], sp, seeds=[4, 3, 2, 1])[::-1]  # the prefix now comes from the cache
+    assert backend.prefix_cache.reused_tokens - reused > 64
     backend.min_shared_prefix = 10**9
     try:
         plain = backend.generate(c, sp, seeds=[1, 2, 3, 4])
     finally:
         backend.min_shared_prefix = 64
-    assert shared == plain
+    assert shared == plain == again
 
 
 def test_stop_strings_cut_the_text(backend):

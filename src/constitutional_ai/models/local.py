@@ -124,7 +124,8 @@ class LocalBackend:
         self.truncation = truncation
         #: Prompts in a batch sharing at least this many leading tokens encode them once.
         self.min_shared_prefix = 64
-        #: KV caches of prompt prefixes scored before, reused across calls (0 MB: off).
+        #: KV caches of prompt prefixes encoded before (scoring, shared generation prefixes),
+        #: reused across calls (0 MB: off).
         self.prefix_cache = PrefixKVCache(int(prefix_cache_mb * 2**20))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype == "auto":
@@ -248,8 +249,7 @@ class LocalBackend:
             shared = min(shared, min(len(p) for p in prompts) - 1)  # every row keeps a suffix
             S = max(len(p) - shared for p in prompts)
             cache = SlabCache(n_layers, shared + S + room)
-            pre = torch.tensor([prompts[0][:shared]], device=self.device)
-            self.model(input_ids=pre, use_cache=True, logits_to_keep=1, cache=cache)
+            self._encode_prefix(prompts[0][:shared], cache)
             cache.batch_select_indices(torch.zeros(B, dtype=torch.long, device=self.device))
             suf = torch.full((B, S), self.tokenizer.pad_token_id, dtype=torch.long)
             mask = torch.ones((B, shared + S + room), dtype=torch.long)
@@ -280,6 +280,21 @@ class LocalBackend:
         out = self.model(input_ids=input_ids, attention_mask=attn[:, :L], position_ids=pos, cache=cache,
                          use_cache=True, logits_to_keep=1)
         return cache, out.logits[:, -1, :].float(), attn, L, pos[:, -1:] + 1
+
+    def _encode_prefix(self, prefix: list[int], cache: SlabCache) -> None:
+        """Fill ``cache`` (batch 1) with the KV of ``prefix``, starting from the prefix cache."""
+        n, kv = self.prefix_cache.lookup(prefix) if self.prefix_cache.max_bytes > 0 else (0, [])
+        for layer, (k, v) in zip(cache.layers, kv):
+            layer.update(k, v)
+        self.prefix_cache.reused_tokens += n
+        self.prefix_cache.encoded_tokens += len(prefix) - n
+        if n == len(prefix):
+            return
+        rest = torch.tensor([prefix[n:]], device=self.device)
+        pos = torch.arange(n, len(prefix), device=self.device).unsqueeze(0)
+        self.model(input_ids=rest, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
+        if self.prefix_cache.max_bytes > 0:
+            self.prefix_cache.put(prefix, [(layer.keys, layer.values) for layer in cache.layers])
 
     @torch.inference_mode()
     def _generate_batch(self, prompts: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[str]:
@@ -596,7 +611,7 @@ class PrefixKVCache:
             return
         for old in [k for k in self.entries if len(k) <= len(key) and key[: len(k)] == k]:
             self.bytes -= self._size(self.entries.pop(old))
-        self.entries[key] = [(k.contiguous(), v.contiguous()) for k, v in kv]
+        self.entries[key] = [(k.clone(), v.clone()) for k, v in kv]  # never a view of a live buffer
         self.bytes += size
         while self.bytes > self.max_bytes:
             _, dropped = self.entries.popitem(last=False)
