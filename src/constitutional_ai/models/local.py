@@ -216,7 +216,8 @@ class LocalBackend:
         a row's draw depends only on its own seed and logits."""
         if sampling.temperature <= 0:
             return logits.argmax(-1).tolist()
-        probs = (logits.double() / sampling.temperature).softmax(-1)
+        scaled = logits.double() if sampling.temperature == 1.0 else logits.double() / sampling.temperature
+        probs = scaled.softmax(-1)
         order = None
         if sampling.top_p < 1.0:
             probs, order = probs.sort(-1, descending=True)
