@@ -88,6 +88,12 @@ def llamacpp_label(url: str, prompts: list[str], concurrent: int) -> tuple[list[
     return probs, dt
 
 
+def progress(row: tuple) -> None:
+    """Each figure as soon as it is measured (a long run cut short still leaves its numbers)."""
+    print(f"# {row[0]}: {', '.join(f'{x:.1f}' for x in row[1:])} (load average {os.getloadavg()[0]:.2f})",
+          flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=32)
@@ -112,6 +118,7 @@ def main() -> None:
             out = backend.generate(convs, sampling, seeds=list(range(len(convs))))
             gen_rows.append((f"project LocalBackend, batch {bs}", sum(backend.count_tokens(t) for t in out),
                              time.perf_counter() - t0))
+            progress(gen_rows[-1])
         backend.batch_size = 16
         backend.prefix_cache.clear()
         t0 = time.perf_counter()
@@ -119,6 +126,7 @@ def main() -> None:
         for s in range(0, len(label_prompts), backend.batch_size):  # the label stage's call pattern
             local += backend.score_choices(label_prompts[s : s + backend.batch_size], ["A", "B"])
         label_rows.append(("project score_choices (batch 16, prefix cache cold)", time.perf_counter() - t0))
+        progress(label_rows[-1])
         loads["after project"] = os.getloadavg()[0]
     ctx = max(backend.count_tokens(p) for p in label_prompts + texts) + args.max_new_tokens + 64
     t0 = time.perf_counter()
@@ -129,6 +137,7 @@ def main() -> None:
         out, dt = llamacpp_generate(url, texts, args.max_new_tokens, conc)
         gen_rows.append((f"llama.cpp server, {conc} request{'s' if conc > 1 else ''} at a time",
                          sum(backend.count_tokens(t.split("<|im_end|>")[0]) for t in out), dt))
+        progress(gen_rows[-1])
     probs, dt = llamacpp_label(url, label_prompts, 32)
     label_rows.append(("llama.cpp server, 1-token completions, 32 in flight", dt))
     loads["end"] = os.getloadavg()[0]
