@@ -1,6 +1,6 @@
 """Labelling throughput: the label stage's scorer vs a naive one-prompt-at-a-time scorer.
 
-    python benchmarks/bench_label.py [--model default] [--pairs 32]
+    python benchmarks/bench_label.py [--model default] [--pairs 32] [--principles 1] [--exemplar-pool 8]
 
 Builds the real multiple-choice prompts of ``cai label`` (default constitution, few-shot
 exemplars, both orders) for the first N bundled helpfulness comparisons, then scores the
@@ -8,8 +8,13 @@ exemplars, both orders) for the first N bundled helpfulness comparisons, then sc
 
 * naive: one prompt per forward pass, full logits over the whole sequence;
 * batched: ``LocalBackend.score_choices`` with shared-prefix reuse switched off;
-* batched + shared prefix: ``LocalBackend.score_choices`` as the label stage uses it (the
-  prefix that both orders of a pair share is encoded once).
+* batched + shared prefix: ``LocalBackend.score_choices`` with its persistent prefix cache
+  off (the prefix that the prompts of one call share is encoded once);
+* batched + shared prefix + prefix cache: as the label stage uses it (the exemplar blocks of
+  ``--exemplar-pool`` are encoded once per run and reused across calls), cache cold at start.
+
+The batched scorers are called ``--batch-size`` prompts at a time, in pair order, as the
+label stage calls them.
 
 All three must agree on every probability (checked); labels/s counts pairs labelled in
 both orders.
@@ -31,14 +36,15 @@ from constitutional_ai.stages.label import LabelConfig, normalise, scoring_units
 from constitutional_ai.prompts import feedback_messages
 
 
-def build_prompts(backend: LocalBackend, n: int, principles: int) -> list[str]:
+def build_prompts(backend: LocalBackend, n: int, principles: int, exemplar_pool: int = 8) -> list[str]:
     c = load_constitution()
-    cfg = LabelConfig(principles=principles)
+    cfg = LabelConfig(principles=principles, exemplar_pool=exemplar_pool)
     prompts = []
     with open(HELPFUL_COMPARISONS) as f:
         rows = [json.loads(x) for x in f][:n]
     for i, r in enumerate(rows):
-        rec = {"key": f"b{i}", "messages": r["prompt"], "responses": [r["chosen"][0]["content"], r["rejected"][0]["content"]]}
+        rec = {"key": f"b{i}", "messages": r["prompt"],
+               "responses": [r["chosen"][0]["content"], r["rejected"][0]["content"]]}
         for u in scoring_units(rec, c, cfg):
             prompts.append(backend.render(feedback_messages(u["question"], u["exemplars"])))
     return prompts
@@ -56,9 +62,15 @@ def naive(backend: LocalBackend, prompts: list[str]) -> list[float]:
     return out
 
 
-def batched(backend: LocalBackend, prompts: list[str], share: bool) -> list[float]:
+def batched(backend: LocalBackend, prompts: list[str], share: bool, cache: bool) -> list[float]:
+    """``score_choices`` called as the label stage calls it: ``batch_size`` prompts per call."""
     backend.min_shared_prefix = 64 if share else 10**9  # 10**9 tokens: never shared
-    return [normalise(*lp) for lp in backend.score_choices(prompts, ["A", "B"])]
+    backend.prefix_cache.clear()
+    backend.prefix_cache.max_bytes = 512 * 2**20 if cache else 0
+    out = []
+    for s in range(0, len(prompts), backend.batch_size):
+        out += [normalise(*lp) for lp in backend.score_choices(prompts[s : s + backend.batch_size], ["A", "B"])]
+    return out
 
 
 def main() -> None:
@@ -67,15 +79,20 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--principles", type=int, default=1, help="principles per label (cai label --principles)")
+    ap.add_argument("--exemplar-pool", type=int, default=8, help="cai label --exemplar-pool (0: a fresh draw per pair)")
     args = ap.parse_args()
     backend = LocalBackend(args.model, batch_size=args.batch_size)
-    prompts = build_prompts(backend, args.pairs, args.principles)
+    prompts = build_prompts(backend, args.pairs, args.principles, args.exemplar_pool)
     n_tok = sum(backend.count_tokens(p) for p in prompts)
     backend.score_choices(prompts[:2], ["A", "B"])  # warm-up
     rows, ref = [], None
+    bs = args.batch_size
     for name, fn in (("naive (1 prompt per forward, full logits)", lambda: naive(backend, prompts)),
-                     (f"batched (batch {args.batch_size}), no prefix reuse", lambda: batched(backend, prompts, False)),
-                     (f"batched (batch {args.batch_size}) + shared prefix", lambda: batched(backend, prompts, True))):
+                     (f"batched (batch {bs}), no prefix reuse", lambda: batched(backend, prompts, False, False)),
+                     (f"batched (batch {bs}) + shared prefix within a call",
+                      lambda: batched(backend, prompts, True, False)),
+                     (f"batched (batch {bs}) + shared prefix + prefix cache (cold)",
+                      lambda: batched(backend, prompts, True, True))):
         t0 = time.perf_counter()
         probs = fn()
         dt = time.perf_counter() - t0
@@ -83,8 +100,10 @@ def main() -> None:
             ref = probs
         err = max(abs(x - y) for x, y in zip(probs, ref))
         rows.append((name, dt, err))
-    print(f"\n{os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}, model {backend.name}, "
-          f"{args.pairs} pairs x {args.principles} principles x 2 orders = {len(prompts)} prompts, {n_tok / len(prompts):.0f} tokens/prompt on average\n")
+    print(f"\n{os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"model {backend.name}, {args.pairs} pairs x {args.principles} principles x 2 orders = {len(prompts)} "
+          f"prompts, {n_tok / len(prompts):.0f} tokens/prompt on average, "
+          f"exemplar pool {args.exemplar_pool}, load average {os.getloadavg()[0]:.2f}\n")
     print("| scorer | seconds | labels/s | vs naive | max abs diff in P(A) vs naive |")
     print("|---|---:|---:|---:|---:|")
     for name, dt, err in rows:

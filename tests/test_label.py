@@ -79,7 +79,8 @@ def test_single_order_without_debias(tmp_path, monkeypatch):
 
 def test_prompt_format_and_independent_exemplar_draws(tmp_path, monkeypatch):
     fb = FakeBackend(choice_logprobs=BIASED)
-    _, recs, _ = run_label(tmp_path, monkeypatch, fb, pairs=[("alpha", "beta")] * 30, principles=3)
+    _, recs, _ = run_label(tmp_path, monkeypatch, fb, pairs=[("alpha", "beta")] * 30, principles=3,
+                            exemplar_pool=0)
     from constitutional_ai.constitution import load_constitution
 
     c = load_constitution()

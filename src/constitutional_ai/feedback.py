@@ -48,6 +48,7 @@ class FeedbackOptions:
     principles: int = 1
     debias: bool = True
     few_shot: int | None = None
+    exemplar_pool: int = 8
     cot: bool = False
     clamp: tuple[float, float] = (0.4, 0.6)
     cot_samples: int = 1
@@ -87,10 +88,18 @@ def draw_principles(c: Constitution, cfg: FeedbackOptions, key: str) -> list[tup
     Each few-shot exemplar draws its own principle, independently of the label's principle.
     The exemplar draws are made once per pair and shared by its K principles and both
     orders, so all of a pair's prompts begin with the same exemplars and conversation —
-    a prefix the backend encodes once.
+    a prefix the backend encodes once. With ``exemplar_pool`` N > 0 a pair's exemplar block
+    is one of N blocks drawn once per run, so different pairs share it too and a backend
+    with a prefix cache encodes each block once per run rather than once per pair.
     """
     n_ex = len(c.feedback_examples) if cfg.few_shot is None else min(cfg.few_shot, len(c.feedback_examples))
-    shots = [random.Random(derive_seed(cfg.seed, key, "exemplar", e)).choice(c.feedback).id for e in range(n_ex)]
+    if cfg.exemplar_pool > 0:
+        # A pool of blocks drawn once per run (from the seed alone); the pair key picks one.
+        pool = [[random.Random(derive_seed(cfg.seed, "pool", i, "exemplar", e)).choice(c.feedback).id
+                 for e in range(n_ex)] for i in range(cfg.exemplar_pool)]
+        shots = pool[random.Random(derive_seed(cfg.seed, key, "pool")).randrange(cfg.exemplar_pool)]
+    else:
+        shots = [random.Random(derive_seed(cfg.seed, key, "exemplar", e)).choice(c.feedback).id for e in range(n_ex)]
     return [(random.Random(derive_seed(cfg.seed, key, "principle", k)).choice(c.feedback).id, shots)
             for k in range(cfg.principles)]
 

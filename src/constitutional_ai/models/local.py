@@ -21,12 +21,16 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import os
+import random
 import shutil
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
 import torch
+
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from .base import BackendError, Conversation, PromptTooLong, Sampling
 
@@ -143,6 +147,7 @@ class LocalBackend:
         dtype: str = "auto",
         device: str | None = None,
         truncation: str = "error",
+        prefix_cache_mb: float = 512,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -155,6 +160,9 @@ class LocalBackend:
         self.truncation = truncation
         #: Prompts in a batch sharing at least this many leading tokens encode them once.
         self.min_shared_prefix = 64
+        #: KV caches of prompt prefixes encoded before (scoring, shared generation prefixes),
+        #: reused across calls (0 MB: off).
+        self.prefix_cache = PrefixKVCache(int(prefix_cache_mb * 2**20))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype == "auto":
             # bf16 decoding is pathologically slow on CPUs; fp32 there, bf16 on GPUs.
@@ -237,26 +245,34 @@ class LocalBackend:
                 out[i] = t
         return out
 
-    def _sample(self, logits: torch.Tensor, sampling: Sampling, gens: list[torch.Generator]) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor, sampling: Sampling, rngs: list[random.Random]) -> list[int]:
+        """One token per row by inverse-CDF sampling: a single uniform per row, drawn from that
+        row's own generator, is located in the float64 cumulative distribution of its
+        (temperature-scaled, top-p-truncated) softmax. Exact for any temperature and top-p, and
+        a row's draw depends only on its own seed and logits."""
         if sampling.temperature <= 0:
-            return logits.argmax(-1)
-        logits = logits / sampling.temperature
+            return logits.argmax(-1).tolist()
+        scaled = logits.double() if sampling.temperature == 1.0 else logits.double() / sampling.temperature
+        probs = scaled.softmax(-1)
+        order = None
         if sampling.top_p < 1.0:
-            sorted_logits, sorted_idx = logits.sort(-1, descending=True)
-            cum = sorted_logits.softmax(-1).cumsum(-1)
-            drop = cum - sorted_logits.softmax(-1) > sampling.top_p  # keep the token crossing p
-            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-            logits = torch.full_like(logits, float("-inf")).scatter(-1, sorted_idx, sorted_logits)
-        logp = logits.log_softmax(-1)
-        # Gumbel-max with one generator per row: row i's draw depends only on its own seed.
-        noise = torch.stack(
-            [torch.rand(logp.shape[-1], generator=g, dtype=torch.float64) for g in gens]
-        ).to(logp.device)
-        gumbel = -torch.log(-torch.log(noise.clamp_min(1e-300)))
-        return (logp.double() + gumbel).argmax(-1)
+            probs, order = probs.sort(-1, descending=True)
+            cum = probs.cumsum(-1)
+            # Keep the smallest head whose mass reaches top_p (the token crossing it included).
+            probs = probs.masked_fill(cum - probs > sampling.top_p, 0.0)
+        cdf = probs.cumsum(-1)
+        u = torch.tensor([g.random() for g in rngs], dtype=torch.float64, device=cdf.device)
+        # right=True: the first entry whose CDF exceeds u * total, never a zero-probability one.
+        picks = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).clamp_max(cdf.shape[-1] - 1)
+        if order is not None:
+            picks = order.gather(-1, picks)
+        return picks.squeeze(-1).tolist()
 
-    def _prefill(self, prompts: list[list[int]]):
-        """Encode a batch of prompts; returns (cache, last logits, attention mask, next positions).
+    def _prefill(self, prompts: list[list[int]], room: int):
+        """Encode a batch of prompts into a preallocated KV cache with ``room`` free positions.
+
+        Returns (cache, last logits, attention-mask buffer, mask width so far, next positions);
+        the mask buffer already holds ones for the ``room`` positions decoding will fill.
 
         When the prompts share a long token prefix (few-shot exemplars, a common system
         prompt) that prefix is encoded once and its KV cache copied to every row; the
@@ -265,15 +281,16 @@ class LocalBackend:
         """
         B = len(prompts)
         shared = _common_prefix_len(prompts)
+        n_layers = self.model.config.num_hidden_layers
         if B > 1 and shared >= self.min_shared_prefix:
             shared = min(shared, min(len(p) for p in prompts) - 1)  # every row keeps a suffix
-            pre = torch.tensor([prompts[0][:shared]], device=self.device)
-            cache = self.model(input_ids=pre, use_cache=True, logits_to_keep=1).cache
-            cache.batch_select_indices(torch.zeros(B, dtype=torch.long, device=self.device))
             S = max(len(p) - shared for p in prompts)
+            cache = SlabCache(n_layers, shared + S + room)
+            self._encode_prefix(prompts[0][:shared], cache)
+            cache.batch_select_indices(torch.zeros(B, dtype=torch.long, device=self.device))
             suf = torch.full((B, S), self.tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((B, shared + S), dtype=torch.long)
-            mask[:, :shared] = 1
+            mask = torch.ones((B, shared + S + room), dtype=torch.long)
+            mask[:, shared:shared + S] = 0
             last = torch.zeros(B, dtype=torch.long)
             for i, p in enumerate(prompts):
                 suf[i, : len(p) - shared] = torch.tensor(p[shared:])
@@ -282,36 +299,55 @@ class LocalBackend:
             suf, mask, last = suf.to(self.device), mask.to(self.device), last.to(self.device)
             pos = shared + torch.arange(S, device=self.device).expand(B, S)
             keep = torch.unique(last)  # logits only where some row's prompt ends
-            out = self.model(input_ids=suf, attention_mask=mask, position_ids=pos, cache=cache,
+            out = self.model(input_ids=suf, attention_mask=mask[:, : shared + S], position_ids=pos, cache=cache,
                              use_cache=True, logits_to_keep=keep)
             col = torch.searchsorted(keep, last)
             logits = out.logits[torch.arange(B, device=self.device), col].float()
             next_pos = torch.tensor([[len(p)] for p in prompts], device=self.device)
-            return out.cache, logits, mask, next_pos
+            return cache, logits, mask, shared + S, next_pos
         L = max(len(p) for p in prompts)
         input_ids = torch.full((B, L), self.tokenizer.pad_token_id, dtype=torch.long)
-        attn = torch.zeros((B, L), dtype=torch.long)
+        attn = torch.ones((B, L + room), dtype=torch.long)
         for i, p in enumerate(prompts):
             input_ids[i, L - len(p):] = torch.tensor(p)
-            attn[i, L - len(p):] = 1
+            attn[i, : L - len(p)] = 0
         input_ids, attn = input_ids.to(self.device), attn.to(self.device)
-        pos = (attn.cumsum(-1) - 1).clamp_min(0)
-        out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
-        return out.cache, out.logits[:, -1, :].float(), attn, pos[:, -1:] + 1
+        pos = (attn[:, :L].cumsum(-1) - 1).clamp_min(0)
+        cache = SlabCache(n_layers, L + room)
+        out = self.model(input_ids=input_ids, attention_mask=attn[:, :L], position_ids=pos, cache=cache,
+                         use_cache=True, logits_to_keep=1)
+        return cache, out.logits[:, -1, :].float(), attn, L, pos[:, -1:] + 1
+
+    def _encode_prefix(self, prefix: list[int], cache: SlabCache) -> None:
+        """Fill ``cache`` (batch 1) with the KV of ``prefix``, starting from the prefix cache."""
+        n, kv = self.prefix_cache.lookup(prefix) if self.prefix_cache.max_bytes > 0 else (0, [])
+        for layer, (k, v) in zip(cache.layers, kv):
+            layer.update(k, v)
+        self.prefix_cache.reused_tokens += n
+        self.prefix_cache.encoded_tokens += len(prefix) - n
+        if n == len(prefix):
+            return
+        rest = torch.tensor([prefix[n:]], device=self.device)
+        pos = torch.arange(n, len(prefix), device=self.device).unsqueeze(0)
+        self.model(input_ids=rest, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
+        if self.prefix_cache.max_bytes > 0:
+            self.prefix_cache.put(prefix, [(layer.keys, layer.values) for layer in cache.layers])
 
     @torch.inference_mode()
     def _generate_batch(self, prompts: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[str]:
         tok = self.tokenizer
         B = len(prompts)
-        past, logits, attn, next_pos = self._prefill(prompts)
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        past, logits, attn, width, next_pos = self._prefill(prompts, sampling.max_new_tokens)
+        # Without padding holes no mask is needed: transformers then skips building one per step.
+        dense = bool(attn.all())
+        rngs = [random.Random(int(s)) for s in seeds]
         active = list(range(B))  # original row index of each row still in the batch
         generated: list[list[int]] = [[] for _ in range(B)]
         texts: list[str | None] = [None] * B
         stops = tuple(s for s in sampling.stop if s)
         max_stop = max((len(s) for s in stops), default=0)
         for _ in range(sampling.max_new_tokens):
-            tokens = self._sample(logits, sampling, [gens[r] for r in active]).tolist()
+            tokens = self._sample(logits, sampling, [rngs[r] for r in active])
             keep = []
             for j, (r, t) in enumerate(zip(active, tokens)):
                 if t in self.eos_ids:
@@ -325,20 +361,20 @@ class LocalBackend:
                         texts[r] = _cut_at_stop(tok.decode(generated[r], skip_special_tokens=True), stops)
                         continue
                 keep.append(j)
-            if not keep:
-                break
+            if not keep or len(generated[active[keep[0]]]) >= sampling.max_new_tokens:
+                break  # nothing left to run, or the budget is spent: skip the forward pass
             if len(keep) < len(active):
                 sel = torch.tensor(keep, device=self.device)
                 past.batch_select_indices(sel)
                 attn, next_pos = attn[sel], next_pos[sel]
+                dense = dense or bool(attn.all())  # the padded rows may just have left
                 active = [active[j] for j in keep]
                 tokens = [tokens[j] for j in keep]
-            attn = torch.cat([attn, attn.new_ones((len(active), 1))], dim=-1)
+            width += 1
             step = torch.tensor(tokens, device=self.device).unsqueeze(-1)
-            out = self.model(
-                input_ids=step, attention_mask=attn, position_ids=next_pos, cache=past, use_cache=True
-            )
-            past, logits = out.cache, out.logits[:, -1, :].float()
+            out = self.model(input_ids=step, attention_mask=None if dense else attn[:, :width], position_ids=next_pos,
+                             cache=past, use_cache=True)
+            logits = out.logits[:, -1, :].float()
             next_pos = next_pos + 1
         for r in range(B):
             if texts[r] is None:  # hit max_new_tokens
@@ -356,6 +392,11 @@ class LocalBackend:
         When every option is a single token (the usual ``(`` → ``A``/``B`` case) a suffix
         needs only its last position's logits; otherwise each option's tokens are appended
         and their log-probs summed.
+
+        Across calls, the KV caches of the prefixes encoded here are kept in
+        :attr:`prefix_cache` (an LRU bounded in bytes, ``prefix_cache_mb``); a later prompt
+        beginning with tokens already encoded (the few-shot exemplar block every label
+        prompt starts with) reuses them instead of encoding them again.
         """
         if not prompts:
             return []
@@ -367,7 +408,8 @@ class LocalBackend:
             for o in options:
                 full = tok(p + o, add_special_tokens=False).input_ids
                 # Tokenisers may merge across the boundary; fall back to separate encoding.
-                row.append(full[len(pids):] if full[: len(pids)] == pids and len(full) > len(pids) else tok(o, add_special_tokens=False).input_ids)
+                merged = full[: len(pids)] != pids or len(full) <= len(pids)
+                row.append(tok(o, add_special_tokens=False).input_ids if merged else full[len(pids):])
             option_ids.append(row)
         for i, pids in enumerate(prompt_ids):
             longest = max(len(o) for o in option_ids[i])
@@ -436,15 +478,20 @@ class LocalBackend:
         """
         pad = self.tokenizer.pad_token_id
         P = max(len(p) for p in prefixes)
-        pre = torch.full((len(prefixes), P), pad, dtype=torch.long)
         pre_mask = torch.zeros((len(prefixes), P), dtype=torch.long)
         for g, p in enumerate(prefixes):
-            if p:
-                pre[g, P - len(p):] = torch.tensor(p)
-                pre_mask[g, P - len(p):] = 1
-        pre, pre_mask = pre.to(self.device), pre_mask.to(self.device)
-        pos = (pre_mask.cumsum(-1) - 1).clamp_min(0)
-        cache = self.model(input_ids=pre, attention_mask=pre_mask, position_ids=pos, use_cache=True, logits_to_keep=1).cache
+            pre_mask[g, P - len(p):] = 1
+        pre_mask = pre_mask.to(self.device)
+        if self.prefix_cache.max_bytes > 0:
+            cache = self._cached_prefixes(prefixes, P)
+        else:
+            pre = torch.full((len(prefixes), P), pad, dtype=torch.long)
+            for g, p in enumerate(prefixes):
+                if p:
+                    pre[g, P - len(p):] = torch.tensor(p)
+            pos = (pre_mask.cumsum(-1) - 1).clamp_min(0)
+            cache = self.model(input_ids=pre.to(self.device), attention_mask=pre_mask, position_ids=pos,
+                               use_cache=True, logits_to_keep=1).cache
         groups = torch.tensor([r[2] for r in rows], device=self.device)
         cache.batch_select_indices(groups)  # copy each prefix's cache to its rows
         S = max(len(r[3]) for r in rows)
@@ -468,6 +515,157 @@ class LocalBackend:
         logp = logits.float().log_softmax(-1).cpu()
         col = {q: c for c, q in enumerate(need)}
         return [logp[b, [col[q - 1 if r[4] else q] for q in w]] for b, (w, r) in enumerate(zip(wanted, rows))]
+
+    def _cached_prefixes(self, prefixes: list[list[int]], width: int) -> DynamicCache:
+        """KV caches of ``prefixes``, left-padded to ``width`` and stacked into one batch.
+
+        Each prefix starts from the longest run of leading tokens any cached entry shares with
+        it (causal attention makes a cached sequence's first k positions exactly the KV of its
+        first k tokens), encodes only the rest, and is stored for later calls.
+        """
+        per_group = []
+        for p in prefixes:
+            n, kv = self.prefix_cache.lookup(p)
+            if n < len(p):
+                past = DynamicCache(ddp_cache_data=kv) if n else DynamicCache()
+                rest = torch.tensor([p[n:]], device=self.device)
+                pos = torch.arange(n, len(p), device=self.device).unsqueeze(0)
+                out = self.model(input_ids=rest, position_ids=pos, cache=past, use_cache=True, logits_to_keep=1).cache
+                kv = [(layer.keys, layer.values) for layer in out.layers]
+                self.prefix_cache.put(p, kv)
+            self.prefix_cache.reused_tokens += n
+            self.prefix_cache.encoded_tokens += len(p) - n
+            per_group.append(kv)
+        ref = next((kv for kv in per_group if kv), None)
+        if ref is None:  # every prefix is empty: nothing to attend to yet
+            return DynamicCache()
+        data = []
+        for layer in range(len(ref)):
+            k0, v0 = ref[layer]
+            ks = k0.new_zeros((len(prefixes), k0.shape[1], width, k0.shape[3]))
+            vs = v0.new_zeros((len(prefixes), v0.shape[1], width, v0.shape[3]))
+            for g, kv in enumerate(per_group):
+                if kv:
+                    n = kv[layer][0].shape[2]
+                    ks[g, :, width - n:] = kv[layer][0][0]
+                    vs[g, :, width - n:] = kv[layer][1][0]
+            data.append((ks, vs))
+        return DynamicCache(ddp_cache_data=data)
+
+
+class SlabLayer(DynamicLayer):
+    """One layer's KV cache written in place into a preallocated buffer.
+
+    transformers' dynamic layer grows by concatenation, copying the whole cache at every
+    decode step; this one writes each step's keys and values into free positions of a
+    ``[batch, heads, capacity, head_dim]`` buffer and hands attention a view of the filled
+    part. Dropping rows copies only the filled part, once per drop.
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        b, h, _, d = key_states.shape
+        self._k = key_states.new_empty((b, h, self.capacity, d))
+        self._v = value_states.new_empty((b, h, self.capacity, value_states.shape[-1]))
+        self.keys, self.values = self._k[:, :, :0], self._v[:, :, :0]
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:  # never in the decode loop (sized up front); kept correct anyway
+            self.capacity = max(end, 2 * self.capacity)
+            self._k, self._v = self._regrow(self._k, None), self._regrow(self._v, None)
+        self._k[:, :, self.length:end].copy_(key_states)
+        self._v[:, :, self.length:end].copy_(value_states)
+        self.length = end
+        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        return self.keys, self.values
+
+    def _regrow(self, buf: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        src = buf[:, :, : self.length] if rows is None else buf[rows, :, : self.length]
+        new = buf.new_empty((src.shape[0], buf.shape[1], self.capacity, buf.shape[3]))
+        new[:, :, : self.length] = src
+        return new
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self._k, self._v = self._regrow(self._k, indices), self._regrow(self._v, indices)
+            self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
+
+
+class SlabCache(Cache):
+    """A KV cache of :class:`SlabLayer` s, one per model layer, each sized for ``capacity`` tokens."""
+
+    def __init__(self, n_layers: int, capacity: int):
+        super().__init__(layers=[SlabLayer(capacity) for _ in range(n_layers)])
+
+
+class PrefixKVCache:
+    """An LRU of KV caches keyed by token-id sequences, bounded in bytes.
+
+    :meth:`lookup` returns the KV of the longest leading run of tokens shared with any entry
+    (a slice of that entry), so a new prompt benefits from every entry that begins like it.
+    ``max_bytes`` 0 disables it. ``reused_tokens`` / ``encoded_tokens`` count prefix tokens
+    taken from the cache vs run through the model, for benchmarks and logs.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.entries: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self.bytes = 0
+        self.reused_tokens = self.encoded_tokens = 0
+
+    @staticmethod
+    def _size(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+
+    def lookup(self, ids: Sequence[int]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """(n, per-layer (keys, values) of the first n tokens) for the longest cached match."""
+        best, best_key = 0, None
+        for key in self.entries:
+            n = _shared_len(key, ids)
+            if n > best:
+                best, best_key = n, key
+        if best_key is None:
+            return 0, []
+        self.entries.move_to_end(best_key)
+        return best, [(k[:, :, :best], v[:, :, :best]) for k, v in self.entries[best_key]]
+
+    def put(self, ids: Sequence[int], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Store the KV of ``ids`` (batch 1); entries it extends are replaced, not duplicated."""
+        key = tuple(ids)
+        size = self._size(kv)
+        if not key or size > self.max_bytes:
+            return
+        for old in [k for k in self.entries if len(k) <= len(key) and key[: len(k)] == k]:
+            self.bytes -= self._size(self.entries.pop(old))
+        self.entries[key] = [(k.clone(), v.clone()) for k, v in kv]  # never a view of a live buffer
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, dropped = self.entries.popitem(last=False)
+            self.bytes -= self._size(dropped)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
+
+
+def _shared_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _common_prefix_len(seqs: list[list[int]]) -> int:

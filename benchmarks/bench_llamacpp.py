@@ -1,0 +1,165 @@
+"""Side by side with llama.cpp: generation and labelling, same prompts, same model, one run.
+
+    python benchmarks/bench_llamacpp.py [--prompts 32] [--max-new-tokens 64] [--pairs 32] [--skip-local]
+
+llama.cpp runs the embedded Q4_1 GGUF (``embedded_gguf_path()``) in its native
+OpenAI-compatible server through the ``xllamacpp`` package, with 32 slots and 2 threads; the
+project runs the same model dequantized to fp32 in ``LocalBackend``. Both get the same
+rendered prompts (the bundled red-team prompts through the chat template), T = 1, top-p 1
+(llama.cpp's top-k and min-p switched off so both sample the full softmax), the same token
+budget; tokens are counted with the same tokenizer on the returned texts.
+
+Labelling: the ``cai label`` prompts of the first N bundled comparison pairs (one principle,
+both orders, the default exemplar pool), scored by ``LocalBackend.score_choices`` (prefix cache
+cold at the start) and by llama.cpp as 1-token completions with the top log-probabilities,
+32 requests in flight. Prints Markdown tables and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+from constitutional_ai.data import load_prompts
+from constitutional_ai.models import Sampling
+from constitutional_ai.models.local import LocalBackend, embedded_gguf_path
+
+
+def start_server(slots: int, ctx_per_slot: int, threads: int = 2):
+    """Start llama.cpp's server in this process; returns (server, base URL). It stops with the process."""
+    import xllamacpp
+
+    p = xllamacpp.CommonParams()
+    p.model.path = str(embedded_gguf_path())
+    p.n_parallel = slots
+    p.n_ctx = slots * ctx_per_slot
+    p.cpuparams.n_threads = threads
+    p.cpuparams_batch.n_threads = threads
+    server = xllamacpp.Server(p)
+    addr = server.listening_address
+    url = addr if addr.startswith("http") else f"http://{addr}"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the model is loaded
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    return server, url
+
+
+def complete(url: str, body: dict) -> dict:
+    req = urllib.request.Request(f"{url}/v1/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=600) as r:
+        return json.loads(r.read())
+
+
+def llamacpp_generate(url: str, prompts: list[str], max_new: int, concurrent: int) -> tuple[list[str], float]:
+    bodies = [{"prompt": p, "max_tokens": max_new, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
+               "seed": i} for i, p in enumerate(prompts)]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrent) as ex:
+        out = list(ex.map(lambda b: complete(url, b)["choices"][0]["text"], bodies))
+    return out, time.perf_counter() - t0
+
+
+def llamacpp_label(url: str, prompts: list[str], concurrent: int) -> tuple[list[float | None], float]:
+    """P(A) from the top-20 log-probabilities of the next token (None when A or B is missing)."""
+    bodies = [{"prompt": p, "max_tokens": 1, "temperature": 0.0, "logprobs": 20} for p in prompts]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrent) as ex:
+        res = list(ex.map(lambda b: complete(url, b), bodies))
+    dt = time.perf_counter() - t0
+    probs = []
+    for r in res:
+        lp = r["choices"][0].get("logprobs") or {}
+        top = (lp.get("top_logprobs") or [{}])[0]
+        if not top and lp.get("content"):  # newer servers: OpenAI chat-style logprobs
+            top = {t["token"]: t["logprob"] for t in lp["content"][0].get("top_logprobs", [])}
+        a, b = top.get("A"), top.get("B")
+        probs.append(None if a is None or b is None else 1 / (1 + math.exp(b - a)))
+    return probs, dt
+
+
+def progress(row: tuple) -> None:
+    """Each figure as soon as it is measured (a long run cut short still leaves its numbers)."""
+    print(f"# {row[0]}: {', '.join(f'{x:.1f}' for x in row[1:])} (load average {os.getloadavg()[0]:.2f})",
+          flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--pairs", type=int, default=32)
+    ap.add_argument("--skip-local", action="store_true", help="only the llama.cpp rows")
+    args = ap.parse_args()
+    from bench_label import build_prompts
+
+    backend = LocalBackend("default")
+    convs = [list(p.messages) for p in load_prompts(None, limit=args.prompts)]
+    texts = [backend.render(c) for c in convs]
+    label_prompts = build_prompts(backend, args.pairs, 1)
+    loads = {"start": os.getloadavg()[0]}
+    gen_rows, label_rows = [], []
+    if not args.skip_local:
+        sampling = Sampling(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens)
+        backend.generate(convs[:2], Sampling(max_new_tokens=4))  # warm-up
+        for bs in (1, 32):
+            backend.batch_size = bs
+            t0 = time.perf_counter()
+            out = backend.generate(convs, sampling, seeds=list(range(len(convs))))
+            gen_rows.append((f"project LocalBackend, batch {bs}", sum(backend.count_tokens(t) for t in out),
+                             time.perf_counter() - t0))
+            progress(gen_rows[-1])
+        backend.batch_size = 16
+        backend.prefix_cache.clear()
+        t0 = time.perf_counter()
+        local = []
+        for s in range(0, len(label_prompts), backend.batch_size):  # the label stage's call pattern
+            local += backend.score_choices(label_prompts[s : s + backend.batch_size], ["A", "B"])
+        label_rows.append(("project score_choices (batch 16, prefix cache cold)", time.perf_counter() - t0))
+        progress(label_rows[-1])
+        loads["after project"] = os.getloadavg()[0]
+    ctx = max(backend.count_tokens(p) for p in label_prompts + texts) + args.max_new_tokens + 64
+    t0 = time.perf_counter()
+    server, url = start_server(32, ctx)
+    print(f"llama.cpp server up at {url} in {time.perf_counter() - t0:.1f} s")
+    llamacpp_generate(url, texts[:2], 4, 2)  # warm-up
+    for conc in (1, 32):
+        out, dt = llamacpp_generate(url, texts, args.max_new_tokens, conc)
+        gen_rows.append((f"llama.cpp server, {conc} request{'s' if conc > 1 else ''} at a time",
+                         sum(backend.count_tokens(t.split("<|im_end|>")[0]) for t in out), dt))
+        progress(gen_rows[-1])
+    probs, dt = llamacpp_label(url, label_prompts, 32)
+    label_rows.append(("llama.cpp server, 1-token completions, 32 in flight", dt))
+    loads["end"] = os.getloadavg()[0]
+    print(f"\nload average {', '.join(f'{k} {v:.2f}' for k, v in loads.items())}; {len(convs)} prompts, "
+          f"max_new_tokens {args.max_new_tokens}; labelling {args.pairs} pairs = {len(label_prompts)} prompts\n")
+    print("| configuration | tokens | seconds | tokens/s |\n|---|---:|---:|---:|")
+    for name, n, dt in gen_rows:
+        print(f"| {name} | {n} | {dt:.1f} | {n / dt:.1f} |")
+    n_tok = sum(backend.count_tokens(p) for p in label_prompts)
+    print("\n| scorer | seconds | labels/s | prompt tokens/s |\n|---|---:|---:|---:|")
+    for name, dt in label_rows:
+        print(f"| {name} | {dt:.1f} | {args.pairs / dt:.2f} | {n_tok / dt:.0f} |")
+    if not args.skip_local:
+        from constitutional_ai.stages.label import normalise
+
+        pa = [normalise(*lp) for lp in local]
+        both = [(x, y) for x, y in zip(pa, probs) if y is not None]
+        if both:
+            print(f"\nP(A), Q4_1 llama.cpp vs fp32 project on {len(both)}/{len(pa)} prompts: "
+                  f"mean abs diff {sum(abs(x - y) for x, y in both) / len(both):.3f}")
+    del server
+
+
+if __name__ == "__main__":
+    main()
