@@ -99,6 +99,10 @@ class Backend(Protocol):
         """The raw prompt string the model sees for a chat conversation."""
         ...
 
+    def info(self) -> dict:
+        """Facts for manifests: at least ``name`` and ``kind`` (never credentials)."""
+        ...
+
 
 @dataclass
 class BackendInfo:
