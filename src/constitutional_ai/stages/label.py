@@ -137,7 +137,8 @@ def label_chunk(backend, recs: list[dict], c: Constitution, cfg: LabelConfig) ->
                 "(local transformers, or vLLM/SGLang's OpenAI server), or pass --hard-labels to record "
                 "hard 0/1 labels instead (marked as such)."
             ) from None
-        p_first = [normalise(*lp) for lp in logprobs]
+        # None: the server's capped top-k did not contain that option, so there is no label.
+        p_first = [math.nan if None in lp else normalise(*lp) for lp in logprobs]
     out = []
     for r in recs:
         scores = []
@@ -149,7 +150,10 @@ def label_chunk(backend, recs: list[dict], c: Constitution, cfg: LabelConfig) ->
                            "order": u["order"], "sample": u["sample"], "logprobs": logprobs[i],
                            "p_first": p_first[i], "p_a": pa, "reasoning": reasonings[i]})
         if any(math.isnan(s["p_a"]) for s in scores):
-            out.append({"key": r["key"], "error": "the model's answer was neither (A) nor (B)",
+            absent = any(None in s["logprobs"] for s in scores)
+            why = "an option was absent from the server's top-k log-probabilities" if absent else \
+                "the model's answer was neither (A) nor (B)"
+            out.append({"key": r["key"], "error": why,
                         "answers": [s["p_first"] for s in scores]})
             continue
         p_raw = sum(s["p_a"] for s in scores) / len(scores)
