@@ -41,6 +41,7 @@ class CountingProxy:
         self.upstream = upstream.rstrip("/")
         self.paths: list[str] = []
         self.on_request: Callable[[int], None] | None = None
+        self.blocked: set[str] = set()  # paths answered 404, like a server without them
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Forward)
         self._httpd.proxy = self  # type: ignore[attr-defined]
@@ -56,6 +57,7 @@ class CountingProxy:
         with self._lock:
             self.paths.clear()
         self.on_request = None
+        self.blocked = set()
 
     def close(self) -> None:
         self._httpd.shutdown()
@@ -71,6 +73,9 @@ class _Forward(BaseHTTPRequestHandler):
         if proxy.on_request is not None:
             proxy.on_request(n)
         body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0)) or None
+        if self.path in proxy.blocked:
+            self._reply(404, b'{"error": {"message": "not found"}}')
+            return
         req = urllib.request.Request(proxy.upstream + self.path, data=body, method=self.command,
                                      headers={"Content-Type": "application/json"})
         try:
@@ -80,6 +85,9 @@ class _Forward(BaseHTTPRequestHandler):
             status, data = e.code, e.read()
         except OSError:  # the server behind is gone: answer like a dead upstream
             status, data = 502, b'{"error": {"message": "upstream unreachable"}}'
+        self._reply(status, data)
+
+    def _reply(self, status: int, data: bytes) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))

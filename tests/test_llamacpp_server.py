@@ -128,6 +128,21 @@ def test_score_choices_agrees_with_local(proxy, local):
     assert info["logprob_shape"] == "content" and info["base_url"] == proxy.url
 
 
+def test_chat_shape_when_completions_is_missing(proxy):
+    """Like a hosted chat API: no /completions; the prefilled turn is continued by the chat endpoint."""
+    convs, _ = label_prompts(2)
+    content = load_backend(spec(proxy), cache=False)
+    want = content.score_choices([content.render(c) for c in convs], ["A", "B"])
+    proxy.blocked = {"/v1/completions"}
+    chat = load_backend(spec(proxy), cache=False)
+    got = chat.score_choices([chat.render(c) for c in convs], ["A", "B"])
+    assert chat.info()["logprob_shape"] == "chat" and proxy.count("/v1/chat/completions") == 2
+    # Same tokens scored; only llama.cpp's prompt-cache state differs (see the killed-server test).
+    assert [x for r in got for x in r] == pytest.approx([x for r in want for x in r], abs=0.15)
+    with pytest.raises(Exception, match="rendered by this backend"):
+        chat.score_choices(["a prompt this backend never rendered ("], ["A"])
+
+
 def test_multi_token_options_scored_token_by_token(proxy, local):
     b = load_backend(spec(proxy), cache=False)
     prompt = local.render([{"role": "user", "content": "Is the sky blue? Answer yes or no."}])
