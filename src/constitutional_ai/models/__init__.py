@@ -5,7 +5,11 @@ Spec grammar (``--model``):
 * omitted or ``default`` — the embedded SmolLM2-135M-Instruct (CPU-friendly, see README);
 * a local checkpoint folder or a hub id — in-process transformers (:class:`LocalBackend`);
 * ``openai:MODEL@http://host:port/v1`` — any OpenAI-compatible server (vLLM, llama.cpp,
-  SGLang, hosted APIs); the API key is read from ``OPENAI_API_KEY`` when set.
+  SGLang, hosted APIs); the API key is read from ``OPENAI_API_KEY`` when set. See
+  ``docs/engines.md`` for serving, options, log-probability shapes and the request cache.
+
+Options: each backend declares the options it takes (``openai.OPTIONS``, ``_local_options``);
+:data:`COMMON_OPTIONS` are accepted by all. ``load_backend`` rejects anything else, naming it.
 """
 
 from __future__ import annotations
