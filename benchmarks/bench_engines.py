@@ -44,7 +44,8 @@ def label_conversations(n_pairs: int) -> list[list[dict]]:
     c, cfg = load_constitution("default"), label.LabelConfig(pairs="-", out="-")
     convs = []
     for r in rows:
-        rec = {"key": r["id"], "messages": r["prompt"], "responses": [r["chosen"][0]["content"], r["rejected"][0]["content"]]}
+        responses = [r["chosen"][0]["content"], r["rejected"][0]["content"]]
+        rec = {"key": r["id"], "messages": r["prompt"], "responses": responses}
         convs += [feedback_messages(u["question"], u["exemplars"]) for u in label.scoring_units(rec, c, cfg)]
     return convs
 
@@ -99,7 +100,6 @@ def main() -> None:
     ref_scores, secs = timed(lambda: local.score_choices(prompts, ["A", "B"]))
     ref = [label.normalise(*s) for s in ref_scores]
     score_row("LocalBackend batch 16", ref_scores, secs, None)
-    del local
 
     metrics = {}
     for conc in (1, 8, 32):
@@ -123,7 +123,8 @@ def main() -> None:
     print("\n| task | engine | work | seconds | throughput |\n|---|---|---:|---:|---:|")
     for r in rows:
         if r["task"] == "generate":
-            print(f"| generate | {r['engine']} | {r['tokens']} new tokens | {r['seconds']} | {r['tokens_per_s']} tok/s |")
+            print(f"| generate | {r['engine']} | {r['tokens']} new tokens | {r['seconds']} "
+                  f"| {r['tokens_per_s']} tok/s |")
         else:
             print(f"| label | {r['engine']} | {r['prompts']} prompts, {r['prompt_tokens']} tokens | {r['seconds']} | "
                   f"{r['prompt_tokens_per_s']} prompt tok/s (max dP(A) {r['max_abs_diff_p_a_vs_local']}) |")

@@ -242,7 +242,9 @@ def test_unseeded_sampling_is_not_cached(proxy, tmp_path):
     assert proxy.count("/v1/completions") == 3
 
 
-def test_killed_server_rerun_completes_like_an_uninterrupted_run(proxy, llama_server, tmp_path, monkeypatch):  # noqa: F811
+def test_killed_server_rerun_completes_like_an_uninterrupted_run(
+    proxy, llama_server, tmp_path, monkeypatch  # noqa: F811
+):
     """Kill llama.cpp mid-run: the stage stops; after a restart the same command finishes, and
     its labels equal an uninterrupted run's, none lost or duplicated, answered requests not re-sent."""
     from constitutional_ai.stages import label
