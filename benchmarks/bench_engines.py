@@ -1,12 +1,12 @@
 """In-process LocalBackend vs OpenAIBackend against llama.cpp's server (xllamacpp), same model.
 
-    python benchmarks/bench_engines.py [--prompts 32] [--max-new-tokens 64] [--pairs 8]
+    python benchmarks/bench_engines.py [--prompts 32] [--max-new-tokens 64] [--pairs 4]
 
 Both sides run the embedded SmolLM2-135M-Instruct: transformers on the dequantised fp32
 checkpoint, llama.cpp on the Q4_1 GGUF itself, both on the same CPU threads (2 here).
 
 * Generation: the first N bundled red-team prompts, T = 1, top-p 1, up to M new tokens.
-  Local batch 1 and batch 32; HTTP at concurrency 1, 8 and 32 (the server has 32 slots of
+  Local batch 32 (``--local-batches 1,32`` adds batch 1); HTTP at concurrency 1, 8 and 32 (the server has 32 slots of
   1024 tokens, started afresh for each level so none reuses another's prompt cache).
   Tokens are counted the same way for both: the returned texts re-tokenised.
 * Labelling: ``score_choices(["A", "B"])`` on the real `cai label` prompts (default
@@ -60,8 +60,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--pairs", type=int, default=8)
+    ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--local-batches", default="32", help="Comma-separated LocalBackend batch sizes, e.g. 1,32")
     args = ap.parse_args()
     load_before = os.getloadavg()
     import torch
@@ -92,7 +93,7 @@ def main() -> None:
                      "max_abs_diff_p_a_vs_local": round(diff, 4)})
         print(rows[-1], flush=True)
 
-    for bs in (1, 32):
+    for bs in [int(x) for x in args.local_batches.split(",")]:
         local.batch_size = bs
         texts, secs = timed(lambda: local.generate(convs, sampling, seeds=seeds))
         gen_row(f"LocalBackend batch {bs}", texts, secs)
