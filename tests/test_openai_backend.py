@@ -326,3 +326,23 @@ def test_label_stage_over_http_matches_in_process(server, tiny_model, tmp_path):
     assert [r["p_a"] for r in runs["http"]] == pytest.approx([r["p_a"] for r in runs["local"]], abs=1e-3)
     assert runs["http"][0]["model"].startswith("openai:")
     assert server.bodies(COMPLETIONS)  # really went over the wire
+
+
+def test_label_records_option_absent_from_top_k_as_failure():
+    """A ``None`` score (option outside a capped top-k) becomes a failure saying so, not a label."""
+    from constitutional_ai.constitution import load_constitution
+    from constitutional_ai.stages import label
+
+    class CappedTopK:
+        name = "capped"
+
+        def render(self, conv, add_generation_prompt=True):
+            return str(conv)
+
+        def score_choices(self, prompts, options):
+            return [[None, -0.1] for _ in prompts]
+
+    rec = {"key": "k", "prompt_id": "k", "messages": [{"role": "user", "content": "q?"}], "responses": ["a", "b"]}
+    cfg = label.LabelConfig(pairs="-", out="-", few_shot=0)
+    (out,) = label.label_chunk(CappedTopK(), [rec], load_constitution("default"), cfg)
+    assert "absent from the server's top-k" in out["error"] and "p_a" not in out
