@@ -9,7 +9,8 @@ credentials), the endpoint path and the full JSON request body (model, messages 
 sampling settings, seed, ...). Headers are not part of the key and are never stored, so API
 keys never reach the file. Which requests may be cached is the caller's decision
 (:class:`~constitutional_ai.models.openai.OpenAIBackend` caches only deterministic or seeded
-requests).
+requests). The key cannot see which weights a server has loaded: serving other weights at the
+same URL under the same model name needs a new cache file (or none).
 
 Location: the ``cache=`` option of the backend, else ``$CAI_REQUEST_CACHE``, else
 ``$CAI_CACHE_DIR/requests.sqlite`` (the user cache of the embedded model). ``cache=False``,
