@@ -1,10 +1,15 @@
-"""OpenAIBackend against a real HTTP server (tests/openai_server.py) serving a tiny model.
+"""OpenAIBackend against the home-made HTTP server (tests/openai_server.py) serving a tiny model.
+
+This server is kept for what a real server will not do on demand (429 storms, 5xx, stalls,
+refused logprobs) and for the legacy log-probability shape; tests against a real llama.cpp
+server are in test_llamacpp_server.py.
 
     PYTHONPATH=src python -m pytest -q tests/test_openai_backend.py
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -18,6 +23,11 @@ from openai_server import OpenAITestServer
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
+
+
+@pytest.fixture(autouse=True)
+def _no_default_cache(monkeypatch):
+    monkeypatch.setenv("CAI_REQUEST_CACHE", "off")  # request counts below must see every request
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +69,76 @@ def test_load_backend_parses_spec(server):
     assert b.name == f"openai:org/tiny-model@{server.url}"
     with pytest.raises(ValueError, match="openai:MODEL@http"):
         OpenAIBackend.from_spec("openai:tiny")
+
+
+def test_options_are_declared_and_checked_at_load(server):
+    url = server.url
+    b = load_backend(f"openai:m@{url}", batch_size=4, truncation="left", concurrency=3, cache=False)
+    assert (b.truncation, b.concurrency, b.cache_path) == ("left", 3, None)
+    with pytest.raises(ValueError, match="'device'.*do not apply.*OpenAI-compatible"):
+        load_backend(f"openai:m@{url}", device="cpu")
+    with pytest.raises(ValueError, match="truncation"):
+        load_backend(f"openai:m@{url}", truncation="middle")
+    with pytest.raises(ValueError, match="concurrency"):
+        load_backend(f"openai:m@{url}", concurrency=0)
+    with pytest.raises(ValueError, match="'retry_budget'.*do not apply.*in-process"):
+        load_backend("default", retry_budget=3)
+    with pytest.raises(ValueError, match="cache"):
+        load_backend(f"openai:m@{url}", cache=3)
+
+
+def test_info_has_no_credentials(server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-42")
+    b = OpenAIBackend("tiny", "http://user:pw@127.0.0.1:9/v1")
+    assert b.info()["base_url"] == "http://127.0.0.1:9/v1" and "pw" not in b.name
+    assert "sk-secret-42" not in json.dumps(b.info())
+
+
+def test_api_key_not_in_error_messages(backend, server, monkeypatch):
+    server.bad_request = True
+    b = OpenAIBackend("tiny", server.url, api_key="sk-secret-42", max_retries=0)
+    with pytest.raises(BackendError) as err:
+        b.generate([[{"role": "user", "content": "sk-secret-42"}]], Sampling(max_new_tokens=2))
+    assert "sk-secret-42" not in str(err.value)
+
+
+def test_rerun_after_429_storm_resends_only_unanswered(server, tmp_path):
+    server.reset()
+    cache = tmp_path / "requests.sqlite"
+    convs = [[{"role": "user", "content": f"q{i}"}] for i in range(4)]
+    s = Sampling(max_new_tokens=3)
+    first = OpenAIBackend("tiny", server.url, cache=cache, concurrency=1, max_retries=0, retry_base=0.01)
+    first.generate(convs[:2], s, seeds=[0, 1])  # answered, then the storm starts
+    server.fail_queue[:] = [(429, {"Retry-After": "0"})] * 50
+    with pytest.raises(BackendError, match="HTTP 429"):
+        first.generate(convs, s, seeds=[0, 1, 2, 3])
+    server.reset()
+    again = OpenAIBackend("tiny", server.url, cache=cache, concurrency=1)
+    out = again.generate(convs, s, seeds=[0, 1, 2, 3])
+    assert sorted(b["messages"][0]["content"] for b in server.bodies(CHAT)) == ["q2", "q3"]
+    server.reset()
+    nocache = OpenAIBackend("tiny", server.url, cache=False)
+    assert out == nocache.generate(convs, s, seeds=[0, 1, 2, 3])
+
+
+def test_retry_budget_bounds_total_waiting(server):
+    server.reset()
+    server.fail_queue[:] = [(503, {"Retry-After": "1"})] * 10
+    b = OpenAIBackend("tiny", server.url, max_retries=10, retry_budget=1.5, retry_base=0.01)
+    with pytest.raises(BackendError, match=r"after 2 attempts.*retry_budget=1.5"):
+        b.generate([[{"role": "user", "content": "hi"}]], Sampling(max_new_tokens=2))
+    assert len(server.requests) == 2
+    server.reset()
+
+
+def test_context_length_error_is_prompt_too_long(backend, server, monkeypatch):
+    from constitutional_ai.models import PromptTooLong
+
+    msg = "This model's maximum context length is 2048 tokens. However, you requested 3000 tokens."
+    monkeypatch.setattr(server, "handle", lambda path, body, headers: (400, {}, {"error": {"message": msg}}))
+    with pytest.raises(PromptTooLong) as err:
+        backend.score_choices(["Answer: ("], ["A"])
+    assert (err.value.index, err.value.n_tokens, err.value.limit) == (0, 3000, 2048)
 
 
 # ----------------------------------------------------------------------- generate
@@ -105,6 +185,7 @@ def test_score_single_token_options_match_local(backend, server, local):
     assert flat(got) == pytest.approx(flat(local.score_choices(prompts, ["A", "B"])), abs=1e-3)
     # A random model hardly ever ranks "A"/"B" in its top 20: the echo path was used.
     assert any(b.get("echo") for b in server.bodies(COMPLETIONS))
+    assert backend.info()["logprob_shape"] == "legacy"
 
 
 def test_score_fast_path_uses_one_request_per_prompt(backend, server, local):
@@ -245,3 +326,23 @@ def test_label_stage_over_http_matches_in_process(server, tiny_model, tmp_path):
     assert [r["p_a"] for r in runs["http"]] == pytest.approx([r["p_a"] for r in runs["local"]], abs=1e-3)
     assert runs["http"][0]["model"].startswith("openai:")
     assert server.bodies(COMPLETIONS)  # really went over the wire
+
+
+def test_label_records_option_absent_from_top_k_as_failure():
+    """A ``None`` score (option outside a capped top-k) becomes a failure saying so, not a label."""
+    from constitutional_ai.constitution import load_constitution
+    from constitutional_ai.stages import label
+
+    class CappedTopK:
+        name = "capped"
+
+        def render(self, conv, add_generation_prompt=True):
+            return str(conv)
+
+        def score_choices(self, prompts, options):
+            return [[None, -0.1] for _ in prompts]
+
+    rec = {"key": "k", "prompt_id": "k", "messages": [{"role": "user", "content": "q?"}], "responses": ["a", "b"]}
+    cfg = label.LabelConfig(pairs="-", out="-", few_shot=0)
+    (out,) = label.label_chunk(CappedTopK(), [rec], load_constitution("default"), cfg)
+    assert "absent from the server's top-k" in out["error"] and "p_a" not in out

@@ -147,7 +147,8 @@ def label_chunk(backend: Backend, recs: list[dict], c: Constitution, cfg: Feedba
             logprobs = backend.score_choices([backend.render(m) for m in final], ["A", "B"])
         except LogprobsUnavailable as e:
             raise BackendError(f"{e}\n{hint}") from None
-        p_first = [normalise(*lp) for lp in logprobs]
+        # None: the server's capped top-k did not contain that option, so there is no label.
+        p_first = [math.nan if None in lp else normalise(*lp) for lp in logprobs]
     out = []
     for r in recs:
         scores = []
@@ -159,7 +160,10 @@ def label_chunk(backend: Backend, recs: list[dict], c: Constitution, cfg: Feedba
                            "order": u["order"], "sample": u["sample"], "logprobs": logprobs[i],
                            "p_first": p_first[i], "p_a": pa, "reasoning": reasonings[i]})
         if any(math.isnan(s["p_a"]) for s in scores):
-            out.append({"key": r["key"], "error": "the model's answer was neither (A) nor (B)",
+            absent = any(None in s["logprobs"] for s in scores)
+            why = ("an option was absent from the server's top-k log-probabilities" if absent
+                   else "the model's answer was neither (A) nor (B)")
+            out.append({"key": r["key"], "error": why,
                         "answers": [None if math.isnan(s["p_first"]) else s["p_first"] for s in scores]})
             continue
         p_raw = sum(s["p_a"] for s in scores) / len(scores)

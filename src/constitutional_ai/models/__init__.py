@@ -5,12 +5,18 @@ Spec grammar (``--model``):
 * omitted or ``default`` — the embedded SmolLM2-135M-Instruct (CPU-friendly, see README);
 * a local checkpoint folder or a hub id — in-process transformers (:class:`LocalBackend`);
 * ``openai:MODEL@http://host:port/v1`` — any OpenAI-compatible server (vLLM, llama.cpp,
-  SGLang, hosted APIs); the API key is read from ``OPENAI_API_KEY`` when set;
+  SGLang, hosted APIs); the API key is read from ``OPENAI_API_KEY`` when set. See
+  ``docs/engines.md`` for serving, options, log-probability shapes and the request cache;
 * ``fake:NAME`` — a backend object registered in this process with :func:`register_fake`
   (scripted backends for tests and notebooks; stages cannot tell the difference).
+
+Options: each backend declares the options it takes (``openai.OPTIONS``, ``_local_options``);
+:data:`COMMON_OPTIONS` are accepted by all. ``load_backend`` rejects anything else, naming it.
 """
 
 from __future__ import annotations
+
+from typing import Any, Callable
 
 from .base import Backend, BackendError, LogprobsUnavailable, PromptTooLong, Sampling, derive_seed
 
@@ -21,6 +27,7 @@ __all__ = [
     "PromptTooLong",
     "Sampling",
     "derive_seed",
+    "COMMON_OPTIONS",
     "load_backend",
     "register_fake",
 ]
@@ -34,18 +41,60 @@ def register_fake(name: str, backend: Backend) -> str:
     return f"fake:{name}"
 
 
-def load_backend(spec: str | None = None, **options) -> Backend:
-    """Build the backend named by a model spec string (see module docstring)."""
+#: Options every stage may pass to any backend.
+COMMON_OPTIONS = ("batch_size", "truncation", "concurrency", "cache")
+
+
+def _local_options() -> dict:
+    """Options of the in-process backend (validated here so ``local.py`` stays as it is)."""
+
+    def choice(name: str, allowed: tuple) -> Callable[[Any], Any]:
+        def check(v: Any) -> Any:
+            if v not in allowed:
+                raise ValueError(f"option {name!r} must be one of {allowed}, got {v!r}")
+            return v
+        return check
+
+    def positive(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"option 'batch_size' must be a positive integer, got {v!r}")
+        return v
+
+    return {"batch_size": positive, "truncation": choice("truncation", ("error", "left")),
+            "dtype": lambda v: str(v), "device": lambda v: None if v is None else str(v),
+            "prefix_cache_mb": lambda v: float(v),
+            # In process there are no requests: nothing to cache, and the batch is the concurrency.
+            "concurrency": None, "cache": None}
+
+
+def load_backend(spec: str | None = None, **options: Any) -> Backend:
+    """Build the backend named by a model spec string (see module docstring).
+
+    Every backend declares the options it takes; :data:`COMMON_OPTIONS` are accepted by all
+    of them (ignored where they mean nothing, e.g. ``cache`` in process). An unknown or
+    invalid option is a ``ValueError`` naming it, before any model is loaded or request sent.
+    """
     spec = (spec or "default").strip()
-    if spec.startswith("fake:"):
+    if spec.startswith("fake:"):  # a scripted backend takes whatever the stage passes
         name = spec[len("fake:"):]
         if name not in _FAKES:
             raise BackendError(f"model spec {spec!r}: no backend registered as {name!r} (register_fake)")
         return _FAKES[name]
     if spec.startswith("openai:"):
-        from .openai import OpenAIBackend
+        from .openai import OPTIONS, OpenAIBackend
 
-        return OpenAIBackend.from_spec(spec, **options)
+        table, kind = OPTIONS, "an OpenAI-compatible server"
+    else:
+        table, kind = _local_options(), "an in-process model"
+    unknown = sorted(set(options) - set(table))
+    if unknown:
+        raise ValueError(
+            f"option(s) {', '.join(map(repr, unknown))} do not apply to {spec!r} ({kind}); "
+            f"it takes: {', '.join(sorted(table))}"
+        )
+    checked = {k: table[k](v) for k, v in options.items() if table[k] is not None and v is not None}
+    if spec.startswith("openai:"):
+        return OpenAIBackend.from_spec(spec, **checked)
     from .local import LocalBackend
 
-    return LocalBackend(spec, **options)
+    return LocalBackend(spec, **checked)

@@ -105,3 +105,7 @@ class Backend(Protocol):
     def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
         """The raw prompt string the model sees for a chat conversation."""
         ...
+
+    def info(self) -> dict:
+        """Facts for manifests: at least ``name`` and ``kind`` (never credentials)."""
+        ...

@@ -189,6 +189,11 @@ class LocalBackend:
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
         self.eos_ids.add(self.tokenizer.eos_token_id)
 
+    def info(self) -> dict:
+        """Facts for manifests."""
+        return {"name": self.name, "kind": "local", "path": self.path, "device": str(self.device),
+                "dtype": str(self.model.dtype).removeprefix("torch."), "truncation": self.truncation}
+
     # ------------------------------------------------------------------ prompts
     def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
         """Chat template → raw prompt. A conversation ending with an assistant message is
