@@ -59,16 +59,16 @@ def label_prompts(n: int) -> tuple[list[list[dict]], list[str]]:
 
     from constitutional_ai.constitution import load_constitution
     from constitutional_ai.prompts import feedback_messages
-    from constitutional_ai.stages import label
+    from constitutional_ai.feedback import FeedbackOptions, scoring_units
 
     text = files("constitutional_ai").joinpath("data/helpful_comparisons.jsonl").read_text()
     rows = [json.loads(x) for x in text.splitlines()][:n]
-    c, cfg = load_constitution("default"), label.LabelConfig(pairs="-", out="-", few_shot=1, debias=False)
+    c, cfg = load_constitution("default"), FeedbackOptions(few_shot=1, debias=False)
     convs = []
     for r in rows:
         rec = {"key": r["id"], "messages": r["prompt"],
                "responses": [r["chosen"][0]["content"], r["rejected"][0]["content"]]}
-        for u in label.scoring_units(rec, c, cfg):
+        for u in scoring_units(rec, c, cfg):
             convs.append(feedback_messages(u["question"], u["exemplars"]))
     return convs, [str(x) for x in range(len(convs))]
 
@@ -113,7 +113,7 @@ def test_score_choices_agrees_with_local(proxy, local):
     maximum: the gap comes from llama.cpp's quantised matmuls (activations re-quantised to
     8 bits), not from a different prompt (the rendered strings are asserted equal).
     """
-    from constitutional_ai.stages.label import normalise
+    from constitutional_ai.feedback import normalise
 
     b = load_backend(spec(proxy), cache=False)
     convs, _ = label_prompts(4)
@@ -180,7 +180,7 @@ def test_over_long_prompt_is_prompt_too_long(proxy):
 
 # ---------------------------------------------------------------- stages, cache
 def test_stages_end_to_end_over_http(proxy, tmp_path, monkeypatch):
-    from constitutional_ai.stages import evaluate, label, revise, sample_pairs
+    from constitutional_ai.stages import eval_hhh, eval_refusal, label, revise, sample_pairs
 
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     cache = tmp_path / "requests.sqlite"
@@ -209,10 +209,10 @@ def test_stages_end_to_end_over_http(proxy, tmp_path, monkeypatch):
     assert len(soft) == 2 and all(0 < r["p_a"] < 1 and not r["hard"] for r in soft)
     assert len(hard) == 2 and all(r["p_a"] in (0.0, 0.5, 1.0) and r["hard"] for r in hard)
 
-    ref = evaluate.refusal_main(evaluate.RefusalConfig(model=m, out=str(tmp_path / "refusal"), limit=2,
+    ref = eval_refusal.main(eval_refusal.RefusalConfig(model=m, out=str(tmp_path / "refusal"), limit=2,
                                                        max_new_tokens=12))
     assert len(read(ref / "samples.jsonl")) == 2
-    hhh = evaluate.hhh_main(evaluate.HHHConfig(model=m, out=str(tmp_path / "hhh"), limit=2, few_shot=1))
+    hhh = eval_hhh.main(eval_hhh.HHHConfig(model=m, out=str(tmp_path / "hhh"), limit=2, few_shot=1))
     samples = read(hhh / "samples.jsonl")
     assert len(samples) == 2 and all(s["model"] == m for s in samples)
 

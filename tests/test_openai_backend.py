@@ -331,7 +331,7 @@ def test_label_stage_over_http_matches_in_process(server, tiny_model, tmp_path):
 def test_label_records_option_absent_from_top_k_as_failure():
     """A ``None`` score (option outside a capped top-k) becomes a failure saying so, not a label."""
     from constitutional_ai.constitution import load_constitution
-    from constitutional_ai.stages import label
+    from constitutional_ai.feedback import FeedbackOptions, label_chunk
 
     class CappedTopK:
         name = "capped"
@@ -343,6 +343,5 @@ def test_label_records_option_absent_from_top_k_as_failure():
             return [[None, -0.1] for _ in prompts]
 
     rec = {"key": "k", "prompt_id": "k", "messages": [{"role": "user", "content": "q?"}], "responses": ["a", "b"]}
-    cfg = label.LabelConfig(pairs="-", out="-", few_shot=0)
-    (out,) = label.label_chunk(CappedTopK(), [rec], load_constitution("default"), cfg)
+    (out,) = label_chunk(CappedTopK(), [rec], load_constitution("default"), FeedbackOptions(few_shot=0))
     assert "absent from the server's top-k" in out["error"] and "p_a" not in out

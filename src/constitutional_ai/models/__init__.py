@@ -7,6 +7,8 @@ Spec grammar (``--model``):
 * ``openai:MODEL@http://host:port/v1`` — any OpenAI-compatible server (vLLM, llama.cpp,
   SGLang, hosted APIs); the API key is read from ``OPENAI_API_KEY`` when set. See
   ``docs/engines.md`` for serving, options, log-probability shapes and the request cache;
+* ``ray:SPEC[,SPEC...]`` (``ray:2*default``) — the work of every stage sharded over Ray
+  workers, one backend each (see :mod:`.ray_pool`);
 * ``fake:NAME`` — a backend object registered in this process with :func:`register_fake`
   (scripted backends for tests and notebooks; stages cannot tell the difference).
 
@@ -80,8 +82,28 @@ def load_backend(spec: str | None = None, **options: Any) -> Backend:
         if name not in _FAKES:
             raise BackendError(f"model spec {spec!r}: no backend registered as {name!r} (register_fake)")
         return _FAKES[name]
+    if spec.startswith("ray:"):
+        from .ray_pool import RayBackend, parse_specs
+
+        pool = {k: options.pop(k) for k in ("num_cpus", "num_gpus") if k in options}
+        checked = {}
+        for worker in dict.fromkeys(parse_specs(spec)):  # every worker's backend takes the options
+            checked = _checked_options(worker, options)
+        return RayBackend(spec, **pool, **checked)
+    checked = _checked_options(spec, options)
     if spec.startswith("openai:"):
-        from .openai import OPTIONS, OpenAIBackend
+        from .openai import OpenAIBackend
+
+        return OpenAIBackend.from_spec(spec, **checked)
+    from .local import LocalBackend
+
+    return LocalBackend(spec, **checked)
+
+
+def _checked_options(spec: str, options: dict) -> dict:
+    """``options`` validated against the table of the backend ``spec`` names (None values dropped)."""
+    if spec.startswith("openai:"):
+        from .openai import OPTIONS
 
         table, kind = OPTIONS, "an OpenAI-compatible server"
     else:
@@ -92,9 +114,4 @@ def load_backend(spec: str | None = None, **options: Any) -> Backend:
             f"option(s) {', '.join(map(repr, unknown))} do not apply to {spec!r} ({kind}); "
             f"it takes: {', '.join(sorted(table))}"
         )
-    checked = {k: table[k](v) for k, v in options.items() if table[k] is not None and v is not None}
-    if spec.startswith("openai:"):
-        return OpenAIBackend.from_spec(spec, **checked)
-    from .local import LocalBackend
-
-    return LocalBackend(spec, **checked)
+    return {k: table[k](v) for k, v in options.items() if table[k] is not None and v is not None}

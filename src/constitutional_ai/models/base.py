@@ -39,12 +39,15 @@ class PromptTooLong(BackendError):
     """A prompt does not fit in the model's context window (with room for the answer)."""
 
     def __init__(self, index: int, n_tokens: int, limit: int, detail: str = ""):
-        self.index, self.n_tokens, self.limit = index, n_tokens, limit
+        self.index, self.n_tokens, self.limit, self.detail = index, n_tokens, limit, detail
         msg = (
             f"prompt #{index} has {n_tokens} tokens but the model accepts at most {limit} "
             f"(context length minus max_new_tokens)"
         )
         super().__init__(msg + (f"; {detail}" if detail else ""))
+
+    def __reduce__(self):  # picklable (e.g. raised in a Ray worker) despite its own __init__
+        return (type(self), (self.index, self.n_tokens, self.limit, self.detail))
 
 
 @dataclass(frozen=True)

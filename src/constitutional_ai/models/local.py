@@ -384,7 +384,7 @@ class LocalBackend:
         for r in range(B):
             if texts[r] is None:  # hit max_new_tokens
                 texts[r] = _cut_at_stop(tok.decode(generated[r], skip_special_tokens=True), stops)
-        return [t.strip() for t in texts]  # type: ignore[union-attr]
+        return [t.strip() for t in texts]
 
     # ------------------------------------------------------------------ scoring
     @torch.inference_mode()

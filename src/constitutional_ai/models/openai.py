@@ -206,12 +206,12 @@ class OpenAIBackend:
         )
         key = request_key(base, path, body) if cacheable else ""
         if cacheable:
-            hit = self._cache.get(key)  # type: ignore[union-attr]
+            hit = self._cache.get(key)
             if hit is not None:
                 return hit
         reply = self._send(base + path, body, index)
         if cacheable:
-            self._cache.put(key, path, body, reply)  # type: ignore[union-attr]
+            self._cache.put(key, path, body, reply)
         return reply
 
     def _send(self, url: str, body: dict, index: int) -> dict:
@@ -580,7 +580,7 @@ def _sum_from(spans: list[tuple[int, int, float | None]], start: int, what: str)
     vals = [v for s, _, v in spans if s >= start]
     if any(v is None for v in vals):  # the first token of an echo has no logprob
         raise BackendError(f"no logprob for {what}: the prompt must not be empty")
-    return float(sum(vals))  # type: ignore[arg-type]
+    return float(sum(vals))
 
 
 def _retry_after(value: str | None) -> float:
