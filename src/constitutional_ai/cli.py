@@ -29,13 +29,38 @@ commands:
 {commands}
 
 Model specs (--model): 'default' (embedded SmolLM2-135M-Instruct, CPU), a checkpoint folder,
-a hub id, or openai:MODEL@http://host:port/v1 for any OpenAI-compatible server.
+a hub id, openai:MODEL@http://host:port/v1 for any OpenAI-compatible server, or
+ray:N*SPEC / ray:SPEC,SPEC,... to shard the work over Ray workers (docs/engines.md).
+
+Options for every command that talks to model servers (anywhere on the line):
+  --no-cache        neither read nor write the request cache ($CAI_CACHE_DIR/requests.sqlite)
+  --concurrency N   requests in flight per server (default 8)
 """
 
 
 def usage() -> str:
     width = max(len(c) for c in COMMANDS)
     return USAGE.format(commands="\n".join(f"  {c:<{width}}  {d}" for c, (_, _, d) in COMMANDS.items()))
+
+
+def server_flags(argv: list[str]) -> list[str]:
+    """Take ``--no-cache`` and ``--concurrency N`` out of ``argv`` and set them for every backend of
+    this process (and its children, e.g. Ray workers) through the environment."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--no-cache":
+            os.environ["CAI_REQUEST_CACHE"] = "off"
+        elif a == "--concurrency" or a.startswith("--concurrency="):
+            value = a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+            i += 0 if "=" in a else 1
+            if not value.isdigit() or int(value) < 1:
+                raise SystemExit(f"cai: --concurrency needs a positive integer, got {value!r}")
+            os.environ["CAI_CONCURRENCY"] = value
+        else:
+            out.append(a)
+        i += 1
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"cai {__version__}")
         return 0
+    argv = server_flags(argv)
+    if not argv:
+        print(usage())
+        return 2
     cmd, rest = argv[0], argv[1:]
     if cmd in BY_NAME:  # `cai train-sft` = `cai train sft`
         cmd = BY_NAME[cmd].command

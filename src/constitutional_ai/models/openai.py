@@ -141,7 +141,7 @@ class OpenAIBackend:
         model: str,
         url: str,
         *,
-        concurrency: int = 8,
+        concurrency: int | None = None,
         timeout: float = 300.0,
         max_retries: int = 5,
         retry_budget: float = 600.0,
@@ -158,7 +158,8 @@ class OpenAIBackend:
         # Server-level endpoints (/tokenize, /apply-template, /metrics) live above /v1.
         self.root = re.sub(r"/v\d+$", "", self.url)
         self.name = f"openai:{model}@{self.url}"
-        self.concurrency = OPTIONS["concurrency"](concurrency)
+        # `cai --concurrency N` sets CAI_CONCURRENCY for every server a command talks to.
+        self.concurrency = OPTIONS["concurrency"](concurrency or int(os.environ.get("CAI_CONCURRENCY") or 8))
         self.timeout = float(timeout)
         self.max_retries = int(max_retries)
         self.retry_budget = float(retry_budget)
