@@ -73,11 +73,13 @@ def test_killed_sharded_run_resumes_with_nothing_duplicated(tmp_path, tiny_model
     proc = subprocess.Popen(cmd(f"ray:2*{tiny_model}", out), env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = out / "pairs.jsonl"
-    deadline = time.time() + 600
-    while time.time() < deadline and not (target.exists() and len(target.read_text().splitlines()) >= 2):
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None and not (
+            target.exists() and len(target.read_text().splitlines()) >= 2):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert target.exists(), "the sharded run wrote no record before the deadline"
     done_before = len(target.read_text().splitlines())
     assert 2 <= done_before < 24 and not (out / "manifest.json").exists()
     r = subprocess.run(cmd(f"ray:2*{tiny_model}", out), env=env, capture_output=True, text=True, timeout=600)
