@@ -182,3 +182,15 @@ def test_kill_9_then_rerun_equals_uninterrupted(tmp_path, victim_stage):
         ref = sorted((tmp_path / "ref" / sub / name).read_text().splitlines())
         got = sorted((v / sub / name).read_text().splitlines())
         assert got == ref and len(got) == 8
+
+
+def test_cot_clamps_each_label_before_averaging(tmp_path, monkeypatch):
+    # AB order: P(alpha) = 0.9 -> clamped 0.6; BA order: P(alpha) = 1 - 0.55 = 0.45 (inside the band).
+    fb = FakeBackend(replies={}, choice_logprobs={"(A) alpha": [L(0.9), L(0.1)], "(A) beta": [L(0.55), L(0.45)]})
+    _, recs, _ = run_label(tmp_path, monkeypatch, fb, cot=True)
+    (r,) = recs
+    by_order = {s["order"]: s for s in r["scores"]}
+    assert by_order["AB"]["p_a"] == pytest.approx(0.9) and by_order["AB"]["p_a_clamped"] == pytest.approx(0.6)
+    assert by_order["BA"]["p_a"] == pytest.approx(0.45) and by_order["BA"]["p_a_clamped"] == pytest.approx(0.45)
+    assert r["p_a"] == pytest.approx(0.525)  # not clamp(0.675) = 0.6
+    assert r["p_a_unclamped"] == pytest.approx(0.675)

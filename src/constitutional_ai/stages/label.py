@@ -12,8 +12,9 @@ Beyond the paper (Lee et al. 2023): with ``--debias`` (default) every pair is sc
 orders and the two probabilities averaged, cancelling the position bias small labellers
 have; the stage measures that bias and records both raw values. ``--principles K`` averages
 over K principles per label. ``--cot`` lets the model reason first ("Let's think step by
-step:") and scores the answer after its reasoning; those probabilities are clamped to
-``--clamp 0.4 0.6`` as in the paper, and can be averaged over ``--cot-samples`` reasonings.
+step:") and scores the answer after its reasoning; each such probability is clamped
+to ``--clamp 0.4 0.6`` as in the paper, then averaged over orders, principles and
+``--cot-samples`` reasonings (``p_a_unclamped`` keeps the average of the raw values).
 
 A backend that cannot return log-probabilities stops the stage; ``--hard-labels`` instead
 asks the model for the letter and records 0/1 labels, marked ``"hard": true``.
@@ -54,7 +55,7 @@ class LabelConfig:
                              "run; each label uses one at random, so the model reuses its encoding "
                              "(0: a fresh draw per pair)", min=0)
     cot: bool = opt(False, "Chain-of-thought: the model reasons before the answer is scored")
-    clamp: list[float] = opt([0.4, 0.6], "With --cot: clamp label probabilities to [LO, HI] (paper: 0.4 0.6)")
+    clamp: list[float] = opt([0.4, 0.6], "With --cot: clamp each scoring's probability to [LO, HI], then average (paper: 0.4 0.6)")
     cot_samples: int = opt(1, "With --cot: reasoning samples per scoring, probabilities averaged", min=1)
     cot_max_new_tokens: int = opt(160, "With --cot: token budget of each reasoning", min=1)
     cot_temperature: float = opt(1.0, "With --cot: sampling temperature of the reasoning", min=0)
