@@ -34,7 +34,8 @@ from typing import Any
 
 from .constitution import Constitution
 from .metrics import mean
-from .models import Backend, BackendError, LogprobsUnavailable, Sampling, derive_seed
+from .models import Backend, BackendError, LogprobsUnavailable, PromptTooLong, Sampling, derive_seed
+from .models.base import RequestFailed
 from .prompts import COT_STOP, feedback_messages, feedback_question
 
 #: Completes the error raised when a labeller has no log-probabilities.
@@ -181,6 +182,28 @@ def label_chunk(backend: Backend, recs: list[dict], c: Constitution, cfg: Feedba
                     "responses": r["responses"], "principles": sorted({s["principle"] for s in scores}),
                     "scores": scores, "p_a_unclamped": p_raw, "p_a": p, "hard": cfg.hard_labels,
                     "cot": cfg.cot, "model": backend.name, "seed": cfg.seed})
+    return out
+
+
+def label_each(backend: Backend, recs: list[dict], c: Constitution, cfg: FeedbackOptions,
+               hint: str = LABEL_HINT) -> list[dict]:
+    """:func:`label_chunk` whose per-pair failures come back as values, as
+    :func:`~constitutional_ai.generation.generate_each` does for generation: when the batched call
+    fails because of one pair (a prompt too long for the context, a request that failed for good),
+    the chunk is retried pair by pair and each such pair gets ``{"key", "error", "kind"}``
+    (``kind`` is ``"too-long"`` or ``"request"``). Any other error propagates."""
+    try:
+        return label_chunk(backend, recs, c, cfg, hint)
+    except (PromptTooLong, RequestFailed):
+        pass
+    out = []
+    for r in recs:
+        try:
+            out.extend(label_chunk(backend, [r], c, cfg, hint))
+        except PromptTooLong as e:
+            out.append({"key": r["key"], "error": str(e), "kind": "too-long"})
+        except RequestFailed as e:
+            out.append({"key": r["key"], "error": str(e), "kind": "request"})
     return out
 
 

@@ -16,7 +16,10 @@ step:") and scores the answer after its reasoning; each such probability is clam
 to ``--clamp 0.4 0.6`` as in the paper, then averaged over orders, principles and
 ``--cot-samples`` reasonings (``p_a_unclamped`` keeps the average of the raw values).
 
-A backend that cannot return log-probabilities stops the stage; ``--hard-labels`` instead
+A pair that cannot be labelled (its prompt does not fit in the feedback model's context, a
+request that failed for good, an answer that is neither letter) is recorded in
+``failures.jsonl`` and the stage goes on; the next run retries it. A backend that cannot
+return log-probabilities stops the stage; ``--hard-labels`` instead
 asks the model for the letter and records 0/1 labels, marked ``"hard": true``.
 
 Output: ``labels.jsonl`` (provenance: principle ids, every raw score per order), the TRL
@@ -36,7 +39,7 @@ from tqdm.auto import tqdm
 from ..config import opt, output_settings, parse_config
 from ..constitution import load_constitution
 from ..data import read_jsonl
-from ..feedback import FeedbackOptions, label_chunk, position_stats, preference_row
+from ..feedback import FeedbackOptions, label_each, position_stats, preference_row
 from ..models import load_backend
 from ..store import StageDir, manifest_identity, read_manifest
 
@@ -87,7 +90,7 @@ def main(cfg: LabelConfig) -> Path:
             chunk_pairs = max(1, cfg.batch_size // opts.per_pair)
             with tqdm(total=len(todo), desc="label", unit="pair", dynamic_ncols=True) as bar:
                 for start in range(0, len(todo), chunk_pairs):
-                    for rec in label_chunk(backend, todo[start : start + chunk_pairs], c, opts):
+                    for rec in label_each(backend, todo[start : start + chunk_pairs], c, opts):
                         if "error" in rec:
                             failures.append(rec.pop("key"), rec.pop("error"), **rec)
                         else:
@@ -110,4 +113,7 @@ def main(cfg: LabelConfig) -> Path:
     print(f"[label] {len(done)} labels" + (f"; position bias: first-slot rate {fs:.2f}" if fs is not None else "")
           + (f", verdict follows the slot in {sf:.0%} of both-order checks" if sf is not None else "")
           + f" -> {manifest.parent}", file=sys.stderr)
+    if len(done) < len(pairs):
+        print(f"[label] {len(pairs) - len(done)} pairs not labelled: see {Path(cfg.out) / 'failures.jsonl'}; "
+              "rerun the same command to retry them", file=sys.stderr)
     return Path(cfg.out)
