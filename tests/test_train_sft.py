@@ -219,3 +219,6 @@ def test_truncated_targets_are_excluded_by_default_and_counted(tmp_path, tiny_mo
     assert c["excluded"] == {"revision_truncated": 3, "revision_empty": 2, "helpful_truncated": 0, "helpful_empty": 0}
     convs, _ = load_revisions(config(tmp_path, tiny_model, [rev], keep_truncated=True))
     assert len(convs) == 6
+    (rev / "sft.jsonl").write_text("".join(json.dumps({**r, "truncated": True}) + "\n" for r in rows))
+    with pytest.raises(DataError, match="all 6 revision examples .* --keep-truncated"):
+        load_revisions(config(tmp_path, tiny_model, [rev]))

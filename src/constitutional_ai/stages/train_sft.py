@@ -135,6 +135,10 @@ def load_revisions(cfg: TrainSFTConfig) -> tuple[list[list[dict]], list[dict]]:
                        "sft_sha256": file_sha256(sft), "sft_rounds": manifest.get("config", {}).get("sft_rounds"),
                        "examples": kept, "unchanged": unchanged,
                        "excluded": {"truncated": truncated, "empty": counts.get("sft_empty_skipped")}})
+    cut = sum(i["excluded"]["truncated"] for i in inputs)
+    if not convs and cut:
+        raise DataError(f"all {cut} revision examples in {', '.join(cfg.data)} were cut at the token budget "
+                        "(truncated) and are excluded: raise `cai revise --max-new-tokens`, or pass --keep-truncated")
     if not convs:
         hint = " (rows per round exist only with `cai revise --sft-rounds all`)" if cfg.rounds_upto is not None else ""
         raise DataError(f"no revision examples in {', '.join(cfg.data)}{hint}")
