@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from ..config import opt, output_settings, parse_config
 from ..constitution import load_constitution
 from ..data import read_jsonl
+from ..feedback import label_chunk  # noqa: F401 (kept importable from here)
 from ..feedback import FeedbackOptions, label_each, position_stats, preference_row
 from ..models import load_backend
 from ..store import StageDir, manifest_identity, read_manifest
@@ -58,7 +59,7 @@ class LabelConfig:
                              "run; each label uses one at random, so the model reuses its encoding "
                              "(0: a fresh draw per pair)", min=0)
     cot: bool = opt(False, "Chain-of-thought: the model reasons before the answer is scored")
-    clamp: list[float] = opt([0.4, 0.6], "With --cot: clamp each scoring's probability to [LO, HI], then average (paper: 0.4 0.6)")
+    clamp: list[float] = opt([0.4, 0.6], "With --cot: clamp each scoring to [LO, HI], then average (paper: 0.4 0.6)")
     cot_samples: int = opt(1, "With --cot: reasoning samples per scoring, probabilities averaged", min=1)
     cot_max_new_tokens: int = opt(160, "With --cot: token budget of each reasoning", min=1)
     cot_temperature: float = opt(1.0, "With --cot: sampling temperature of the reasoning", min=0)
