@@ -57,7 +57,9 @@ def test_default_constitution_shape():
 
 def test_default_exemplars_are_consistent_and_compact():
     c = load_constitution()
-    assert len(c.revision_examples) == 3 and len(c.feedback_examples) == 2
+    assert len(c.revision_examples) == 5 and len(c.feedback_examples) == 5  # the paper's counts
+    # Two "no problem found" revisions that repeat the response, as in the paper's exemplars.
+    assert sum(e.revision == e.response for e in c.revision_examples) == 2
     ids = {p.id for p in c.critique_revision}
     for e in c.revision_examples:
         assert e.principle in ids
@@ -293,7 +295,7 @@ def test_cli_validate_default(capsys):
     assert cli_main(["validate", "default"]) == 0
     out = capsys.readouterr().out
     assert out.strip() == ("OK: default: 16 critique/revision pairs, 16 feedback principles, "
-                           "5 exemplars")
+                           "10 exemplars")
 
 
 def test_cli_validate_warns_without_feedback(capsys):

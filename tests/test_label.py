@@ -182,3 +182,50 @@ def test_kill_9_then_rerun_equals_uninterrupted(tmp_path, victim_stage):
         ref = sorted((tmp_path / "ref" / sub / name).read_text().splitlines())
         got = sorted((v / sub / name).read_text().splitlines())
         assert got == ref and len(got) == 8
+
+
+def test_cot_clamps_each_label_before_averaging(tmp_path, monkeypatch):
+    # AB order: P(alpha) = 0.9 -> clamped 0.6; BA order: P(alpha) = 1 - 0.55 = 0.45 (inside the band).
+    fb = FakeBackend(replies={}, choice_logprobs={"(A) alpha": [L(0.9), L(0.1)], "(A) beta": [L(0.55), L(0.45)]})
+    _, recs, _ = run_label(tmp_path, monkeypatch, fb, cot=True)
+    (r,) = recs
+    by_order = {s["order"]: s for s in r["scores"]}
+    assert by_order["AB"]["p_a"] == pytest.approx(0.9) and by_order["AB"]["p_a_clamped"] == pytest.approx(0.6)
+    assert by_order["BA"]["p_a"] == pytest.approx(0.45) and by_order["BA"]["p_a_clamped"] == pytest.approx(0.45)
+    assert r["p_a"] == pytest.approx(0.525)  # not clamp(0.675) = 0.6
+    assert r["p_a_unclamped"] == pytest.approx(0.675)
+
+
+class TooLongFor(FakeBackend):
+    """Refuses any scoring batch holding a prompt that contains ``needle`` (as a backend whose
+    context the prompt does not fit)."""
+
+    def __init__(self, needle: str, **kw):
+        super().__init__(**kw)
+        self.needle = needle
+
+    def score_choices(self, prompts, options):
+        from constitutional_ai.models import PromptTooLong
+
+        for i, p in enumerate(prompts):
+            if self.needle and self.needle in p:
+                raise PromptTooLong(i, 9999, 100)
+        return super().score_choices(prompts, options)
+
+
+def test_pair_too_long_is_a_failure_and_rerun_retries_it(tmp_path, monkeypatch):
+    pairs = [("alpha", "beta"), ("gamma-HUGE", "delta"), ("alpha", "beta")]
+    fb = TooLongFor("HUGE", choice_logprobs=BIASED)
+    out, recs, prefs = run_label(tmp_path, monkeypatch, fb, pairs=pairs)
+    assert [r["key"] for r in recs] == ["q0", "q2"] and len(prefs) == 2
+    fails = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
+    assert [(f["key"], f["kind"], f["attempt"]) for f in fails] == [("q1", "too-long", 1)]
+    assert "9999 tokens" in fails[0]["error"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"] == {"pairs": 3, "labels": 2, "failed": 1}
+    # A rerun retries only the failed pair (here with a backend it now fits).
+    fb.needle, fb.score_calls = "", []
+    out, recs, prefs = run_label(tmp_path, monkeypatch, fb, pairs=pairs)
+    assert sorted(r["key"] for r in recs) == ["q0", "q1", "q2"]
+    assert fb.score_calls and all("question 1?" in p for call in fb.score_calls for p in call)
+    assert json.loads((out / "manifest.json").read_text())["counts"]["failed"] == 0

@@ -28,7 +28,9 @@ def tiny_recipe(tmp_path: Path, model: str) -> Path:
         "out": str(tmp_path / "run"), "model": model, "feedback_model": model, "pm_model": model, "seed": 0,
         "stages": {
             "revise": {"prompts": str(prompts), "rounds": 2, "few_shot": 1, "sft_rounds": "all", **small},
-            "train-sft": {"max_steps": 1, "helpful_ratio": 0.25, "helpful_prompts": str(helpful), "helpful_max_new_tokens": 8},
+            # The random tiny model never ends a turn within 8 tokens: every target is truncated.
+            "train-sft": {"max_steps": 1, "helpful_ratio": 0.25, "helpful_prompts": str(helpful), "helpful_max_new_tokens": 8,
+                          "keep_truncated": True},
             "sample_pairs": {"prompts": str(prompts), **small},
             "label": {"few_shot": 1},
             "train-pm": {"max_steps": 1, "helpful_ratio": 0.5, "eval_fraction": 0.3},

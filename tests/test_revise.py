@@ -232,7 +232,58 @@ def test_embedded_model_end_to_end_cli(tmp_path):
     recs = records(out)
     assert len(recs) == 2 and all(len(x["rounds"]) == 2 for x in recs)
     assert recs[0]["model"] == "SmolLM2-135M-Instruct"
-    assert all(x["revision"].strip() for rec in recs for x in rec["rounds"])
+    assert all(bool(x["revision"].strip()) != x["empty_revision"] for rec in recs for x in rec["rounds"])
+    assert all(isinstance(x["truncated"], bool) for rec in recs for x in rec["rounds"])
     ds = load_dataset("json", data_files=str(out / "sft.jsonl"), split="train")
-    assert len(ds) == 2
+    assert len(ds) == 2 - sum(rec["rounds"][-1]["empty_revision"] for rec in recs)
     assert "revise" in r.stderr  # progress bar
+
+
+class Scripted(FakeBackend):
+    """Answers the calls of one chain in order with (text, finish reason) pairs."""
+
+    def __init__(self, script):
+        super().__init__()
+        self.script = list(script)
+
+    def generate(self, conversations, sampling, seeds=None):
+        from constitutional_ai.models.base import Generation
+
+        self.generate_calls.append([list(c) for c in conversations])
+        return [Generation(*self.script.pop(0)) for _ in conversations]
+
+
+def test_truncated_empty_and_unchanged_revisions_are_flagged(tmp_path):
+    fb = Scripted([("First answer.", "stop"),
+                   ("Critique one.", "stop"), ("", "stop"),                         # round 1: empty revision
+                   ("Critique two.", "length"), ("Second answer, cut", "length"),   # round 2: truncated
+                   ("Critique three.", "stop"), ("Second answer, cut", "stop")])    # round 3: unchanged
+    out = run(tmp_path, fb, n=1, rounds=3, sft_rounds="all")
+    (rec,) = records(out)
+    assert rec["initial_truncated"] is False
+    r1, r2, r3 = rec["rounds"]
+    # The empty revision is not stored under round 1's name as the previous response.
+    assert (r1["revision"], r1["empty_revision"], r1["unchanged"], r1["current"]) == ("", True, False, "First answer.")
+    assert (r2["truncated"], r2["critique_truncated"], r2["empty_revision"]) == (True, True, False)
+    assert (r3["unchanged"], r3["truncated"], r3["revision"]) == (True, False, "Second answer, cut")
+    # Round 2 revised the response round 1 left (the initial one), not an empty text.
+    rev2_conv = fb.generate_calls[4][0]
+    assert {"role": "assistant", "content": "First answer."} in rev2_conv
+    rows = [json.loads(x) for x in (out / "sft.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["truncated"], r["unchanged"]) for r in rows] == [(2, True, False), (3, False, True)]
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert (counts["empty_revisions"], counts["truncated_revisions"], counts["unchanged_revisions"]) == (1, 1, 1)
+    assert counts["sft_empty_skipped"] == 1 and counts["sft_examples"] == 2
+
+
+def test_local_backend_reports_why_generation_stopped(tiny_model):
+    from constitutional_ai.models import Sampling, load_backend
+
+    backend = load_backend(tiny_model)
+    convs = [[{"role": "user", "content": f"Tell me a long story {i}."}] for i in range(3)]
+    texts = backend.generate(convs, Sampling(temperature=1.0, max_new_tokens=3), seeds=[1, 2, 3])
+    for t in texts:
+        # A random tiny model almost never ends its turn within 3 tokens; if it did, the text is shorter.
+        assert t.finish_reason in ("stop", "length") and t.truncated == (t.finish_reason == "length")
+        assert isinstance(t, str)
+    assert any(t.finish_reason == "length" for t in texts)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from constitutional_ai import pm as pm_lib
+from constitutional_ai import preferences
 from constitutional_ai.data import DataError
 from constitutional_ai.stages import score, train_pm
 from constitutional_ai.store import StageDir, StoreError
@@ -92,15 +93,15 @@ def test_soft_bt_loss_gradient_pulls_margin_to_logit_p():
 def test_parse_hh_and_preference_rows():
     hh = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant: A pun.",
           "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant: No."}
-    r = train_pm.parse_pair(hh, "h.jsonl:1", "helpful", 1.0)
+    r = preferences.parse_pair(hh, "h.jsonl:1", "helpful", 1.0)
     assert r["prompt"] == user("hi") + asst("hello") + user("joke?")
     assert r["chosen"] == asst("A pun.") and r["rejected"] == asst("No.") and r["p_chosen"] == 1.0
-    r = train_pm.parse_pair({"prompt": "q?", "chosen": "a", "rejected": "b"}, "x:2", "helpful", 1.0)
+    r = preferences.parse_pair({"prompt": "q?", "chosen": "a", "rejected": "b"}, "x:2", "helpful", 1.0)
     assert r["prompt"] == user("q?") and r["chosen"] == asst("a") and r["p_chosen"] == 1.0
     with pytest.raises(DataError, match=r"x:3: field 'rejected': chosen and rejected differ"):
-        train_pm.parse_pair({**hh, "rejected": "\n\nHuman: other\n\nAssistant: No."}, "x:3", "helpful", 1.0)
+        preferences.parse_pair({**hh, "rejected": "\n\nHuman: other\n\nAssistant: No."}, "x:3", "helpful", 1.0)
     with pytest.raises(DataError, match=r"x:4: field 'p_chosen'"):
-        train_pm.parse_pair({"prompt": "q", "chosen": "a", "rejected": "b", "p_chosen": 1.5}, "x:4", "ai", None)
+        preferences.parse_pair({"prompt": "q", "chosen": "a", "rejected": "b", "p_chosen": 1.5}, "x:4", "ai", None)
 
 
 def test_mix_follows_the_helpful_ratio():
@@ -154,7 +155,7 @@ def test_bad_rows_name_file_line_and_field(tmp_path, tiny_model):
 
 # ------------------------------------------------------------------------- p_chosen → loss
 def pairs(tok, ps):
-    rows = [train_pm.parse_pair({"prompt": user(f"Question {i}?"), "chosen": asst("A careful answer."),
+    rows = [preferences.parse_pair({"prompt": user(f"Question {i}?"), "chosen": asst("A careful answer."),
                                  "rejected": asst(f"Bad {i}."), "p_chosen": p}, f"t:{i}", "ai", None)
             for i, p in enumerate(ps)]
     return train_pm.tokenize_pairs(rows, tok, 512)[0]
@@ -213,20 +214,20 @@ def test_our_tokenization_is_trls(tmp_path, tiny_model):
 # ------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model):
-    """One full `train pm` run: 12 AI labels + 12 HH comparisons at helpful ratio 0.25."""
+    """One full `train pm` run: 12 AI labels + 12 HH comparisons, helpfulness weighted to 0.25."""
     tmp = tmp_path_factory.mktemp("pm")
     ai_ps = [round(0.55 + 0.03 * i, 2) for i in range(12)]
     folder = label_folder(tmp / "label", ai_ps)
     helpful = hh_file(tmp / "hh.jsonl", 12)
     cfg = config(tmp, tiny_model, labels=[str(folder)], helpful=str(helpful), helpful_ratio=0.25,
-                 eval_fraction=0.25, max_steps=3, per_device_train_batch_size=4)
+                 eval_fraction=0.25, max_steps=3, per_device_train_batch_size=6)
     seen = []
     real = train_pm.soft_bt_loss
 
-    def spy(rc, rr, p):
+    def spy(rc, rr, p, weight=None):
         if rc.requires_grad:  # training steps, not the held-out evaluation
-            seen.extend(p.tolist())
-        return real(rc, rr, p)
+            seen.extend(zip(p.tolist(), weight.tolist()))
+        return real(rc, rr, p, weight)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train_pm, "soft_bt_loss", spy)
@@ -241,16 +242,23 @@ def test_train_pm_end_to_end(trained, tiny_model):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "train-pm"
     c = manifest["counts"]
-    assert (c["ai_labels"], c["helpful"], c["ai_used"], c["helpful_used"]) == (12, 12, 12, 4)
-    assert c["helpful_used"] / (c["ai_used"] + c["helpful_used"]) == pytest.approx(0.25)
-    assert c["train"] + c["heldout"] + c["too_long"] == 16 and c["heldout"] >= 2
+    # Nothing discarded: the ratio is reached by weights.
+    assert (c["ai_labels"], c["helpful"], c["ai_used"], c["helpful_used"]) == (12, 12, 12, 12)
+    assert c["train"] + c["heldout"] + c["too_long"] == 24 and c["heldout"] >= 2
     held = [json.loads(line) for line in (out / "heldout_scores.jsonl").read_text().splitlines()]
     assert len(held) == c["heldout"]
-    # 3 steps × 4 pairs = one epoch over the 12 training pairs: the loss saw exactly their
-    # labels — the AI's soft p_chosen and 1.0 for the helpful comparisons.
-    assert c["train"] == 12
-    train_ps = Counter(trained["ai_ps"] + [1.0] * 4) - Counter(h["p_chosen"] for h in held)
-    assert Counter(round(p, 4) for p in trained["seen"]) == Counter({round(p, 4): n for p, n in train_ps.items()})
+    # 3 steps × 6 pairs = one epoch over the 18 training pairs: the loss saw exactly their
+    # labels — the AI's soft p_chosen and 1.0 for the helpful comparisons — with their weights.
+    assert c["train"] == 18
+    m = manifest["mix"]
+    assert (m["mode"], m["train_ai"], m["train_helpful"]) == ("weight", 9, 9)
+    assert (m["weight_ai"], m["weight_helpful"]) == pytest.approx((0.75 * 18 / 9, 0.25 * 18 / 9))
+    assert m["helpful_weight_share"] == pytest.approx(0.25)
+    train_ps = Counter(trained["ai_ps"] + [1.0] * 12) - Counter(h["p_chosen"] for h in held)
+    assert Counter(round(p, 4) for p, _ in trained["seen"]) == Counter({round(p, 4): n for p, n in train_ps.items()})
+    # AI labels here are all < 1 and helpful ones are 1.0, so the weight tells the sides apart.
+    assert {round(w, 4) for p, w in trained["seen"] if p < 1} == {round(m["weight_ai"], 4)}
+    assert {round(w, 4) for p, w in trained["seen"] if p == 1} == {round(m["weight_helpful"], 4)}
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["ece"] <= 1.0
@@ -316,7 +324,7 @@ def test_score_writes_batch_invariant_scores(trained, tmp_path):
     held = json.loads((out / "heldout_scores.jsonl").read_text().splitlines()[0])
     line = int(held["where"].rsplit(":", 1)[1])
     src = held["where"].rsplit(":", 1)[0]
-    pair = train_pm.parse_pair(json.loads(Path(src).read_text().splitlines()[line - 1]), held["where"], held["source"], 1.0)
+    pair = preferences.parse_pair(json.loads(Path(src).read_text().splitlines()[line - 1]), held["where"], held["source"], 1.0)
     r = pm_lib.score_conversations(model, tok, [pair["prompt"] + pair["chosen"]])[0]
     assert r == pytest.approx(held["r_chosen"], abs=1e-4)
 
@@ -330,3 +338,47 @@ def test_score_rejects_bad_rows_and_unfinished_pm(trained, tmp_path):
     StageDir(unfinished, "train-pm", {}).close()
     with pytest.raises(StoreError, match="has no manifest.json"):
         pm_lib.load_pm(unfinished)
+
+
+def test_weighted_loss_is_the_weighted_mean():
+    rc, rr = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])
+    p, w = torch.tensor([0.9, 0.5]), torch.tensor([0.5, 1.5])
+    per = torch.stack([train_pm.soft_bt_loss(rc[i:i + 1], rr[i:i + 1], p[i:i + 1]) for i in range(2)])
+    assert float(train_pm.soft_bt_loss(rc, rr, p, w)) == pytest.approx(float((per * w).mean()))
+
+
+def test_hybrid_mix_trains_on_every_label(tmp_path, tiny_model, monkeypatch):
+    """259 AI labels + 80 helpfulness comparisons at ratio 0.5: all 339 are trained on."""
+    folder = label_folder(tmp_path / "label", [0.6 + 0.001 * (i % 300) for i in range(259)])
+    helpful = hh_file(tmp_path / "hh.jsonl", 80)
+    seen = []
+    real = train_pm.soft_bt_loss
+
+    def spy(rc, rr, p, weight=None):
+        if rc.requires_grad:
+            seen.extend(zip(p.tolist(), weight.tolist()))
+        return real(rc, rr, p, weight)
+
+    monkeypatch.setattr(train_pm, "soft_bt_loss", spy)
+    cfg = config(tmp_path, tiny_model, labels=[str(folder)], helpful=str(helpful), helpful_ratio=0.5,
+                 eval_fraction=0.0, max_steps=-1, num_train_epochs=1, per_device_train_batch_size=113)
+    train_pm.main(cfg)
+    manifest = json.loads((tmp_path / "pm" / "manifest.json").read_text())
+    c, m = manifest["counts"], manifest["mix"]
+    assert (c["ai_used"], c["helpful_used"], c["train"]) == (259, 80, 339)
+    assert len(seen) == 339 and sum(p == 1.0 for p, _ in seen) == 80
+    assert m["weight_ai"] == pytest.approx(0.5 * 339 / 259) and m["weight_helpful"] == pytest.approx(0.5 * 339 / 80)
+    assert sum(w for p, w in seen if p == 1.0) == pytest.approx(sum(w for p, w in seen if p < 1.0))
+
+
+def test_subsample_cap_only_when_asked(tmp_path, tiny_model):
+    folder = label_folder(tmp_path / "label", [0.7] * 12)
+    helpful = hh_file(tmp_path / "hh.jsonl", 12)
+    cfg = config(tmp_path, tiny_model, labels=[str(folder)], helpful=str(helpful), helpful_ratio=0.25,
+                 helpful_mix="subsample", eval_fraction=0.0, max_steps=1)
+    train_pm.main(cfg)
+    manifest = json.loads((tmp_path / "pm" / "manifest.json").read_text())
+    assert (manifest["counts"]["ai_used"], manifest["counts"]["helpful_used"]) == (12, 4)
+    assert manifest["mix"]["mode"] == "subsample" and manifest["mix"]["weight_helpful"] == 1.0
+    with pytest.raises(ValueError, match="--helpful-mix"):
+        train_pm.main(config(tmp_path, tiny_model, labels=[str(folder)], helpful_mix="drop"))

@@ -175,7 +175,11 @@ def test_helpful_replies_are_sampled_from_the_model_and_reused(tmp_path, tiny_mo
     for r in recs:
         assert r["model"] == tiny_model and r["raw"] and r["messages"][-1]["role"] == "user"
     counts = json.loads((out / "manifest.json").read_text())["counts"]
-    assert counts["helpful_examples"] + counts["helpful_empty"] == 2
+    ex = counts["excluded"]
+    assert counts["helpful_examples"] + ex["helpful_empty"] + ex["helpful_truncated"] == 2
+    # Every sampled reply says whether it was cut at the 6-token budget; cut ones are not trained.
+    assert all(isinstance(r["truncated"], bool) for r in recs)
+    assert ex["helpful_truncated"] == sum(r["truncated"] and bool(r["response"].strip()) for r in recs)
 
     # Interrupted after sampling (no manifest): the rerun reuses the replies, loads no backend.
     (out / "manifest.json").unlink()
@@ -198,3 +202,23 @@ def test_config_parsing_and_cpu_defaults():
     assert cfg.bf16 is False and cfg.activation_checkpointing is False and cfg.completion_only_loss is True
     assert cfg.report_to == []  # "none"
     assert cfg.save_strategy == "no" and cfg.per_device_train_batch_size == 4 and cfg.max_length == 1024
+
+
+def test_truncated_targets_are_excluded_by_default_and_counted(tmp_path, tiny_model):
+    rev = tmp_path / "rev"
+    rows = [{"messages": conv(f"How do I pick lock {i}?", f"I won't help with lock {i}" + ("" if i % 2 else ", bec")),
+             "prompt_id": f"p{i}", "round": 1, "principle": "harmful", "truncated": i % 2 == 0,
+             "unchanged": i == 1} for i in range(6)]
+    sd = StageDir(rev, "revise", {"fake": True})
+    (rev / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sd.finish({"config": {"sft_rounds": "last"}, "files": {"sft": "sft.jsonl"}, "counts": {"sft_empty_skipped": 2}})
+    sd.close()
+    m = json.loads((main(config(tmp_path, tiny_model, [rev], helpful_ratio=0.0, max_steps=1)) / "manifest.json").read_text())
+    c = m["counts"]
+    assert c["revision_examples"] == 3 and c["trained_examples"] == 3 and c["revision_unchanged"] == 1
+    assert c["excluded"] == {"revision_truncated": 3, "revision_empty": 2, "helpful_truncated": 0, "helpful_empty": 0}
+    convs, _ = load_revisions(config(tmp_path, tiny_model, [rev], keep_truncated=True))
+    assert len(convs) == 6
+    (rev / "sft.jsonl").write_text("".join(json.dumps({**r, "truncated": True}) + "\n" for r in rows))
+    with pytest.raises(DataError, match="all 6 revision examples .* --keep-truncated"):
+        load_revisions(config(tmp_path, tiny_model, [rev]))

@@ -20,7 +20,9 @@ from a notebook as from the stages::
 
 Few-shot exemplars precede the question, each with its own independently drawn principle;
 with ``debias`` every pair is scored in both orders and averaged (Lee et al. 2023); with
-``cot`` the model reasons first and the averaged probability is clamped to ``clamp``.
+``cot`` the model reasons first and each scoring's probability is clamped to ``clamp`` before
+the average over orders, reasoning samples and principles (the paper clamps each CoT label;
+clamping the average instead would let one confident order outvote a hesitant one).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from typing import Any
 
 from .constitution import Constitution
 from .metrics import mean
-from .models import Backend, BackendError, LogprobsUnavailable, Sampling, derive_seed
+from .models import Backend, BackendError, LogprobsUnavailable, PromptTooLong, Sampling, derive_seed
+from .models.base import RequestFailed
 from .prompts import COT_STOP, feedback_messages, feedback_question
 
 #: Completes the error raised when a labeller has no log-probabilities.
@@ -79,6 +82,7 @@ def normalise(lp_a: float, lp_b: float) -> float:
 
 
 def clamp(p: float, lo: float, hi: float) -> float:
+    """``p`` limited to ``[lo, hi]``."""
     return min(hi, max(lo, p))
 
 
@@ -167,11 +171,39 @@ def label_chunk(backend: Backend, recs: list[dict], c: Constitution, cfg: Feedba
                         "answers": [None if math.isnan(s["p_first"]) else s["p_first"] for s in scores]})
             continue
         p_raw = sum(s["p_a"] for s in scores) / len(scores)
-        p = clamp(p_raw, *cfg.clamp) if cfg.cot else p_raw
+        if cfg.cot:
+            # Clamp each CoT label, then average (paper, section 4.1): AB 0.9, BA 0.45 gives 0.525.
+            for s in scores:
+                s["p_a_clamped"] = clamp(s["p_a"], *cfg.clamp)
+            p = sum(s["p_a_clamped"] for s in scores) / len(scores)
+        else:
+            p = p_raw
         out.append({"key": r["key"], "prompt_id": r["prompt_id"], "messages": r["messages"],
                     "responses": r["responses"], "principles": sorted({s["principle"] for s in scores}),
                     "scores": scores, "p_a_unclamped": p_raw, "p_a": p, "hard": cfg.hard_labels,
                     "cot": cfg.cot, "model": backend.name, "seed": cfg.seed})
+    return out
+
+
+def label_each(backend: Backend, recs: list[dict], c: Constitution, cfg: FeedbackOptions,
+               hint: str = LABEL_HINT) -> list[dict]:
+    """:func:`label_chunk` whose per-pair failures come back as values, as
+    :func:`~constitutional_ai.generation.generate_each` does for generation: when the batched call
+    fails because of one pair (a prompt too long for the context, a request that failed for good),
+    the chunk is retried pair by pair and each such pair gets ``{"key", "error", "kind"}``
+    (``kind`` is ``"too-long"`` or ``"request"``). Any other error propagates."""
+    try:
+        return label_chunk(backend, recs, c, cfg, hint)
+    except (PromptTooLong, RequestFailed):
+        pass
+    out = []
+    for r in recs:
+        try:
+            out.extend(label_chunk(backend, [r], c, cfg, hint))
+        except PromptTooLong as e:
+            out.append({"key": r["key"], "error": str(e), "kind": "too-long"})
+        except RequestFailed as e:
+            out.append({"key": r["key"], "error": str(e), "kind": "request"})
     return out
 
 

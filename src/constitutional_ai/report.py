@@ -201,7 +201,7 @@ def sec_revise(stages: list[Stage], ctx: Ctx) -> str:
             hbar_chart([k for k, _ in pc], [v for _, v in pc], title="Principles drawn (one per round)", xlabel="times drawn"),
             line_chart({"mean characters": lengths}, title="Response length by revision round", xlabel="round (0 = initial)",
                        ylabel="characters", integer_x=True, y_range=(0, top * 1.1)),
-            bar_chart([f"round {k}" for k in range(1, n_rounds + 1)], {"empty revision (kept previous)": empty,
+            bar_chart([f"round {k}" for k in range(1, n_rounds + 1)], {"empty revision": empty,
                       "identical to previous": same}, title="Revisions that changed nothing", ylabel="share of records",
                       y_range=(0, 1)),
         ))
@@ -209,7 +209,8 @@ def sec_revise(stages: list[Stage], ctx: Ctx) -> str:
         for r in records[:ctx.max_samples]:
             body = [conversation(r.get("messages")), pre("initial response", r.get("initial_response"), "initial")]
             for x in r.get("rounds") or []:
-                flag = ' <span class="warn">empty revision — previous kept</span>' if x.get("empty_revision") else ""
+                flag = ' <span class="warn">empty revision (not trained on)</span>' if x.get("empty_revision") else ""
+                flag += ' <span class="warn">cut at the token budget</span>' if x.get("truncated") else ""
                 body.append(f'<details class="round" open><summary>round {esc(x.get("round"))} · principle '
                             f'<code>{esc(x.get("principle"))}</code>{flag}</summary>'
                             + (pre("critique", x.get("critique")) if x.get("critique") else "")
@@ -241,7 +242,10 @@ def sec_sft(stages: list[Stage]) -> str:
     out = []
     for s in stages:
         train = {k: v for k, v in (s.manifest.get("train") or {}).items() if not isinstance(v, (list, dict))}
-        out.append(f"<h3>{esc(s.rel)}</h3>" + counts_table(s.manifest.get("counts") or {}) + counts_table(train))
+        excluded = (s.manifest.get("counts") or {}).get("excluded") or {}
+        out.append(f"<h3>{esc(s.rel)}</h3>" + counts_table(s.manifest.get("counts") or {}) + counts_table(train)
+                   + (f"<p>Targets excluded from training: {esc(', '.join(f'{k} {v}' for k, v in excluded.items()))}</p>"
+                      if excluded else ""))
         chart = loss_chart(loss_history(s), "SL-CAI finetuning loss")
         out.append(figs(chart) if chart else "<p class='muted'>Per-step losses are not stored in this folder; "
                    "the first and last logged losses are above.</p>")

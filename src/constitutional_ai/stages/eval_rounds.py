@@ -61,7 +61,7 @@ def main(cfg: RoundsConfig) -> Path:
             with tqdm(total=len(todo), desc="eval rounds", unit="record", dynamic_ncols=True) as bar:
                 for start in range(0, len(todo), cfg.batch_size):
                     chunk = todo[start : start + cfg.batch_size]
-                    texts = [[r["initial_response"]] + [x["revision"] for x in r["rounds"]] for r in chunk]
+                    texts = [[r["initial_response"]] + [x.get("current", x["revision"]) for x in r["rounds"]] for r in chunk]
                     convs = [list(r["messages"]) + [{"role": "assistant", "content": t}] for r, ts in zip(chunk, texts) for t in ts]
                     flat = score_conversations(model, tok, convs, cfg.batch_size, cfg.max_length)
                     i = 0

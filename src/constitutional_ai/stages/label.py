@@ -12,10 +12,14 @@ Beyond the paper (Lee et al. 2023): with ``--debias`` (default) every pair is sc
 orders and the two probabilities averaged, cancelling the position bias small labellers
 have; the stage measures that bias and records both raw values. ``--principles K`` averages
 over K principles per label. ``--cot`` lets the model reason first ("Let's think step by
-step:") and scores the answer after its reasoning; those probabilities are clamped to
-``--clamp 0.4 0.6`` as in the paper, and can be averaged over ``--cot-samples`` reasonings.
+step:") and scores the answer after its reasoning; each such probability is clamped
+to ``--clamp 0.4 0.6`` as in the paper, then averaged over orders, principles and
+``--cot-samples`` reasonings (``p_a_unclamped`` keeps the average of the raw values).
 
-A backend that cannot return log-probabilities stops the stage; ``--hard-labels`` instead
+A pair that cannot be labelled (its prompt does not fit in the feedback model's context, a
+request that failed for good, an answer that is neither letter) is recorded in
+``failures.jsonl`` and the stage goes on; the next run retries it. A backend that cannot
+return log-probabilities stops the stage; ``--hard-labels`` instead
 asks the model for the letter and records 0/1 labels, marked ``"hard": true``.
 
 Output: ``labels.jsonl`` (provenance: principle ids, every raw score per order), the TRL
@@ -35,7 +39,8 @@ from tqdm.auto import tqdm
 from ..config import opt, output_settings, parse_config
 from ..constitution import load_constitution
 from ..data import read_jsonl
-from ..feedback import FeedbackOptions, label_chunk, position_stats, preference_row
+from ..feedback import label_chunk  # noqa: F401 (kept importable from here)
+from ..feedback import FeedbackOptions, label_each, position_stats, preference_row
 from ..models import load_backend
 from ..store import StageDir, manifest_identity, read_manifest
 
@@ -54,7 +59,7 @@ class LabelConfig:
                              "run; each label uses one at random, so the model reuses its encoding "
                              "(0: a fresh draw per pair)", min=0)
     cot: bool = opt(False, "Chain-of-thought: the model reasons before the answer is scored")
-    clamp: list[float] = opt([0.4, 0.6], "With --cot: clamp label probabilities to [LO, HI] (paper: 0.4 0.6)")
+    clamp: list[float] = opt([0.4, 0.6], "With --cot: clamp each scoring to [LO, HI], then average (paper: 0.4 0.6)")
     cot_samples: int = opt(1, "With --cot: reasoning samples per scoring, probabilities averaged", min=1)
     cot_max_new_tokens: int = opt(160, "With --cot: token budget of each reasoning", min=1)
     cot_temperature: float = opt(1.0, "With --cot: sampling temperature of the reasoning", min=0)
@@ -86,7 +91,7 @@ def main(cfg: LabelConfig) -> Path:
             chunk_pairs = max(1, cfg.batch_size // opts.per_pair)
             with tqdm(total=len(todo), desc="label", unit="pair", dynamic_ncols=True) as bar:
                 for start in range(0, len(todo), chunk_pairs):
-                    for rec in label_chunk(backend, todo[start : start + chunk_pairs], c, opts):
+                    for rec in label_each(backend, todo[start : start + chunk_pairs], c, opts):
                         if "error" in rec:
                             failures.append(rec.pop("key"), rec.pop("error"), **rec)
                         else:
@@ -109,4 +114,7 @@ def main(cfg: LabelConfig) -> Path:
     print(f"[label] {len(done)} labels" + (f"; position bias: first-slot rate {fs:.2f}" if fs is not None else "")
           + (f", verdict follows the slot in {sf:.0%} of both-order checks" if sf is not None else "")
           + f" -> {manifest.parent}", file=sys.stderr)
+    if len(done) < len(pairs):
+        print(f"[label] {len(pairs) - len(done)} pairs not labelled: see {Path(cfg.out) / 'failures.jsonl'}; "
+              "rerun the same command to retry them", file=sys.stderr)
     return Path(cfg.out)

@@ -8,6 +8,14 @@ then ``--rounds`` sequential rounds follow: a critique/revision principle is dra
 principle, and revises it. Few-shot exemplars from the constitution precede every request.
 Every round's revision is kept (SL-CAI-n trains on revisions up to round n).
 
+Each generated turn records whether it was cut at ``--max-new-tokens`` (``truncated``, from
+the backend's finish reason; ``null`` where the backend does not say). A revision that comes
+back empty is stored as ``""`` with ``empty_revision: true`` (the chain goes on from the
+previous response, but that response is never passed off as this round's revision); one equal
+to the response it revises is flagged ``unchanged`` (a "no problem found" revision).
+``sft.jsonl`` leaves out empty revisions (there is nothing to train) and carries the
+``truncated``/``unchanged`` flags of the rest, so ``cai train sft`` can exclude them.
+
 Output folder:
   records.jsonl   one provenance record per prompt × sample (appended as each finishes)
   failures.jsonl  prompts that could not be processed, with the error (retried on rerun)
@@ -35,6 +43,7 @@ from ..constitution import Constitution, load_constitution
 from ..data import load_prompts, prompt_file
 from ..generation import Failed, check_fits, generate_each
 from ..models import Backend, Sampling, derive_seed, load_backend
+from ..models.base import finish_reason
 from ..prompts import STOP_STRINGS, clean_text, critique_messages, revision_messages
 from ..store import StageDir, file_sha256
 
@@ -91,12 +100,15 @@ def run_chains(
                                  "error": t.error})
             else:
                 ch["_last_raw"] = t
+                why = finish_reason(t)
+                ch["_last_truncated"] = None if why is None else why == "length"
                 ok.append(ch)
         return ok
 
     live = step(chains, "initial", lambda ch: ch["messages"])
     for ch in live:
         ch["initial_response"] = clean_text(ch.pop("_last_raw"))
+        ch["initial_truncated"] = ch.pop("_last_truncated")
         ch["_current"] = ch["initial_response"]
         ch["rounds"] = []
     for r in range(1, cfg.rounds + 1):
@@ -108,6 +120,7 @@ def run_chains(
                 ch["messages"], ch["_current"], ch["_principle"], exemplars, constitution))
             for ch in live:
                 ch["_critique"] = clean_text(ch.pop("_last_raw"))
+                ch["_critique_truncated"] = ch.pop("_last_truncated")
         live = step(live, f"revision{r}", lambda ch: revision_messages(
             ch["messages"], ch["_current"], ch["_principle"], exemplars, constitution,
             None if cfg.no_critique else ch["_critique"]))
@@ -118,9 +131,13 @@ def run_chains(
                 "round": r,
                 "principle": ch["_principle"].id,
                 "critique": "" if cfg.no_critique else ch["_critique"],
-                "revision": revision or ch["_current"],
+                "critique_truncated": None if cfg.no_critique else ch["_critique_truncated"],
+                "revision": revision,  # "" when empty: never the previous response under this round's name
                 "raw_revision": raw,
-                "empty_revision": not revision,  # kept the previous response instead
+                "truncated": ch.pop("_last_truncated"),
+                "empty_revision": not revision,  # the next round revises the previous response again
+                "unchanged": bool(revision) and revision == ch["_current"],
+                "current": revision or ch["_current"],  # the response the chain holds after this round
             })
             if revision:
                 ch["_current"] = revision
@@ -128,6 +145,20 @@ def run_chains(
     for ch in live:
         done.append({k: v for k, v in ch.items() if not k.startswith("_")})
     return done, failures
+
+
+def sft_rows_all(records: list[dict], which: str) -> list[dict]:
+    """The (record, round) targets ``which`` selects, empty revisions included (for counting)."""
+    out = []
+    for rec in records:
+        rounds = rec["rounds"]
+        if which == "all":
+            out += rounds
+        elif which == "last":
+            out += rounds[-1:]
+        else:
+            out += [x for x in rounds if x["round"] == int(which)]
+    return out
 
 
 def sft_rows(records: list[dict], which: str) -> list[dict]:
@@ -145,11 +176,15 @@ def sft_rows(records: list[dict], which: str) -> list[dict]:
             n = int(which)
             chosen = [x for x in rounds if x["round"] == n]
         for x in chosen:
+            if not x["revision"].strip():
+                continue  # an empty revision is no target (counted in the manifest)
             rows.append({
                 "messages": list(rec["messages"]) + [{"role": "assistant", "content": x["revision"]}],
                 "prompt_id": rec["prompt_id"],
                 "round": x["round"],
                 "principle": x["principle"],
+                "truncated": x.get("truncated"),
+                "unchanged": x.get("unchanged", False),
             })
     return rows
 
@@ -207,6 +242,10 @@ def main(cfg: ReviseConfig) -> Path:
             "counts": {
                 "prompts": len(items), "records": len(finished), "sft_examples": len(rows),
                 "failed": missing, "empty_revisions": sum(x["empty_revision"] for r in finished for x in r["rounds"]),
+                "truncated_revisions": sum(bool(x.get("truncated")) for r in finished for x in r["rounds"]),
+                "unchanged_revisions": sum(bool(x.get("unchanged")) for r in finished for x in r["rounds"]),
+                "truncated_initial": sum(bool(r.get("initial_truncated")) for r in finished),
+                "sft_empty_skipped": len(sft_rows_all(finished, cfg.sft_rounds)) - len(rows),
             },
             "principle_counts": principle_counts,
             "files": {"records": "records.jsonl", "sft": "sft.jsonl", "failures": "failures.jsonl"},

@@ -12,16 +12,21 @@ Inputs:
                           ``rejected`` transcripts; the turns before the last Assistant turn
                           are the prompt) or the preference format above (``p_chosen``
                           optional, default 1.0 = a hard human label).
-  --helpful-ratio R       fraction of the pairs that are helpfulness comparisons. The larger
-                          side is subsampled (seeded) to hit R; the smaller is used whole.
-                          Default: use everything.
+  --helpful-ratio R       share of the training loss weight on helpfulness comparisons.
+                          Nothing is discarded: every training pair is used and each side gets
+                          a per-pair loss weight (mean weight 1) so that its share is R; the
+                          weights and effective counts are in the manifest (``mix``).
+                          Default: every pair weight 1.
+  --helpful-mix subsample the old cap: cut the larger side (seeded) until helpfulness pairs are
+                          R of the pairs; this discards data and is only done when asked.
 
 The PM is ``AutoModelForSequenceClassification`` (one output) on top of ``--model``, trained
 with TRL's ``RewardTrainer`` whose loss is replaced by the soft-target Bradley–Terry loss
 
     L = -[p · log σ(r_c − r_r) + (1 − p) · log σ(r_r − r_c)]
 
-(p = 1 is TRL's standard loss). ``p_chosen`` travels with the tokenized pairs through the
+(p = 1 is TRL's standard loss), each pair's term multiplied by its mix weight before the batch
+mean. ``p_chosen`` and ``weight`` travel with the tokenized pairs through the
 dataloader (``SoftPreferenceCollator``) into ``compute_loss``. ``--soft-labels false`` trains
 on hard labels (p ≥ 0.5 → 1) — the ablation; held-out targets stay the soft labels.
 
@@ -39,7 +44,8 @@ one row per held-out pair.
 Output folder: the checkpoint (``save_pretrained`` model + tokenizer, ``pad_token_id`` set,
 so TRL's RLOO/GRPO can use it as a reward model), ``metrics.json``,
 ``heldout_scores.jsonl``, and ``manifest.json`` written last. Rerunning a finished run
-does nothing; an interrupted run retrains from the start.
+does nothing; an interrupted run with intermediate checkpoints (``--save-strategy steps``)
+resumes from the last one.
 """
 
 from __future__ import annotations
@@ -62,14 +68,15 @@ from ..config import opt, output_settings, parse_config, training_config_dict
 from ..data import DataError
 from ..metrics import calibration
 from ..pm import encode_conversation, score_ids
-from ..preferences import load_label_folder, load_pairs
+from ..preferences import load_label_folder, load_pairs, mix_weights
 from ..store import StageDir, file_sha256, last_checkpoint
 
 
 
 # ----------------------------------------------------------------------------- losses
-def soft_bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Soft-target Bradley–Terry loss, mean over the batch.
+def soft_bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p: torch.Tensor,
+                 weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft-target Bradley–Terry loss, mean over the batch (each pair's term times ``weight``).
 
     ``-[p·log σ(r_c − r_r) + (1 − p)·log σ(r_r − r_c)]``: the cross-entropy between the label
     distribution (p, 1 − p) and the PM's P(chosen) = σ(r_c − r_r). Minimised at
@@ -77,7 +84,8 @@ def soft_bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p: torch.Tens
     possible".
     """
     d = r_chosen - r_rejected
-    return -(p * F.logsigmoid(d) + (1 - p) * F.logsigmoid(-d)).mean()
+    per = -(p * F.logsigmoid(d) + (1 - p) * F.logsigmoid(-d))
+    return (per if weight is None else per * weight).mean()
 
 
 # ----------------------------------------------------------------------------- config
@@ -88,7 +96,10 @@ class TrainPMConfig(RewardConfig):
     model: str = opt("default", "Base model: default (embedded SmolLM2-135M), a checkpoint folder or a hub id")
     helpful: str | None = opt(None, "Helpfulness comparisons (JSONL): HH `chosen`/`rejected` transcripts or preference rows",
                               output=False)  # its hash is pinned instead
-    helpful_ratio: float | None = opt(None, "Fraction of pairs that are helpfulness comparisons; the larger side is subsampled; unset = use all")
+    helpful_ratio: float | None = opt(None, "Share of the loss weight on helpfulness comparisons (every pair kept, "
+                                            "sides weighted); unset = weight 1 each")
+    helpful_mix: str = opt("weight", "How --helpful-ratio is reached: 'weight' (keeps every pair) or 'subsample' "
+                                     "(cuts the larger side: discards data)")
     eval_fraction: float = opt(0.1, "Fraction of each source's prompts held out for accuracy and calibration")
     soft_labels: bool = opt(True, "Train on the soft AI labels; false = hard labels (p >= 0.5 -> 1), the ablation")
     # CPU-friendly defaults for inherited TRL/transformers settings (all overridable).
@@ -111,7 +122,8 @@ class TrainPMConfig(RewardConfig):
 
 # ----------------------------------------------------------------------------- data
 def mix(ai: list[dict], helpful: list[dict], ratio: float | None, seed: int) -> tuple[list[dict], list[dict]]:
-    """Subsample the larger side so that helpful / (ai + helpful) ≈ ratio (order kept)."""
+    """Subsample the larger side so that helpful / (ai + helpful) ≈ ratio (order kept): the
+    ``--helpful-mix subsample`` cap, which discards data; the default weights instead."""
     if ratio is None:
         return ai, helpful
     if ratio == 0:
@@ -161,11 +173,13 @@ def tokenize_pairs(rows: list[dict], tokenizer, max_length: int | None) -> tuple
 
 # ----------------------------------------------------------------------------- trainer
 class SoftPreferenceCollator(DataCollatorForPreference):
-    """TRL's preference collator (chosen rows, then rejected rows, right-padded) + ``p_chosen``."""
+    """TRL's preference collator (chosen rows, then rejected rows, right-padded) + ``p_chosen``
+    and the per-pair mix ``weight`` (1 when absent)."""
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = super().torch_call(examples)
         batch["p_chosen"] = torch.tensor([float(e["p_chosen"]) for e in examples], dtype=torch.float32)
+        batch["weight"] = torch.tensor([float(e.get("weight", 1.0)) for e in examples], dtype=torch.float32)
         return batch
 
 
@@ -180,16 +194,16 @@ class SoftRewardTrainer(RewardTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        if "p_chosen" not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, "p_chosen"]
+        extra = [c for c in ("p_chosen", "weight") if c not in self._signature_columns]
+        self._signature_columns = [*self._signature_columns, *extra]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        p = inputs.pop("p_chosen", None)
+        p, w = inputs.pop("p_chosen", None), inputs.pop("weight", None)
         if p is None:
             raise RuntimeError("the batch has no p_chosen: use SoftPreferenceCollator and keep the p_chosen column")
         _, outputs = super().compute_loss(model, inputs, return_outputs=True)
         r_chosen, r_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
-        loss = soft_bt_loss(r_chosen, r_rejected, p.to(r_chosen.dtype))
+        loss = soft_bt_loss(r_chosen, r_rejected, p.to(r_chosen.dtype), None if w is None else w.to(r_chosen.dtype))
         if self.args.center_rewards_coefficient is not None:
             loss = loss + self.args.center_rewards_coefficient * torch.mean((r_chosen + r_rejected) ** 2)
         return (loss, outputs) if return_outputs else loss
@@ -228,7 +242,8 @@ def build_trainer(cfg: TrainPMConfig, model, tokenizer, train_rows: list[dict]) 
     hard = not cfg.soft_labels
     data = Dataset.from_list([
         {"chosen_ids": r["chosen_ids"], "rejected_ids": r["rejected_ids"],
-         "p_chosen": (1.0 if r["p_chosen"] >= 0.5 else 0.0) if hard else r["p_chosen"]}
+         "p_chosen": (1.0 if r["p_chosen"] >= 0.5 else 0.0) if hard else r["p_chosen"],
+         "weight": float(r.get("weight", 1.0))}
         for r in train_rows
     ])
     collator = SoftPreferenceCollator(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=cfg.pad_to_multiple_of)
@@ -262,6 +277,23 @@ def evaluate_pairs(model, pad_token_id: int, rows: list[dict], batch_size: int) 
     return metrics, per
 
 
+def weigh(train_rows: list[dict], cfg: TrainPMConfig) -> dict:
+    """Set each training pair's mix ``weight`` (in place) and return what the manifest records:
+    the effective counts per side, the two weights and the helpfulness share of the weight."""
+    n_help = sum(r["source"] == "helpful" for r in train_rows)
+    n_ai = len(train_rows) - n_help
+    ratio = cfg.helpful_ratio if cfg.helpful_mix == "weight" else None  # subsample: the ratio is in the counts
+    if ratio is None or (ratio == 0 and not n_help):
+        w_ai, w_help = 1.0, 1.0
+    else:
+        w_ai, w_help = mix_weights(n_ai, n_help, ratio)
+    for r in train_rows:
+        r["weight"] = w_help if r["source"] == "helpful" else w_ai
+    total = w_ai * n_ai + w_help * n_help
+    return {"mode": cfg.helpful_mix, "helpful_ratio": cfg.helpful_ratio, "train_ai": n_ai, "train_helpful": n_help,
+            "weight_ai": w_ai, "weight_helpful": w_help, "helpful_weight_share": w_help * n_help / total if total else None}
+
+
 # ----------------------------------------------------------------------------- stage
 def main(cfg: TrainPMConfig) -> Path:
     """Train (or find already trained) the PM; returns the output folder."""
@@ -271,6 +303,8 @@ def main(cfg: TrainPMConfig) -> Path:
         raise ValueError(f"--helpful-ratio must be in [0, 1], got {cfg.helpful_ratio}")
     if cfg.helpful_ratio and not cfg.helpful:
         raise ValueError("--helpful-ratio > 0 needs --helpful FILE")
+    if cfg.helpful_mix not in ("weight", "subsample"):
+        raise ValueError(f"--helpful-mix must be 'weight' or 'subsample', got {cfg.helpful_mix!r}")
     if not 0 <= cfg.eval_fraction < 1:
         raise ValueError(f"--eval-fraction must be in [0, 1), got {cfg.eval_fraction}")
     ai, label_inputs = [], []
@@ -285,7 +319,10 @@ def main(cfg: TrainPMConfig) -> Path:
         if out.finished:
             print(f"[train-pm] {cfg.out} is already finished with these settings; nothing to do", file=sys.stderr)
             return Path(cfg.out)
-        ai_used, helpful_used = mix(ai, helpful, cfg.helpful_ratio, cfg.seed)
+        if cfg.helpful_mix == "subsample":
+            ai_used, helpful_used = mix(ai, helpful, cfg.helpful_ratio, cfg.seed)
+        else:
+            ai_used, helpful_used = ai, helpful
         tokenizer = load_tokenizer(cfg)
         train_rows, heldout, dropped = [], [], 0
         for part in (ai_used, helpful_used):
@@ -294,8 +331,10 @@ def main(cfg: TrainPMConfig) -> Path:
             train_rows, heldout, dropped = train_rows + tr, heldout + ho, dropped + d
         if not train_rows:
             raise DataError("no training pairs left (all inputs empty, held out, or longer than --max-length)")
+        mix_info = weigh(train_rows, cfg)
         print(f"[train-pm] {len(ai_used)} AI-feedback + {len(helpful_used)} helpfulness pairs; "
-              f"{len(train_rows)} train, {len(heldout)} held out, {dropped} too long", file=sys.stderr)
+              f"{len(train_rows)} train (weights AI {mix_info['weight_ai']:.3g}, helpful {mix_info['weight_helpful']:.3g}), "
+              f"{len(heldout)} held out, {dropped} too long", file=sys.stderr)
         model = load_model(cfg, tokenizer)
         out.begin()
         trainer = build_trainer(cfg, model, tokenizer, train_rows)
@@ -321,6 +360,7 @@ def main(cfg: TrainPMConfig) -> Path:
             "counts": {"ai_labels": len(ai), "helpful": len(helpful), "ai_used": len(ai_used),
                        "helpful_used": len(helpful_used), "too_long": dropped, "train": len(train_rows),
                        "heldout": len(heldout)},
+            "mix": mix_info,
             "metrics": {**summary, "train_steps": steps, "seconds_per_step": metrics["train"]["seconds_per_step"]},
             "files": {"model": ".", "metrics": "metrics.json", "heldout": "heldout_scores.jsonl"},
         })

@@ -44,13 +44,19 @@ truncated_rate, short_rate, long_rate`` (``long_rate`` null without --max-length
 ``loss, reward_total, entropy`` (null when TRL does not log one); ``samples.jsonl``, a few
 (prompt, completion, reward) rows from the first and last steps; ``manifest.json`` last.
 Rerunning a finished command does nothing; changed settings are refused; an interrupted
-run trains again from the start.
+run with intermediate checkpoints (``--save-strategy steps --save-steps N``) resumes from the
+last one and keeps its history: ``log.jsonl`` keeps the rows up to that checkpoint and goes on
+appending, and the first step's samples (kept in ``samples_first.jsonl`` as soon as they are
+drawn) still open ``samples.jsonl``, so the log, the first/last metrics, the guard warnings and
+the counts cover the whole run. Without checkpoints an interrupted run trains from the start.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import random
 import sys
 import time
@@ -194,9 +200,14 @@ def guard_rates(flags: Sequence[dict]) -> dict:
 class Rewards:
     """The two reward functions TRL calls each generation (``pm`` and ``guards``), and what they saw."""
 
-    def __init__(self, pm_model, pm_tokenizer, cfg: TrainRLConfig, end_ids: set[int]):
+    def __init__(self, pm_model, pm_tokenizer, cfg: TrainRLConfig, end_ids: set[int],
+                 first_path: Path | None = None, resumed_step: int = 0):
         self.pm_model, self.pm_tokenizer, self.cfg, self.end_ids = pm_model, pm_tokenizer, cfg, end_ids
         self.first: list[dict] | None = None
+        self.first_path = first_path
+        if first_path is not None and resumed_step and first_path.exists():
+            # A resumed run: the first step's samples were drawn before the interruption.
+            self.first = [json.loads(x) for x in first_path.read_text().splitlines() if x.strip()] or None
         self.last: list[dict] = []
         self.scored = 0
 
@@ -217,6 +228,8 @@ class Rewards:
                 for i in range(min(self.cfg.num_samples, len(scores)))]
         if self.first is None:
             self.first = rows
+            if self.first_path is not None:
+                write_rows(self.first_path, rows)
         self.last = rows
         return scores
 
@@ -240,12 +253,31 @@ def log_row(logs: dict, step: int) -> dict:
     return {k: row[k] for k in LOG_KEYS}
 
 
-class LogWriter(TrainerCallback):
-    """Appends a log.jsonl row (flushed) and prints a guard line at every logged training step."""
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """Replace ``path`` with these JSONL rows at once (written aside, then renamed)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(dumps(r) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
 
-    def __init__(self, path: Path):
+
+class LogWriter(TrainerCallback):
+    """Appends a log.jsonl row (flushed) and prints a guard line at every logged training step.
+
+    ``resumed_step`` > 0 (a run resumed from ``checkpoint-N``): the rows of steps up to N are
+    kept and the run appends after them; rows past N (steps the resumed run trains again) are
+    dropped. Otherwise the log starts empty."""
+
+    def __init__(self, path: Path, resumed_step: int = 0):
         self.path, self.rows = path, []
-        path.write_text("")  # a rerun after a crash trains from the start
+        if resumed_step and path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    break  # a partial last line from a kill
+                if row.get("step") is not None and row["step"] <= resumed_step:
+                    self.rows.append(row)
+        write_rows(path, self.rows)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "rewards/pm/mean" not in logs:
@@ -275,7 +307,8 @@ def guard_warnings(first: dict, last: dict) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- stage
-def build_trainer(cfg: TrainRLConfig, rows: list[dict], policy_path: str, pm_model, pm_tokenizer, log: LogWriter):
+def build_trainer(cfg: TrainRLConfig, rows: list[dict], policy_path: str, pm_model, pm_tokenizer, log: LogWriter,
+                  first_path: Path | None = None, resumed_step: int = 0):
     """The TRL trainer (RLOO or GRPO) over the prompt rows, with the PM and guard rewards; also returns ``Rewards``."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -288,7 +321,7 @@ def build_trainer(cfg: TrainRLConfig, rows: list[dict], policy_path: str, pm_mod
     eos = model.generation_config.eos_token_id
     end_ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
     end_ids |= {tokenizer.eos_token_id, tokenizer.pad_token_id}  # as TRL tells a finished answer from a cut one
-    rewards = Rewards(pm_model, pm_tokenizer, cfg, end_ids)
+    rewards = Rewards(pm_model, pm_tokenizer, cfg, end_ids, first_path, resumed_step)
     cls, args = (RLOOTrainer, cfg) if cfg.algorithm == "rloo" else (GRPOTrainer, grpo_config(cfg))
     trainer = cls(model=model, reward_funcs=[rewards.pm, rewards.guards], args=args,
                   train_dataset=Dataset.from_list(rows), processing_class=tokenizer, callbacks=[log])
@@ -312,12 +345,14 @@ def main(cfg: TrainRLConfig) -> Path:
             return Path(cfg.out)
         pm_model, pm_tokenizer = load_pm(cfg.pm, device=str(cfg.device))
         out.begin()
-        log = LogWriter(Path(cfg.out) / "log.jsonl")
-        trainer, rewards = build_trainer(cfg, rows, policy_path, pm_model, pm_tokenizer, log)
+        resumed = last_checkpoint(cfg.out)
+        resumed_step = int(Path(resumed).name.rsplit("-", 1)[1]) if resumed else 0
+        log = LogWriter(Path(cfg.out) / "log.jsonl", resumed_step)
+        trainer, rewards = build_trainer(cfg, rows, policy_path, pm_model, pm_tokenizer, log,
+                                         Path(cfg.out) / "samples_first.jsonl", resumed_step)
         n_help = sum(r["source"] == "helpful" for r in rows)
         print(f"[train rl] {cfg.algorithm.upper()} of {cfg.policy} against {cfg.pm}: {len(rows) - n_help} red-team + "
               f"{n_help} helpful prompts, beta {trainer.beta}", file=sys.stderr)
-        resumed = last_checkpoint(cfg.out)
         result = trainer.train(resume_from_checkpoint=resumed)
         trainer.model.save_pretrained(cfg.out)
         trainer.processing_class.save_pretrained(cfg.out)
@@ -335,10 +370,12 @@ def main(cfg: TrainRLConfig) -> Path:
                         "reward_weights": trainer.reward_weights.tolist()},
             "inputs": {**inputs, "policy_path": policy_path},
             "counts": {"prompts": len(rows), "red_team_prompts": len(rows) - n_help, "helpful_prompts": n_help,
-                       "completions_scored": rewards.scored, "steps": steps, "logged_steps": len(log.rows)},
+                       "completions_scored": rewards.scored, "steps": steps, "logged_steps": len(log.rows),
+                       "resumed_from_step": resumed_step or None},
             "metrics": {"first": first, "last": last, "guard_warnings": warnings, "train_loss": result.training_loss,
                         "seconds_per_step": round(result.metrics["train_runtime"] / max(steps, 1), 3)},
-            "files": {"checkpoint": ".", "log": "log.jsonl", "samples": "samples.jsonl"},
+            "files": {"checkpoint": ".", "log": "log.jsonl", "samples": "samples.jsonl",
+                      "samples_first": "samples_first.jsonl"},
             "seconds": round(time.time() - t0, 1),
         })
     print(f"[train rl] {steps} steps; reward {first.get('reward')} -> {last.get('reward')}; checkpoint -> {cfg.out}",

@@ -11,6 +11,13 @@ They come from ``--helpful-data FILE`` (JSONL, ``messages`` ending in an assista
 without it, are sampled from ``--model`` itself on the ``--helpful-prompts`` set and kept in
 ``helpful.jsonl`` (appended per batch; a rerun reuses them).
 
+Clean targets: a revision or helpful reply cut at the token budget (``truncated``, from the
+backend's finish reason) is excluded by default, since training it with an end-of-turn token
+would teach the model to stop mid-sentence; ``--keep-truncated`` keeps them. Empty revisions
+never reach ``sft.jsonl`` and empty helpful replies are not trained. The manifest counts every
+exclusion and why (``counts.excluded``); unchanged ("no problem found") revisions are kept and
+counted.
+
 Loss: only the final assistant turn (the revision or the helpful reply, with its end-of-turn
 token) is trained. Each conversation becomes TRL's conversational prompt/completion format
 (``prompt`` = all turns before the reply, ``completion`` = [reply]) with
@@ -22,7 +29,8 @@ the output is always a plain checkpoint that later stages load like any other.
 
 Output folder: the ``save_pretrained`` model + tokenizer, ``helpful.jsonl`` (when sampled),
 ``settings.json``, and ``manifest.json`` last. Rerunning a finished command does nothing; an
-interrupted training restarts from the beginning (the helpful samples are kept).
+interrupted training with intermediate checkpoints (``--save-strategy steps``) resumes from the
+last one (the helpful samples are kept either way).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from ..config import opt, output_settings, parse_config, training_config_dict
 from ..data import DataError, load_prompts, prompt_file, read_jsonl
 from ..generation import Failed, generate_each
 from ..models import Sampling, derive_seed, load_backend
+from ..models.base import finish_reason
 from ..models.local import resolve_model_path
 from ..prompts import STOP_STRINGS, clean_text
 from ..store import StageDir, file_sha256, last_checkpoint, read_manifest
@@ -64,6 +73,7 @@ class TrainSFTConfig(SFTConfig):
     helpful_temperature: float = opt(1.0, "Sampling temperature for helpful replies")
     helpful_max_new_tokens: int = opt(200, "Token budget of each sampled helpful reply", min=1)
     helpful_batch_size: int = opt(16, "Prompts per generation batch when sampling helpful replies", output=False, min=1)
+    keep_truncated: bool = opt(False, "Also train targets cut at the token budget (excluded by default)")
     lora: bool = opt(False, "Train LoRA adapters (then merge them into a plain checkpoint) instead of all weights")
     lora_r: int = opt(16, "LoRA rank")
     lora_alpha: int = opt(32, "LoRA scaling alpha")
@@ -101,22 +111,34 @@ def check_conversation(messages, where: str) -> list[dict]:
 
 
 def load_revisions(cfg: TrainSFTConfig) -> tuple[list[list[dict]], list[dict]]:
-    """Revision conversations from every --data folder, and a description of each input."""
+    """Revision conversations from every --data folder, and a description of each input
+    (with what was excluded and why: ``truncated``, and the ``empty`` ones revise left out)."""
     if not cfg.data:
         raise ValueError("give at least one `cai revise` output folder with --data")
     convs, inputs = [], []
     for folder in cfg.data:
         manifest = read_manifest(folder, stage="revise")
         sft = Path(folder) / manifest.get("files", {}).get("sft", "sft.jsonl")
-        kept = 0
+        kept, truncated, unchanged = 0, 0, 0
         for n, row in read_jsonl(sft):
             if cfg.rounds_upto is not None and row.get("round", 1) > cfg.rounds_upto:
                 continue
-            convs.append(check_conversation(row.get("messages"), f"{sft}:{n}"))
+            conv = check_conversation(row.get("messages"), f"{sft}:{n}")
+            if row.get("truncated") and not cfg.keep_truncated:
+                truncated += 1
+                continue
+            convs.append(conv)
             kept += 1
+            unchanged += bool(row.get("unchanged"))
+        counts = manifest.get("counts", {})
         inputs.append({"folder": str(folder), "manifest_sha256": file_sha256(Path(folder) / "manifest.json"),
                        "sft_sha256": file_sha256(sft), "sft_rounds": manifest.get("config", {}).get("sft_rounds"),
-                       "examples": kept})
+                       "examples": kept, "unchanged": unchanged,
+                       "excluded": {"truncated": truncated, "empty": counts.get("sft_empty_skipped")}})
+    cut = sum(i["excluded"]["truncated"] for i in inputs)
+    if not convs and cut:
+        raise DataError(f"all {cut} revision examples in {', '.join(cfg.data)} were cut at the token budget "
+                        "(truncated) and are excluded: raise `cai revise --max-new-tokens`, or pass --keep-truncated")
     if not convs:
         hint = " (rows per round exist only with `cai revise --sft-rounds all`)" if cfg.rounds_upto is not None else ""
         raise DataError(f"no revision examples in {', '.join(cfg.data)}{hint}")
@@ -132,8 +154,9 @@ def helpful_from_file(cfg: TrainSFTConfig, n: int) -> list[list[dict]]:
     return random.Random(derive_seed(cfg.seed, "helpful-pick")).sample(rows, n)
 
 
-def helpful_sampled(cfg: TrainSFTConfig, n: int, out: StageDir) -> tuple[list[list[dict]], int]:
-    """``n`` replies of --model to the helpful prompts, kept in helpful.jsonl; returns them and the empty count.
+def helpful_sampled(cfg: TrainSFTConfig, n: int, out: StageDir) -> tuple[list[list[dict]], int, int]:
+    """``n`` replies of --model to the helpful prompts, kept in helpful.jsonl; returns them, the
+    empty count and the truncated count (excluded unless --keep-truncated).
 
     Prompts are taken in a seeded shuffled order (so categories mix) and reused with a new
     sample index when ``n`` exceeds the set. Each reply's seed depends only on its key.
@@ -157,19 +180,23 @@ def helpful_sampled(cfg: TrainSFTConfig, n: int, out: StageDir) -> tuple[list[li
                 if isinstance(raw, Failed):
                     failures.append(key, raw.error, prompt_id=it.id, kind=raw.kind)
                     continue
+                why = finish_reason(raw)
                 records.append({"key": key, "prompt_id": it.id, "sample": s, "response": clean_text(raw), "raw": raw,
+                                "truncated": None if why is None else why == "length",
                                 "messages": [dict(m) for m in it.messages], "model": backend.name, "seed": seed})
         del backend  # free it before the model to train is loaded
-    convs, empty = [], 0
+    convs, empty, truncated = [], 0, 0
     for _, _, key in wanted:
         rec = records.records.get(key)
         if rec is None:
             continue  # failed (counted from failures.jsonl); retried on the next run
-        if rec["response"].strip():
-            convs.append(rec["messages"] + [{"role": "assistant", "content": rec["response"]}])
-        else:
+        if not rec["response"].strip():
             empty += 1  # an empty reply teaches nothing; it is counted, not trained
-    return convs, empty
+        elif rec.get("truncated") and not cfg.keep_truncated:
+            truncated += 1
+        else:
+            convs.append(rec["messages"] + [{"role": "assistant", "content": rec["response"]}])
+    return convs, empty, truncated
 
 
 def to_prompt_completion(conv: list[dict]) -> dict:
@@ -222,13 +249,13 @@ def main(cfg: TrainSFTConfig) -> Path:
         if out.finished:
             print(f"[train sft] already done: {cfg.out} (same settings); delete the folder to retrain", file=sys.stderr)
             return Path(cfg.out)
-        empty = 0
+        empty = helpful_truncated = 0
         if not n_help:
             helpful = []
         elif cfg.helpful_data is not None:
             helpful = helpful_from_file(cfg, n_help)
         else:
-            helpful, empty = helpful_sampled(cfg, n_help, out)
+            helpful, empty, helpful_truncated = helpful_sampled(cfg, n_help, out)
         out.begin()
         trainer, dropped = build_trainer(cfg, revisions + helpful)
         print(f"[train sft] {len(revisions)} revisions + {len(helpful)} helpful examples "
@@ -249,7 +276,12 @@ def main(cfg: TrainSFTConfig) -> Path:
                        "model": resolve_model_path(cfg.model)},
             "counts": {"revision_examples": len(revisions), "helpful_examples": len(helpful),
                        "helpful_target": n_help, "helpful_empty": empty,
-                       "helpful_failed": n_help - len(helpful) - empty if n_help and cfg.helpful_data is None else 0,
+                       "helpful_failed": (n_help - len(helpful) - empty - helpful_truncated
+                                          if n_help and cfg.helpful_data is None else 0),
+                       "excluded": {"revision_truncated": sum(i["excluded"]["truncated"] for i in inputs),
+                                    "revision_empty": sum(i["excluded"]["empty"] or 0 for i in inputs),
+                                    "helpful_truncated": helpful_truncated, "helpful_empty": empty},
+                       "revision_unchanged": sum(i["unchanged"] for i in inputs),
                        "dropped_too_long": dropped,
                        "trained_examples": len(trainer.train_dataset) if dropped is not None else None},
             "train": {"steps": steps, "resumed_from": resumed and Path(resumed).name, "first_loss": losses[0] if losses else None,
