@@ -33,7 +33,7 @@ from typing import Any
 from .constitution import Constitution
 from .metrics import mean
 from .models import Backend, BackendError, LogprobsUnavailable, Sampling, derive_seed
-from .prompts import COT_STOP, feedback_messages, feedback_question
+from .prompts import COT_STOP, FEEDBACK_FORMATS, feedback_messages, feedback_question, feedback_text
 
 #: Completes the error raised when a labeller has no log-probabilities.
 LABEL_HINT = ("Soft labels need the answer log-probabilities. Use a backend that returns them "
@@ -55,6 +55,16 @@ class FeedbackOptions:
     cot_temperature: float = 1.0
     hard_labels: bool = False
     seed: int = 0
+    #: "chat": the question as chat turns through the model's template; "text": the paper's
+    #: plain-text prompt (see :func:`~constitutional_ai.prompts.feedback_text`).
+    prompt_format: str = "chat"
+
+    def __post_init__(self) -> None:
+        if self.prompt_format not in FEEDBACK_FORMATS:
+            raise ValueError(f"prompt format must be one of {', '.join(FEEDBACK_FORMATS)}, got {self.prompt_format!r}")
+        if self.prompt_format == "text" and (self.cot or self.hard_labels):
+            raise ValueError("the plain-text prompt format scores log-probabilities of one answer; "
+                             "chain-of-thought and hard labels need the chat format")
 
     @classmethod
     def of(cls, cfg: Any, **overrides: Any) -> "FeedbackOptions":
@@ -134,8 +144,12 @@ def label_chunk(backend: Backend, recs: list[dict], c: Constitution, cfg: Feedba
         p_first = [1.0 if t.strip().upper().startswith("A") else 0.0 if t.strip().upper().startswith("B") else math.nan
                    for t in letters]
     else:
+        if cfg.prompt_format == "text":
+            prompts = [feedback_text(u["question"], u["exemplars"]) for _, u in units]
+        else:
+            prompts = [backend.render(m) for m in final]
         try:
-            logprobs = backend.score_choices([backend.render(m) for m in final], ["A", "B"])
+            logprobs = backend.score_choices(prompts, ["A", "B"])
         except LogprobsUnavailable as e:
             raise BackendError(f"{e}\n{hint}") from None
         p_first = [normalise(*lp) for lp in logprobs]

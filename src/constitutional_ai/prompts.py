@@ -179,3 +179,15 @@ def feedback_messages(
         prefill = f"{COT_PREFIX} {reasoning.strip()}{COT_ANSWER}"
     msgs.append(_turn("assistant", prefill))
     return msgs
+
+
+#: Prompt formats of the feedback question: the model's chat template, or the paper's plain text.
+FEEDBACK_FORMATS = ("chat", "text")
+
+
+def feedback_text(question: str, exemplars: Sequence[tuple[str, str, str | None]]) -> str:
+    """The feedback question as the paper's plain text, no chat template: each exemplar's
+    question followed by its answer ``"The answer is: (A)"``, blank-line separated, then the
+    question and ``"The answer is: ("`` for the next token to be "A" or "B"."""
+    blocks = [f"{q}\n{ANSWER_PREFIX}{letter})" for q, letter, _ in exemplars]
+    return "\n\n".join(blocks + [f"{question}\n{ANSWER_PREFIX}"])
