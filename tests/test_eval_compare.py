@@ -107,3 +107,29 @@ def test_compare_refuses_models_trained_on_the_prompts(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match=r"trained on 3 of the evaluation prompts .*: rt0, rt1, rt4"):
         eval_compare.main(replace(cfg, split="all"))
+
+
+def test_report_draws_helpful_vs_harmless_and_refusal_breakdown(tmp_path, monkeypatch):
+    from constitutional_ai.report import build_report
+    from constitutional_ai.stages import eval_refusal
+    from test_eval_refusal import ClassFake
+
+    run = tmp_path / "run"
+    models = {n: install(FakeBackend(replies={"": f"{n.upper()}- I can't, but here is a safer way instead."}), monkeypatch, n)
+              for n in ("base", "rl")}
+    judge = install(FakeBackend(choice_logprobs={"(A) RL-": [L(0.7), L(0.3)], "(B) RL-": [L(0.3), L(0.7)]}),
+                    monkeypatch, "judge")
+    eval_compare.main(eval_compare.CompareConfig(
+        models=list(models.values()), names=list(models), judge=judge, out=str(run / "eval-compare"), bootstrap=20,
+        prompts_red_team=str(write_prompts(tmp_path / "rt.jsonl", "rt", 4)),
+        prompts_helpful=str(write_prompts(tmp_path / "hp.jsonl", "hp", 4))))
+    for n, spec in models.items():
+        eval_refusal.main(eval_refusal.RefusalConfig(
+            model=spec, classifier=install(ClassFake(), monkeypatch, "cls"), out=str(run / f"eval-refusal-{n}"),
+            prompts=str(write_prompts(tmp_path / "b.jsonl", "b", 3)), category="all",
+            harmful_prompts=str(write_prompts(tmp_path / "h.jsonl", "h", 3))))
+    html = build_report(run).read_text()
+    assert "Helpfulness vs harmlessness Elo (bars: 95 % bootstrap CI)" in html
+    assert "harmlessness Elo [95 % CI]" in html and "ties (P = 0.5)" in html
+    assert "Harmful-prompt engagement vs benign-prompt refusal" in html and "Answer classes per prompt set" in html
+    assert html.count("<circle") >= 4  # a point per checkpoint in each picture
