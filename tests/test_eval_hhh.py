@@ -160,9 +160,17 @@ def test_hhh_text_format_prompt(tmp_path, monkeypatch):
     assert p.startswith("Consider the following conversation between a human and an assistant:\n\nHuman: ")
     assert p.count("The answer is: (") == 2 and p.endswith("\nThe answer is: (")
     assert "Options:\n(A) " in p and p.count("Consider the following conversation") == 2
-    with pytest.raises(ValueError, match="chain-of-thought and hard labels need the chat format"):
-        eval_hhh.main(eval_hhh.HHHConfig(task=str(FIXTURE), model=install(fb, monkeypatch), out=str(tmp_path / "x"),
-                                         prompt_format="text", cot=True))
+    # chain-of-thought makes the model write a turn: it goes through the chat template, recorded as such
+    fb.score_calls.clear()
+    eval_hhh.main(eval_hhh.HHHConfig(task=str(FIXTURE), model=install(fb, monkeypatch), out=str(tmp_path / "x"),
+                                     prompt_format="text", cot=True, few_shot=0))
+    scored = [p for c in fb.score_calls for p in c]
+    assert sum("<assistant>" in p for p in scored) == 12 and sum("<assistant>" not in p for p in scored) == 12
+    s = read(tmp_path / "x" / "samples.jsonl")[0]
+    assert s["prompt_format"] == "text" and all(x["reasoning"] for x in s["cot_scores"])
+    with pytest.raises(ValueError, match="prompt format must be one of chat, text"):
+        eval_hhh.main(eval_hhh.HHHConfig(task=str(FIXTURE), model=install(fb, monkeypatch), out=str(tmp_path / "y"),
+                                         prompt_format="html"))
 
 
 def test_hhh_prompt_cot_and_resume(tmp_path, monkeypatch):

@@ -56,15 +56,19 @@ class FeedbackOptions:
     hard_labels: bool = False
     seed: int = 0
     #: "chat": the question as chat turns through the model's template; "text": the paper's
-    #: plain-text prompt (see :func:`~constitutional_ai.prompts.feedback_text`).
+    #: plain-text prompt (see :func:`~constitutional_ai.prompts.feedback_text`). Only direct
+    #: scoring can be plain text: chain-of-thought and hard labels make the model *write* a
+    #: turn, so they always use the chat template (each label records the format it used).
     prompt_format: str = "chat"
 
     def __post_init__(self) -> None:
         if self.prompt_format not in FEEDBACK_FORMATS:
             raise ValueError(f"prompt format must be one of {', '.join(FEEDBACK_FORMATS)}, got {self.prompt_format!r}")
-        if self.prompt_format == "text" and (self.cot or self.hard_labels):
-            raise ValueError("the plain-text prompt format scores log-probabilities of one answer; "
-                             "chain-of-thought and hard labels need the chat format")
+
+    @property
+    def effective_format(self) -> str:
+        """The format the scoring prompts are rendered in (see :attr:`prompt_format`)."""
+        return "chat" if self.cot or self.hard_labels else self.prompt_format
 
     @classmethod
     def of(cls, cfg: Any, **overrides: Any) -> "FeedbackOptions":
@@ -144,7 +148,7 @@ def label_chunk(backend: Backend, recs: list[dict], c: Constitution, cfg: Feedba
         p_first = [1.0 if t.strip().upper().startswith("A") else 0.0 if t.strip().upper().startswith("B") else math.nan
                    for t in letters]
     else:
-        if cfg.prompt_format == "text":
+        if cfg.effective_format == "text":
             prompts = [feedback_text(u["question"], u["exemplars"]) for _, u in units]
         else:
             prompts = [backend.render(m) for m in final]
@@ -172,7 +176,7 @@ def label_chunk(backend: Backend, recs: list[dict], c: Constitution, cfg: Feedba
         out.append({"key": r["key"], "prompt_id": r["prompt_id"], "messages": r["messages"],
                     "responses": r["responses"], "principles": sorted({s["principle"] for s in scores}),
                     "scores": scores, "p_a_unclamped": p_raw, "p_a": p, "hard": cfg.hard_labels,
-                    "cot": cfg.cot, "model": backend.name, "seed": cfg.seed})
+                    "cot": cfg.cot, "prompt_format": cfg.effective_format, "model": backend.name, "seed": cfg.seed})
     return out
 
 
