@@ -88,6 +88,8 @@ class CompareConfig:
     constitution: str = opt("default", "Constitution with the harmlessness feedback principles and exemplars",
                             output=False)  # its fingerprint is pinned instead
     few_shot: int | None = opt(None, "Feedback exemplars before each question (default: all in the constitution)", min=0)
+    prompt_format: str = opt("text", "How the question reaches the model: 'text' (the paper's plain 'Human: ... Assistant: ...' text ending "
+                             "'The answer is: (', no chat template) or 'chat' (its chat template); CoT always uses chat")
     seed: int = opt(0, "Seed for answers (same per prompt for every model) and principle draws")
     temperature: float = opt(1.0, "Sampling temperature of the answers (1 = the models' own distribution)")
     top_p: float = opt(1.0, "Nucleus sampling threshold (1 = off)")
@@ -212,7 +214,8 @@ def main(cfg: CompareConfig) -> Path:
                                      "dimension": dim, "prompt_set": s, "category": it.category, "a": a, "b": b})
         if pending:
             judge = load_backend(cfg.judge, batch_size=cfg.batch_size)
-            opts = FeedbackOptions(debias=True, principles=1, few_shot=cfg.few_shot, seed=cfg.seed)
+            opts = FeedbackOptions(debias=True, principles=1, few_shot=cfg.few_shot, seed=cfg.seed,
+                                   prompt_format=cfg.prompt_format)
             print(f"[eval compare] {len(pending)} comparisons to judge with {judge.name}", file=sys.stderr)
             step = max(1, cfg.batch_size // 2)
             specs = dict(zip(names, cfg.models))
