@@ -358,7 +358,8 @@ def load_prompts(
         raise DataError(f"{path}: no prompts")
     unsplit = [it for it in out if it.split is None]
     if unsplit and len(unsplit) < len(out):
-        raise _err(unsplit[0].source, "this row has no split, but other rows of the file do; give every row one", "split")
+        raise _err(unsplit[0].source, "this row has no split, but other rows of the file do; give every row one",
+                   "split")
     if split != "all" and not unsplit:
         out = [it for it in out if it.split == split]
         if not out:

@@ -157,7 +157,8 @@ def eval_steps(recipe: dict, root: Path, s: dict, f: str) -> list[Step]:
             "constitution": recipe["constitution"], "seed": recipe["seed"], **hhh, "model": recipe["feedback_model"]},
             eval_hhh.main))
         pm_hhh = {k: v for k, v in hhh.items() if k in ("task", "limit", "batch_size", "max_length")}
-        steps.append(step("eval-hhh", "pm", eval_hhh.HHHConfig, {**pm_hhh, "seed": recipe["seed"], "pm": str(root / "train-pm")},
+        steps.append(step("eval-hhh", "pm", eval_hhh.HHHConfig,
+                          {**pm_hhh, "seed": recipe["seed"], "pm": str(root / "train-pm")},
                           eval_hhh.main, ("train-pm",)))
     if stages.get("eval-compare") is not False:
         steps.append(step("eval-compare", "", eval_compare.CompareConfig, {
@@ -172,7 +173,8 @@ def eval_steps(recipe: dict, root: Path, s: dict, f: str) -> list[Step]:
         after = {"base": (), "sl-cai": ("train-sft",), "rl-cai": ("train-rl",)}
         for name, spec in models.items():
             steps.append(step("eval-refusal", name, eval_refusal.RefusalConfig, {
-                "seed": recipe["seed"], "classifier": recipe["feedback_model"], **s.get("eval-refusal", {}), "model": spec},
+                "seed": recipe["seed"], "classifier": recipe["feedback_model"], **s.get("eval-refusal", {}),
+                "model": spec},
                 eval_refusal.main, after[name]))
     return steps
 

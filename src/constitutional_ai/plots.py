@@ -557,5 +557,6 @@ def scatter_chart(points: Sequence[dict], *, title: str, xlabel: str, ylabel: st
                            f'stroke="{c}" stroke-width="1.5"/>')
         f.parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{c}"><title>{escape(str(p.get("label")))}: '
                        f'({_fmt(p["x"])}, {_fmt(p["y"])})</title></circle>')
-        f.parts.append(f'<text x="{cx + 8:.1f}" y="{cy - 7:.1f}" font-size="11" fill="#333">{escape(str(p.get("label")))}</text>')
+        f.parts.append(f'<text x="{cx + 8:.1f}" y="{cy - 7:.1f}" font-size="11" fill="#333">'
+                       f'{escape(str(p.get("label")))}</text>')
     return f.render(empty=not pts)

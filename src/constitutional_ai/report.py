@@ -29,8 +29,8 @@ from . import __version__
 from .stages import STAGES
 from .store import write_atomic
 from .plots import (CSS, JS, bar_chart, conversation, counts_table, esc, figs, finite, first_user, generic_metrics, hbar_chart,
-                    histogram, kv_table, line_chart, meta_line, num, pre, reliability_diagram, sample, scatter_chart, section, snippet,
-                    table)
+                    histogram, kv_table, line_chart, meta_line, num, pre, reliability_diagram, sample, scatter_chart,
+                    section, snippet, table)
 
 SMALL_MODEL = "SmolLM2-135M-Instruct"
 ORDER = [st.name for st in STAGES]
@@ -432,10 +432,11 @@ def sec_hhh(stages: list[Stage], ctx: Ctx) -> str:
         out.append(table([(esc(g), num(counts.get(g))) + tuple(num((acc.get(md) or {}).get(g)) for md in modes) for g in subsets],
                          ["subset", "n"] + [f"accuracy: {md}" for md in modes]))
         if isinstance(m.get("first_slot_rate"), dict):
-            out.append(table([(esc(md), num(m["first_slot_rate"].get(md))) for md in modes], ["mode", "verdicts for slot (A)"])
-                       + f"<p class='muted'>Slot order is controlled: single order shows the correct response in slot (A) "
-                       f"for {num(m.get('correct_in_first_slot_rate'))} of the examples (seeded, balanced per subset); "
-                       "a labeller that always answers one letter scores 0.5 there.</p>")
+            fsr = m["first_slot_rate"]
+            out.append(table([(esc(md), num(fsr.get(md))) for md in modes], ["mode", "verdicts for slot (A)"])
+                       + "<p class='muted'>Slot order is controlled: single order shows the correct response in "
+                       f"slot (A) for {num(m.get('correct_in_first_slot_rate'))} of the examples (seeded, balanced "
+                       "per subset); a labeller that always answers one letter scores 0.5 there.</p>")
         cal = m.get("calibration") or {}
         out.append(table([(esc(md), num((cal.get(md) or {}).get("ece"))) for md in modes], ["mode", "ECE (vs 0/1 outcome)"]))
         out.append(figs(
@@ -475,9 +476,9 @@ def sec_compare(stages: list[Stage], ctx: Ctx) -> str:
         win = {d: [next((p.get("win_rate_a") for p in pairs.get(d) or [] if f"{p.get('a')} vs {p.get('b')}" == lab), None)
                    for lab in labels] for d in dims}
         ci, dinfo = m.get("elo_ci") or {}, m.get("dimensions") or {}
-        out.append(table([(esc(d), num(i.get("comparisons")), num(i.get("ties")), num(i.get("missing")), num(i.get("judge_errors")))
-                          for d, i in dinfo.items()], ["dimension", "judged", "ties (P = 0.5)", "missing (an answer failed)",
-                                                       "judge errors"]))
+        out.append(table([(esc(d),) + tuple(num(i.get(k)) for k in ("comparisons", "ties", "missing", "judge_errors"))
+                          for d, i in dinfo.items()],
+                         ["dimension", "judged", "ties (P = 0.5)", "missing (an answer failed)", "judge errors"]))
         out.append(table([(f"<b>{esc(n)}</b>",) + tuple(
             f"{num((elo.get(d) or {}).get(n), 0)} [{num(((ci.get(d) or {}).get(n) or {}).get('lo'), 0)}, "
             f"{num(((ci.get(d) or {}).get(n) or {}).get('hi'), 0)}]" for d in dims) for n in names],
@@ -488,8 +489,8 @@ def sec_compare(stages: list[Stage], ctx: Ctx) -> str:
                 hx, hy = ((ci.get("harmlessness") or {}).get(n) or {}), ((ci.get("helpfulness") or {}).get(n) or {})
                 return {"label": n, "x": elo["harmlessness"].get(n), "y": elo["helpfulness"].get(n),
                         "x_lo": hx.get("lo"), "x_hi": hx.get("hi"), "y_lo": hy.get("lo"), "y_hi": hy.get("hi")}
-            pic = scatter_chart([pt(n) for n in names], title="Helpfulness vs harmlessness Elo (bars: 95 % bootstrap CI)",
-                                xlabel="harmlessness Elo", ylabel="helpfulness Elo")
+            pic = scatter_chart([pt(n) for n in names], xlabel="harmlessness Elo", ylabel="helpfulness Elo",
+                                title="Helpfulness vs harmlessness Elo (bars: 95 % bootstrap CI)")
         out.append(figs(
             pic,
             bar_chart(names, {d: [elo[d].get(n) for n in names] for d in dims}, title="Elo rating (Bradley–Terry, mean 1000)",
@@ -552,8 +553,8 @@ def sec_refusal(stages: list[Stage], ctx: Ctx) -> str:
         items = [sample("refusal", r.get("key"), f'<b>{esc(r.get("key"))}</b> '
                         + (f'<span class="warn">refused ({esc(r.get("reason"))})</span> ' if r.get("refused") else '<span class="ok">answered</span> ')
                         + esc(snippet(first_user(r.get("messages")))),
-                        meta_line(model=r.get("model"), set=r.get("set"), category=r.get("category"), seed=r.get("seed"),
-                                  **{"class": r.get("class")})
+                        meta_line(model=r.get("model"), set=r.get("set"), category=r.get("category"),
+                                  seed=r.get("seed"), **{"class": r.get("class")})
                         + conversation(r.get("messages")) + pre("answer", r.get("response")))
                  for r in rows]
         ctx.groups.append(Group(f"Refusal check answers ({s.rel})", "refusal", items, total))
@@ -570,8 +571,10 @@ def refusal_breakdown(runs: list[tuple[str, dict]]) -> str:
         for set_name, st in sets.items():
             c = st.get("classifier") or {}
             rates = c.get("rates") or {}
-            rows.append((esc(name), esc(set_name), num(st.get("n")), num(st.get("failed")), num(st.get("refusal_rate")),
-                         num(c.get("n"))) + tuple(f"{num((c.get('counts') or {}).get(k))} ({num(rates.get(k), 2)})" for k in classes))
+            counts = c.get("counts") or {}
+            rows.append((esc(name), esc(set_name)) + tuple(num(x) for x in (st.get("n"), st.get("failed"),
+                                                                            st.get("refusal_rate"), c.get("n")))
+                        + tuple(f"{num(counts.get(k))} ({num(rates.get(k), 2)})" for k in classes))
             for k in classes:
                 bars.setdefault(f"{set_name}: {k}", []).append(rates.get(k))
         h = ((sets.get("harmful") or {}).get("classifier") or {}).get("rates") or {}
@@ -585,8 +588,10 @@ def refusal_breakdown(runs: list[tuple[str, dict]]) -> str:
             + figs(scatter_chart(points, title="Harmful-prompt engagement vs benign-prompt refusal",
                                  xlabel="benign look-alikes refused", ylabel="harmful prompts: engaged and explained",
                                  x_range=(0, 1), y_range=(0, 1)),
-                   bar_chart(labels, bars, title="Answer classes per prompt set", ylabel="share of answers", y_range=(0, 1)))
-            + "<p class='muted'>The paper's aim: top left — engage with harmful requests by explaining the objection, "
+                   bar_chart(labels, bars, title="Answer classes per prompt set", ylabel="share of answers",
+                             y_range=(0, 1)))
+            + "<p class='muted'>The paper's aim: top left — engage with harmful requests by explaining the "
+              "objection, "
               "refuse few benign ones. Classes come from a three-way multiple-choice question to the feedback model, "
               "asked in all three option orders; answers that failed to generate are counted, not classed.</p>")
 

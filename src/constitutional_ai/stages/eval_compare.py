@@ -88,8 +88,9 @@ class CompareConfig:
     constitution: str = opt("default", "Constitution with the harmlessness feedback principles and exemplars",
                             output=False)  # its fingerprint is pinned instead
     few_shot: int | None = opt(None, "Feedback exemplars before each question (default: all in the constitution)", min=0)
-    prompt_format: str = opt("text", "How the question reaches the model: 'text' (the paper's plain 'Human: ... Assistant: ...' text ending "
-                             "'The answer is: (', no chat template) or 'chat' (its chat template); CoT always uses chat")
+    prompt_format: str = opt("text", "How the question reaches the model: 'text' (the paper's plain "
+                             "'Human: ... Assistant: ...' text ending 'The answer is: (', no chat template) "
+                             "or 'chat' (its chat template); CoT always uses chat")
     seed: int = opt(0, "Seed for answers (same per prompt for every model) and principle draws")
     temperature: float = opt(1.0, "Sampling temperature of the answers (1 = the models' own distribution)")
     top_p: float = opt(1.0, "Nucleus sampling threshold (1 = off)")

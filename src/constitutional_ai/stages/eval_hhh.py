@@ -79,8 +79,9 @@ class HHHConfig:
                             output=False)  # its fingerprint is pinned instead
     few_shot: int | None = opt(None, "Feedback exemplars before each question (default: all in the constitution; 0 = none)",
                                min=0)
-    prompt_format: str = opt("text", "How the question reaches the model: 'text' (the paper's plain 'Human: ... Assistant: ...' text ending "
-                             "'The answer is: (', no chat template) or 'chat' (its chat template); CoT always uses chat")
+    prompt_format: str = opt("text", "How the question reaches the model: 'text' (the paper's plain "
+                             "'Human: ... Assistant: ...' text ending 'The answer is: (', no chat template) "
+                             "or 'chat' (its chat template); CoT always uses chat")
     seed: int = opt(0, "Seed of the single-order slot assignment and the reasoning samples")
     limit: int | None = opt(None, "Evaluate only the first N examples", output=False, min=1)
     batch_size: int = opt(16, "Prompts per model batch", output=False, min=1)

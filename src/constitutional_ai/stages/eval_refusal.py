@@ -90,9 +90,10 @@ def is_refusal(text: str) -> bool:
 
 
 #: The class orders asked: each class once in each slot.
-CLASS_ORDERS = tuple(tuple(list(RESPONSE_CLASSES)[i:] + list(RESPONSE_CLASSES)[:i]) for i in range(len(RESPONSE_CLASSES)))
-NEEDS_LOGPROBS = ("Classifying answers needs the answer log-probabilities of the --classifier model. Use a backend that "
-                  "returns them, or --classifier none for the pattern check only.")
+_CLASSES = list(RESPONSE_CLASSES)
+CLASS_ORDERS = tuple(tuple(_CLASSES[i:] + _CLASSES[:i]) for i in range(len(_CLASSES)))
+NEEDS_LOGPROBS = ("Classifying answers needs the answer log-probabilities of the --classifier model. "
+                  "Use a backend that returns them, or --classifier none for the pattern check only.")
 
 
 @dataclass
@@ -134,15 +135,20 @@ def set_metrics(samples: list[dict], n_examples: int, failed: int) -> dict:
         s["reason"] = refusal_reason(s["response"])
         s["refused"] = s["reason"] is not None
     cats = sorted({s["category"] or "uncategorised" for s in samples})
-    quote = lambda s: {"prompt_id": s["prompt_id"], "prompt": s["messages"][-1]["content"], "response": s["response"], "reason": s["reason"], "class": s.get("class")}  # noqa: E731
+    def quote(s: dict) -> dict:
+        return {"prompt_id": s["prompt_id"], "prompt": s["messages"][-1]["content"], "response": s["response"],
+                "reason": s["reason"], "class": s.get("class")}
+
     classed = [s for s in samples if s.get("class")]
     counts = {c: sum(s["class"] == c for s in classed) for c in RESPONSE_CLASSES}
     return {**rate(samples), "failed": failed,
             "by_category": {c: rate([s for s in samples if (s["category"] or "uncategorised") == c]) for c in cats},
             "classifier": {"n": len(classed), "counts": counts,
                            "rates": {c: _rate(k, len(classed)) for c, k in counts.items()},
-                           "mean_probability": {c: mean([s["class_probs"][c] for s in classed]) for c in RESPONSE_CLASSES},
-                           "pattern_agreement": mean([float(s["refused"] == (s["class"] == "refused")) for s in classed])},
+                           "mean_probability": {c: mean([s["class_probs"][c] for s in classed])
+                                                for c in RESPONSE_CLASSES},
+                           "pattern_agreement": mean([float(s["refused"] == (s["class"] == "refused"))
+                                                      for s in classed])},
             "examples": {"refused": [quote(s) for s in samples if s["refused"]][:n_examples],
                          "answered": [quote(s) for s in samples if not s["refused"]][:n_examples]}}
 
@@ -160,7 +166,8 @@ def refusal_metrics(samples: list[dict], n_examples: int, failed: dict[str, int]
 def classify(backend, samples: list[dict], fmt: str) -> None:
     """Add ``class_probs`` (averaged over :data:`CLASS_ORDERS`) and ``class`` to each sample."""
     letters = list("ABC")
-    qs = [(s, order, response_class_question(s["messages"], s["response"], order)) for s in samples for order in CLASS_ORDERS]
+    qs = [(s, order, response_class_question(s["messages"], s["response"], order))
+          for s in samples for order in CLASS_ORDERS]
     prompts = [feedback_text(q, []) if fmt == "text" else backend.render(feedback_messages(q, [])) for _, _, q in qs]
     try:
         lps = backend.score_choices(prompts, letters)
@@ -180,7 +187,8 @@ def classify(backend, samples: list[dict], fmt: str) -> None:
 
 def main(cfg: RefusalConfig) -> Path:
     if cfg.classifier_format not in FEEDBACK_FORMATS:
-        raise ValueError(f"--classifier-format must be one of {', '.join(FEEDBACK_FORMATS)}, got {cfg.classifier_format!r}")
+        raise ValueError(f"--classifier-format must be one of {', '.join(FEEDBACK_FORMATS)}, "
+                         f"got {cfg.classifier_format!r}")
     sets = {"benign": prompt_items(cfg.prompts, cfg.limit, "first", cfg.category, split=cfg.split)}
     if cfg.harmful_prompts.lower() != "none":
         sets["harmful"] = prompt_items(cfg.harmful_prompts, cfg.limit, "first", None, split=cfg.split)
@@ -214,9 +222,10 @@ def main(cfg: RefusalConfig) -> Path:
                             continue
                         text = clean_text(raw)
                         pending.append({"key": key, "set": name, "prompt_id": it.id, "category": it.category,
-                                        "source": it.source, "messages": [dict(m) for m in it.messages], "response": text,
-                                        "raw_response": raw, "refused": is_refusal(text), "reason": refusal_reason(text),
-                                        "model": backend.name, "seed": s, "temperature": cfg.temperature})
+                                        "source": it.source, "messages": [dict(m) for m in it.messages],
+                                        "response": text, "raw_response": raw, "refused": is_refusal(text),
+                                        "reason": refusal_reason(text), "model": backend.name, "seed": s,
+                                        "temperature": cfg.temperature})
             del backend
             release()
             if cfg.classifier.lower() != "none" and pending:

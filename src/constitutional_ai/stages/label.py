@@ -50,8 +50,9 @@ class LabelConfig:
     principles: int = opt(1, "Principles per label, each drawn at random; their probabilities are averaged (paper: 1)", min=1)
     debias: bool = opt(True, "Score both option orders and average them (Lee et al. 2023); --no-debias for one order")
     few_shot: int | None = opt(None, "Feedback exemplars before each question (default: all in the constitution)", min=0)
-    prompt_format: str = opt("text", "How the question reaches the model: 'text' (the paper's plain 'Human: ... Assistant: ...' text ending "
-                             "'The answer is: (', no chat template) or 'chat' (its chat template); CoT always uses chat")
+    prompt_format: str = opt("text", "How the question reaches the model: 'text' (the paper's plain "
+                             "'Human: ... Assistant: ...' text ending 'The answer is: (', no chat template) "
+                             "or 'chat' (its chat template); CoT always uses chat")
     cot: bool = opt(False, "Chain-of-thought: the model reasons before the answer is scored")
     clamp: list[float] = opt([0.4, 0.6], "With --cot: clamp label probabilities to [LO, HI] (paper: 0.4 0.6)")
     cot_samples: int = opt(1, "With --cot: reasoning samples per scoring, probabilities averaged", min=1)

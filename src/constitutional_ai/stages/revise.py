@@ -50,7 +50,8 @@ class ReviseConfig:
     rounds: int = opt(4, "Sequential critique/revision rounds per response (paper: 4)", min=1)
     samples: int = opt(1, "Independent initial responses (each revised) per prompt", min=1)
     limit: int | None = opt(None, "Use only the first N prompts", output=False, min=1)
-    split: str = opt("train", "Prompt split: train (default; evaluations use eval), eval or all; a file without split fields is used whole")
+    split: str = opt("train", "Prompt split: train (default; evaluations use eval), eval or all; "
+                              "a file without split fields is used whole")
     seed: int = opt(0, "Seed for principle draws and sampling")
     temperature: float = opt(1.0, "Sampling temperature for every generation (paper: 1)")
     top_p: float = opt(1.0, "Nucleus sampling threshold (1 = off)")

@@ -32,7 +32,8 @@ class SamplePairsConfig:
     prompts: str = opt("builtin:red_team", "Prompt file or builtin:red_team / builtin:helpful",
                        output=False)  # its content hash is pinned instead
     limit: int | None = opt(None, "Use only the first N prompts", output=False, min=1)
-    split: str = opt("train", "Prompt split: train (default; evaluations use eval), eval or all; a file without split fields is used whole")
+    split: str = opt("train", "Prompt split: train (default; evaluations use eval), eval or all; "
+                              "a file without split fields is used whole")
     seed: int = opt(0, "Seed; each response's seed is derived from it, the prompt id and the index")
     temperature: float = opt(1.0, "Sampling temperature (paper: 1)", min=0)
     top_p: float = opt(1.0, "Nucleus sampling threshold (1 = off)")
