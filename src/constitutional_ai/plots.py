@@ -557,6 +557,8 @@ def scatter_chart(points: Sequence[dict], *, title: str, xlabel: str, ylabel: st
                            f'stroke="{c}" stroke-width="1.5"/>')
         f.parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{c}"><title>{escape(str(p.get("label")))}: '
                        f'({_fmt(p["x"])}, {_fmt(p["y"])})</title></circle>')
-        f.parts.append(f'<text x="{cx + 8:.1f}" y="{cy - 7:.1f}" font-size="11" fill="#333">'
-                       f'{escape(str(p.get("label")))}</text>')
+        right = cx > f.left + 0.75 * f.pw  # labels near the right edge go to the left of their point
+        anchor = ' text-anchor="end"' if right else ""
+        f.parts.append(f'<text x="{cx - 8 if right else cx + 8:.1f}" y="{cy - 7:.1f}" font-size="11" fill="#333"'
+                       f'{anchor}>{escape(str(p.get("label")))}</text>')
     return f.render(empty=not pts)

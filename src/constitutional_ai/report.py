@@ -479,9 +479,12 @@ def sec_compare(stages: list[Stage], ctx: Ctx) -> str:
         out.append(table([(esc(d),) + tuple(num(i.get(k)) for k in ("comparisons", "ties", "missing", "judge_errors"))
                           for d, i in dinfo.items()],
                          ["dimension", "judged", "ties (P = 0.5)", "missing (an answer failed)", "judge errors"]))
+        def rating(v):  # whole Elo points
+            return f"{v:.0f}" if finite(v) else "—"
+
         out.append(table([(f"<b>{esc(n)}</b>",) + tuple(
-            f"{num((elo.get(d) or {}).get(n), 0)} [{num(((ci.get(d) or {}).get(n) or {}).get('lo'), 0)}, "
-            f"{num(((ci.get(d) or {}).get(n) or {}).get('hi'), 0)}]" for d in dims) for n in names],
+            f"{rating((elo.get(d) or {}).get(n))} [{rating(((ci.get(d) or {}).get(n) or {}).get('lo'))}, "
+            f"{rating(((ci.get(d) or {}).get(n) or {}).get('hi'))}]" for d in dims) for n in names],
             ["model"] + [f"{d} Elo [95 % CI]" for d in dims]))
         pic = ""
         if "harmlessness" in elo and "helpfulness" in elo:
