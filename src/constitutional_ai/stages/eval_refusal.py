@@ -208,14 +208,14 @@ def main(cfg: RefusalConfig) -> Path:
             backend = load_backend(cfg.model, batch_size=cfg.batch_size, truncation=cfg.truncation)
             sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=STOP_STRINGS)
             print(f"[eval refusal] {len(todo)} prompts to answer ({len(samples)} done) with {backend.name}", file=sys.stderr)
-            pending = []
+            pending: list[dict] = []
             with tqdm(total=len(todo), desc="eval refusal", unit="prompt", dynamic_ncols=True) as bar:
                 for start in range(0, len(todo), cfg.batch_size):
                     chunk = todo[start : start + cfg.batch_size]
                     seeds = [derive_seed(cfg.seed, it.id) for _, it in chunk]
                     texts = generate_each(backend, [list(it.messages) for _, it in chunk], sampling, seeds)
                     bar.update(len(chunk))
-                    for (name, it), s, raw in zip(chunk, seeds, texts):
+                    for (name, it), seed, raw in zip(chunk, seeds, texts):
                         key = f"{name}/{it.id}"
                         if isinstance(raw, Failed):
                             failures.append(key, raw.error, prompt_id=it.id, kind=raw.kind)
@@ -224,7 +224,7 @@ def main(cfg: RefusalConfig) -> Path:
                         pending.append({"key": key, "set": name, "prompt_id": it.id, "category": it.category,
                                         "source": it.source, "messages": [dict(m) for m in it.messages],
                                         "response": text, "raw_response": raw, "refused": is_refusal(text),
-                                        "reason": refusal_reason(text), "model": backend.name, "seed": s,
+                                        "reason": refusal_reason(text), "model": backend.name, "seed": seed,
                                         "temperature": cfg.temperature})
             del backend
             release()
@@ -233,11 +233,11 @@ def main(cfg: RefusalConfig) -> Path:
                 step = max(1, cfg.batch_size // len(CLASS_ORDERS))
                 for start in range(0, len(pending), step):
                     classify(judge, pending[start : start + step], cfg.classifier_format)
-                for s in pending:
-                    s["classifier"] = judge.name
+                for rec in pending:
+                    rec["classifier"] = judge.name
                 del judge
-            for s in pending:  # written once classified, so a crash before leaves them to redo, not half-done
-                samples.append(s)
+            for rec in pending:  # written once classified, so a crash before leaves them to redo, not half-done
+                samples.append(rec)
         wanted = {f"{name}/{it.id}" for name, (items, _) in sets.items() for it in items}
         done = [s for s in samples if s["key"] in wanted]
         failed = {name: sum(1 for it in items if f"{name}/{it.id}" not in samples) for name, (items, _) in sets.items()}
