@@ -16,8 +16,10 @@ starts split it into turns, and text before the first marker is the human's open
 in every example, so showing responses in file order measures the labeller's letter bias, not
 its judgement. Each example gets a seeded slot assignment (:func:`slot_swaps`: half of each
 subset swapped), used by ``single_order``; ``debiased`` scores both orders and averages them
-(as ``cai label --debias``). With ``--cot``: ``cot_single_order`` / ``cot_debiased`` (the
-model reasons first; probabilities are *not* clamped here). A PM (``--pm``) scores the
+(as ``cai label --debias``). The assignment is made over the whole task, so ``--limit N``
+keeps each example's slot but its first N examples need not be balanced (the reported
+``correct_in_first_slot_rate`` says how they fell). With ``--cot``: ``cot_single_order`` /
+``cot_debiased`` (the model reasons first; probabilities are *not* clamped here). A PM (``--pm``) scores the
 conversation plus each response (mode ``pm``, P = σ(r₁ − r₂)). A prediction exactly at 0.5
 counts as half right. ``first_slot_rate`` (per mode: the share of examples whose verdict is
 slot (A)) is reported beside the accuracies. Calibration, overall and per subset: P(slot (A)
