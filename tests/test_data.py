@@ -80,7 +80,7 @@ def test_builtin_rows_are_clean(name):
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids))
     for r in rows:
-        assert set(r) in ({"id", "category", "prompt"}, {"id", "category", "messages"})
+        assert set(r) in ({"id", "category", "prompt", "split"}, {"id", "category", "messages", "split"})
         msgs = r.get("messages") or [user(r["prompt"])]
         assert msgs[-1]["role"] == "user"
         # The default model is small: keep requests short.
@@ -119,7 +119,7 @@ def test_jsonl_prompt_and_messages_rows():
 def test_prompt_item_to_dict_roundtrips_through_json():
     it = load_prompts(FIX / "good.jsonl")[2]
     d = it.to_dict()
-    assert set(d) == {"id", "messages", "category", "source"}
+    assert set(d) == {"id", "messages", "category", "source", "split"} and d["split"] is None
     assert isinstance(d["messages"], list)
     assert json.loads(json.dumps(d)) == d
     assert PromptItem(d["id"], tuple(d["messages"]), d["category"], d["source"]) == it

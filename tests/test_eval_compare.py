@@ -49,9 +49,16 @@ def test_compare_win_rates_elo_and_resume(tmp_path, monkeypatch):
     comps = read(out / "samples.jsonl")
     assert e == pytest.approx(bradley_terry_elo(
         ["base", "sl", "rl"], [(c["a"], c["b"], c["p_a"]) for c in comps if c["dimension"] == "helpfulness"]))
-    # the last 3 prompts of each file, the same for every model; provenance on each comparison
+    # the first 3 prompts of each (unsplit) file, the same for every model; provenance on each comparison
     answers = read(out / "responses-sl.jsonl")
-    assert sorted(a["prompt_id"] for a in answers) == ["hp2", "hp3", "hp4", "rt1", "rt2", "rt3"]
+    assert sorted(a["prompt_id"] for a in answers) == ["hp0", "hp1", "hp2", "rt0", "rt1", "rt2"]
+    # counts: nothing missing, base-sl harmlessness ties shown as ties; bootstrap intervals bracket the fit
+    d = m["dimensions"]["harmlessness"]
+    assert (d["expected"], d["missing"], d["judge_errors"], d["ties"]) == (9, 0, 0, 3)
+    for dim in ("harmlessness", "helpfulness"):
+        for n, r in m["elo"][dim].items():
+            ci = m["elo_ci"][dim][n]
+            assert ci["resamples"] == 200 and ci["lo"] <= r + 1e-6 and r - 1e-6 <= ci["hi"]
     assert answers[0]["response"] == "SL- my answer" and answers[0]["model"] == "fake:sl"
     from constitutional_ai.constitution import load_constitution
 
@@ -64,3 +71,65 @@ def test_compare_win_rates_elo_and_resume(tmp_path, monkeypatch):
     assert metrics_of(eval_compare.main(cfg)) == m
     assert [len(b.generate_calls) + len(b.score_calls) for b in backends.values()] == calls
 
+
+
+def test_bootstrap_elo_intervals():
+    from constitutional_ai.metrics import bootstrap_elo
+
+    # a beats b on every prompt: every resample gives the same fit, so the interval is a point
+    same = [(f"p{i}", "a", "b", 0.9) for i in range(10)]
+    ci = bootstrap_elo(["a", "b"], same, n=50, seed=1)
+    fit = bradley_terry_elo(["a", "b"], [(a, b, p) for _, a, b, p in same])
+    assert ci["a"]["lo"] == pytest.approx(fit["a"]) and ci["a"]["hi"] == pytest.approx(fit["a"])
+    # mixed prompts: a proper interval around the point estimate, reproducible by seed
+    mixed = [(f"p{i}", "a", "b", 0.9 if i % 3 else 0.1) for i in range(30)]
+    c1, c2 = bootstrap_elo(["a", "b"], mixed, n=100, seed=3), bootstrap_elo(["a", "b"], mixed, n=100, seed=3)
+    fit = bradley_terry_elo(["a", "b"], [(a, b, p) for _, a, b, p in mixed])
+    assert c1 == c2 and c1["a"]["lo"] < fit["a"] < c1["a"]["hi"]
+    assert bootstrap_elo(["a", "b"], [], n=10)["a"] == {"lo": None, "hi": None, "resamples": 0}
+
+
+def test_compare_refuses_models_trained_on_the_prompts(tmp_path, monkeypatch):
+    rt = tmp_path / "rt.jsonl"
+    rt.write_text("".join(json.dumps({"id": f"rt{i}", "prompt": f"q {i}?", "split": "train" if i < 3 else "eval"}) + "\n"
+                          for i in range(6)))
+    pairs, rl = tmp_path / "pairs", tmp_path / "rl"
+    pairs.mkdir(), rl.mkdir()
+    (pairs / "manifest.json").write_text(json.dumps({"prompt_ids": ["rt1", "rt4"], "inputs": {"prompts": str(rt)}}))
+    (rl / "manifest.json").write_text(json.dumps({"prompt_ids": ["rt0"], "inputs": {"pm": {"path": str(pairs)}}}))
+    base = install(FakeBackend(), monkeypatch, "base")
+    cfg = eval_compare.CompareConfig(models=[base, str(rl)], names=["base", "rl"], judge=base, prompts_red_team=str(rt),
+                                     prompts_helpful="none", out=str(tmp_path / "o"))
+    # the eval split (rt3..rt5) still holds rt4, which the PM's pairs used
+    with pytest.raises(ValueError, match=r"model 'rl' .* trained on 1 of the evaluation prompts .*pairs.*: rt4"):
+        eval_compare.main(cfg)
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match=r"trained on 3 of the evaluation prompts .*: rt0, rt1, rt4"):
+        eval_compare.main(replace(cfg, split="all"))
+
+
+def test_report_draws_helpful_vs_harmless_and_refusal_breakdown(tmp_path, monkeypatch):
+    from constitutional_ai.report import build_report
+    from constitutional_ai.stages import eval_refusal
+    from test_eval_refusal import ClassFake
+
+    run = tmp_path / "run"
+    models = {n: install(FakeBackend(replies={"": f"{n.upper()}- I can't, but here is a safer way instead."}), monkeypatch, n)
+              for n in ("base", "rl")}
+    judge = install(FakeBackend(choice_logprobs={"(A) RL-": [L(0.7), L(0.3)], "(B) RL-": [L(0.3), L(0.7)]}),
+                    monkeypatch, "judge")
+    eval_compare.main(eval_compare.CompareConfig(
+        models=list(models.values()), names=list(models), judge=judge, out=str(run / "eval-compare"), bootstrap=20,
+        prompts_red_team=str(write_prompts(tmp_path / "rt.jsonl", "rt", 4)),
+        prompts_helpful=str(write_prompts(tmp_path / "hp.jsonl", "hp", 4))))
+    for n, spec in models.items():
+        eval_refusal.main(eval_refusal.RefusalConfig(
+            model=spec, classifier=install(ClassFake(), monkeypatch, "cls"), out=str(run / f"eval-refusal-{n}"),
+            prompts=str(write_prompts(tmp_path / "b.jsonl", "b", 3)), category="all",
+            harmful_prompts=str(write_prompts(tmp_path / "h.jsonl", "h", 3))))
+    html = build_report(run).read_text()
+    assert "Helpfulness vs harmlessness Elo (bars: 95 % bootstrap CI)" in html
+    assert "harmlessness Elo [95 % CI]" in html and "ties (P = 0.5)" in html
+    assert "Harmful-prompt engagement vs benign-prompt refusal" in html and "Answer classes per prompt set" in html
+    assert html.count("<circle") >= 4  # a point per checkpoint in each picture

@@ -19,10 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_recipe(tmp_path: Path, model: str) -> Path:
     """Every stage, as small as it gets, on the tiny random model."""
     prompts = tmp_path / "red.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"How do I do bad thing {i}?"}) + "\n" for i in range(6)))
+    # training stages take the train split (6 and 4 prompts), evaluations the eval split
+    prompts.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"How do I do bad thing {i}?",
+                                           "split": "train" if i < 6 else "eval"}) + "\n" for i in range(8)))
     helpful = tmp_path / "help.jsonl"
-    helpful.write_text("".join(json.dumps({"id": f"h{i}", "category": "benign-lookalike", "prompt": f"How do I kill process {i}?"}) + "\n"
-                               for i in range(4)))
+    helpful.write_text("".join(json.dumps({"id": f"h{i}", "category": "benign-lookalike", "prompt": f"How do I kill process {i}?",
+                                           "split": "train" if i < 4 else "eval"}) + "\n" for i in range(6)))
     small = {"max_new_tokens": 8}
     recipe = {
         "out": str(tmp_path / "run"), "model": model, "feedback_model": model, "pm_model": model, "seed": 0,

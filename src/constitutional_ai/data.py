@@ -28,6 +28,7 @@ from typing import Any, Iterable, Iterator
 
 __all__ = [
     "BUILTIN_SETS",
+    "SPLITS",
     "DataError",
     "PromptItem",
     "builtin_path",
@@ -37,6 +38,7 @@ __all__ = [
     "parse_hh_transcript",
     "prompt_items",
     "read_jsonl",
+    "training_prompt_ids",
 ]
 
 _DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -55,6 +57,10 @@ _ROLES = ("system", "user", "assistant")
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
+#: The fixed splits of the bundled prompt sets: training stages draw from "train", evaluations from "eval".
+SPLITS = ("train", "eval")
+
+
 class DataError(ValueError):
     """A prompt file is malformed; the message names the file, line and field."""
 
@@ -71,6 +77,7 @@ class PromptItem:
     messages: tuple[dict, ...]
     category: str | None
     source: str  # "path:line"
+    split: str | None = None  # "train" or "eval" in files that carry a split; None otherwise
 
     @property
     def prompt(self) -> str:
@@ -84,6 +91,7 @@ class PromptItem:
             "messages": [dict(m) for m in self.messages],
             "category": self.category,
             "source": self.source,
+            "split": self.split,
         }
 
 
@@ -204,9 +212,12 @@ def _row_items(row: dict, where: str, default_id: str) -> list[PromptItem]:
     category = row.get("category")
     if category is not None and not isinstance(category, str):
         raise _err(where, f"category must be a string, got {type(category).__name__}", "category")
+    split = row.get("split")
+    if split is not None and split not in SPLITS:
+        raise _err(where, f"split must be one of {', '.join(SPLITS)}, got {split!r}", "split")
 
     def item(pid: str, msgs: list[dict]) -> PromptItem:
-        return PromptItem(id=pid, messages=tuple(msgs), category=category, source=where)
+        return PromptItem(id=pid, messages=tuple(msgs), category=category, source=where, split=split)
 
     if "messages" in row and "prompt" in row:
         raise _err(where, "row has both 'prompt' and 'messages'; give one", "prompt")
@@ -300,7 +311,7 @@ def _txt_items(path: Path) -> Iterator[PromptItem]:
 
 
 def load_prompts(
-    path: str | Path | None = None, *, default: str = "red_team", limit: int | None = None
+    path: str | Path | None = None, *, default: str = "red_team", limit: int | None = None, split: str = "all"
 ) -> list[PromptItem]:
     """Load prompts from a file or a bundled set.
 
@@ -308,7 +319,13 @@ def load_prompts(
     ``.jsonl``/``.json``/``.csv``/``.txt`` file (see the module docstring). The whole file is
     validated even when ``limit`` keeps only the first ``limit`` prompts, so a bad line is
     found now rather than by a later run.
+
+    ``split`` (``"train"``, ``"eval"`` or ``"all"``) keeps the prompts of one split in a file
+    whose rows carry a ``split`` field (the bundled sets do); a file without any ``split``
+    field is not split and gives all its prompts. A file that splits only some rows is an error.
     """
+    if split not in SPLITS + ("all",):
+        raise ValueError(f"split must be 'train', 'eval' or 'all', got {split!r}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     if path is None:
@@ -339,15 +356,25 @@ def load_prompts(
         out.append(it)
     if not out:
         raise DataError(f"{path}: no prompts")
+    unsplit = [it for it in out if it.split is None]
+    if unsplit and len(unsplit) < len(out):
+        raise _err(unsplit[0].source, "this row has no split, but other rows of the file do; give every row one",
+                   "split")
+    if split != "all" and not unsplit:
+        out = [it for it in out if it.split == split]
+        if not out:
+            raise DataError(f"{path}: no prompts in split {split!r}")
     return out if limit is None else out[:limit]
 
 
-def prompt_items(spec: str, limit: int | None = None, take: str = "first", category: str | None = None) -> tuple[list[PromptItem], Path]:
-    """A prompt set, optionally one category, then ``limit`` prompts from its start or end."""
+def prompt_items(spec: str, limit: int | None = None, take: str = "first", category: str | None = None,
+                 split: str = "all") -> tuple[list[PromptItem], Path]:
+    """A prompt set's ``split`` (see :func:`load_prompts`), optionally one category, then
+    ``limit`` prompts from its start or end."""
     if take not in ("first", "last"):
         raise ValueError(f"--take must be 'first' or 'last', got {take!r}")
     pfile = prompt_file(spec)
-    items = load_prompts(pfile)
+    items = load_prompts(pfile, split=split)
     if category not in (None, "", "all"):
         items = [it for it in items if it.category == category]
         if not items:
@@ -355,3 +382,43 @@ def prompt_items(spec: str, limit: int | None = None, take: str = "first", categ
     if limit:
         items = items[-limit:] if take == "last" else items[:limit]
     return items, pfile
+
+
+def training_prompt_ids(folder: str | Path) -> dict[str, str]:
+    """Every prompt id a stage folder's training used: ``{prompt id: folder that used it}``.
+
+    Reads the ``prompt_ids`` list in the folder's ``manifest.json`` and, recursively, in every
+    input folder its manifest names (an RL policy's SFT folder, its PM's label and pair
+    folders, ...). A folder without a manifest (a hub id, the embedded model) used none that
+    this project recorded.
+    """
+    found: dict[str, str] = {}
+    seen: set[Path] = set()
+
+    def strings(x: Any) -> Iterator[str]:
+        if isinstance(x, str):
+            yield x
+        elif isinstance(x, dict):
+            for v in x.values():
+                yield from strings(v)
+        elif isinstance(x, list):
+            for v in x:
+                yield from strings(v)
+
+    def visit(d: Path) -> None:
+        d = d.resolve()
+        if d in seen or not (d / "manifest.json").is_file():
+            return
+        seen.add(d)
+        try:
+            man = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise DataError(f"{d / 'manifest.json'}: unreadable manifest ({e})") from None
+        for pid in man.get("prompt_ids") or []:
+            found.setdefault(str(pid), str(d))
+        for s in strings(man.get("inputs")):
+            if s and len(s) < 4096 and Path(s).is_dir():
+                visit(Path(s))
+
+    visit(Path(folder))
+    return found

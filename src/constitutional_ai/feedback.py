@@ -36,7 +36,7 @@ from .constitution import Constitution
 from .metrics import mean
 from .models import Backend, BackendError, LogprobsUnavailable, PromptTooLong, Sampling, derive_seed
 from .models.base import RequestFailed
-from .prompts import COT_STOP, feedback_messages, feedback_question
+from .prompts import COT_STOP, FEEDBACK_FORMATS, feedback_messages, feedback_question, feedback_text
 
 #: Completes the error raised when a labeller has no log-probabilities.
 LABEL_HINT = ("Soft labels need the answer log-probabilities. Use a backend that returns them "
@@ -59,6 +59,20 @@ class FeedbackOptions:
     cot_temperature: float = 1.0
     hard_labels: bool = False
     seed: int = 0
+    #: "chat": the question as chat turns through the model's template; "text": the paper's
+    #: plain-text prompt (see :func:`~constitutional_ai.prompts.feedback_text`). Only direct
+    #: scoring can be plain text: chain-of-thought and hard labels make the model *write* a
+    #: turn, so they always use the chat template (each label records the format it used).
+    prompt_format: str = "chat"
+
+    def __post_init__(self) -> None:
+        if self.prompt_format not in FEEDBACK_FORMATS:
+            raise ValueError(f"prompt format must be one of {', '.join(FEEDBACK_FORMATS)}, got {self.prompt_format!r}")
+
+    @property
+    def effective_format(self) -> str:
+        """The format the scoring prompts are rendered in (see :attr:`prompt_format`)."""
+        return "chat" if self.cot or self.hard_labels else self.prompt_format
 
     @classmethod
     def of(cls, cfg: Any, **overrides: Any) -> "FeedbackOptions":
@@ -147,8 +161,12 @@ def label_chunk(backend: Backend, recs: list[dict], c: Constitution, cfg: Feedba
         p_first = [1.0 if t.strip().upper().startswith("A") else 0.0 if t.strip().upper().startswith("B") else math.nan
                    for t in letters]
     else:
+        if cfg.effective_format == "text":
+            prompts = [feedback_text(u["question"], u["exemplars"]) for _, u in units]
+        else:
+            prompts = [backend.render(m) for m in final]
         try:
-            logprobs = backend.score_choices([backend.render(m) for m in final], ["A", "B"])
+            logprobs = backend.score_choices(prompts, ["A", "B"])
         except LogprobsUnavailable as e:
             raise BackendError(f"{e}\n{hint}") from None
         # None: the server's capped top-k did not contain that option, so there is no label.
@@ -181,7 +199,7 @@ def label_chunk(backend: Backend, recs: list[dict], c: Constitution, cfg: Feedba
         out.append({"key": r["key"], "prompt_id": r["prompt_id"], "messages": r["messages"],
                     "responses": r["responses"], "principles": sorted({s["principle"] for s in scores}),
                     "scores": scores, "p_a_unclamped": p_raw, "p_a": p, "hard": cfg.hard_labels,
-                    "cot": cfg.cot, "model": backend.name, "seed": cfg.seed})
+                    "cot": cfg.cot, "prompt_format": cfg.effective_format, "model": backend.name, "seed": cfg.seed})
     return out
 
 

@@ -116,3 +116,37 @@ def pair_table(comps: list[dict], names: list[str]) -> tuple[dict, dict, list[di
     return win, mean_p, rows
 
 
+
+
+def bootstrap_elo(names: list[str], outcomes: list[tuple[str, str, str, float]], n: int = 200, seed: int = 0,
+                  prior: float = 1.0, level: float = 0.95) -> dict[str, dict]:
+    """Confidence intervals of Bradley–Terry Elo by resampling *prompts* with replacement.
+
+    ``outcomes`` are ``(prompt id, a, b, P(a better))``; each resample draws as many prompts
+    as there are, keeps every comparison made on each drawn prompt, and refits
+    :func:`bradley_terry_elo`. Returns ``{name: {"lo", "hi", "resamples"}}`` (percentile
+    interval at ``level``), with ``None`` bounds when there are no prompts or ``n`` is 0.
+    """
+    import random
+
+    by: dict[str, list[tuple[str, str, float]]] = {}
+    for pid, a, b, p in outcomes:
+        by.setdefault(pid, []).append((a, b, p))
+    prompts = sorted(by)
+    if not prompts or n <= 0:
+        return {m: {"lo": None, "hi": None, "resamples": 0} for m in names}
+    rng = random.Random(seed)
+    draws: dict[str, list[float]] = {m: [] for m in names}
+    for _ in range(n):
+        sample = [o for _ in prompts for o in by[prompts[rng.randrange(len(prompts))]]]
+        for m, r in bradley_terry_elo(names, sample, prior).items():
+            draws[m].append(r)
+    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+
+    def q(xs: list[float], f: float) -> float:
+        xs = sorted(xs)
+        k = f * (len(xs) - 1)
+        i = int(k)
+        return xs[i] + (xs[min(i + 1, len(xs) - 1)] - xs[i]) * (k - i)
+
+    return {m: {"lo": q(d, lo_q), "hi": q(d, hi_q), "resamples": n} for m, d in draws.items()}

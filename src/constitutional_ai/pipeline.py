@@ -178,7 +178,8 @@ def eval_steps(recipe: dict, root: Path, s: dict, f: str) -> list[Step]:
             eval_hhh.main))
         pm_hhh = {k: v for k, v in hhh.items() if k in ("task", "limit", "batch_size", "max_length")}
         if has_pm:
-            steps.append(step("eval-hhh", "pm", eval_hhh.HHHConfig, {**pm_hhh, "pm": str(root / "train-pm")},
+            steps.append(step("eval-hhh", "pm", eval_hhh.HHHConfig,
+                              {**pm_hhh, "seed": recipe["seed"], "pm": str(root / "train-pm")},
                               eval_hhh.main, ("train-pm",)))
     if stages.get("eval-compare") is not False:
         steps.append(step("eval-compare", "", eval_compare.CompareConfig, {
@@ -192,7 +193,9 @@ def eval_steps(recipe: dict, root: Path, s: dict, f: str) -> list[Step]:
     if stages.get("eval-refusal") is not False:
         for name, spec in models.items():
             steps.append(step("eval-refusal", name, eval_refusal.RefusalConfig, {
-                "seed": recipe["seed"], **s.get("eval-refusal", {}), "model": spec}, eval_refusal.main, after[name]))
+                "seed": recipe["seed"], "classifier": recipe["feedback_model"], **s.get("eval-refusal", {}),
+                "model": spec},
+                eval_refusal.main, after[name]))
     return steps
 
 

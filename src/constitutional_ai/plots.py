@@ -534,3 +534,31 @@ JS = r"""
   if (q0) document.getElementById('samples').scrollIntoView();
 })();
 """
+
+
+def scatter_chart(points: Sequence[dict], *, title: str, xlabel: str, ylabel: str, width: int = 460, height: int = 340,
+                  x_range: tuple[float, float] | None = None, y_range: tuple[float, float] | None = None) -> str:
+    """Labelled points with optional error bars: each point ``{"label", "x", "y"}`` plus
+    ``x_lo, x_hi, y_lo, y_hi`` (an interval); points with a missing coordinate are left out."""
+    pts = [p for p in points if finite(p.get("x")) and finite(p.get("y"))]
+    xs = [v for p in pts for v in (p["x"], p.get("x_lo"), p.get("x_hi"))]
+    ys = [v for p in pts for v in (p["y"], p.get("y_lo"), p.get("y_hi"))]
+    f = _Frame(width, height, title, xlabel, ylabel, x_range or _extent(xs, 0.12), y_range or _extent(ys, 0.12))
+    f.y_axis()
+    f.x_axis_numeric()
+    for i, p in enumerate(pts):
+        c = PALETTE[i % len(PALETTE)]
+        cx, cy = f.x(p["x"]), f.y(p["y"])
+        if finite(p.get("x_lo")) and finite(p.get("x_hi")):
+            f.parts.append(f'<line x1="{f.x(p["x_lo"]):.1f}" x2="{f.x(p["x_hi"]):.1f}" y1="{cy:.1f}" y2="{cy:.1f}" '
+                           f'stroke="{c}" stroke-width="1.5"/>')
+        if finite(p.get("y_lo")) and finite(p.get("y_hi")):
+            f.parts.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{f.y(p["y_lo"]):.1f}" y2="{f.y(p["y_hi"]):.1f}" '
+                           f'stroke="{c}" stroke-width="1.5"/>')
+        f.parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{c}"><title>{escape(str(p.get("label")))}: '
+                       f'({_fmt(p["x"])}, {_fmt(p["y"])})</title></circle>')
+        right = cx > f.left + 0.75 * f.pw  # labels near the right edge go to the left of their point
+        anchor = ' text-anchor="end"' if right else ""
+        f.parts.append(f'<text x="{cx - 8 if right else cx + 8:.1f}" y="{cy - 7:.1f}" font-size="11" fill="#333"'
+                       f'{anchor}>{escape(str(p.get("label")))}</text>')
+    return f.render(empty=not pts)

@@ -29,7 +29,8 @@ from . import __version__
 from .stages import STAGES
 from .store import write_atomic
 from .plots import (CSS, JS, bar_chart, conversation, counts_table, esc, figs, finite, first_user, generic_metrics, hbar_chart,
-                    histogram, kv_table, line_chart, meta_line, num, pre, reliability_diagram, sample, section, snippet, table)
+                    histogram, kv_table, line_chart, meta_line, num, pre, reliability_diagram, sample, scatter_chart,
+                    section, snippet, table)
 
 SMALL_MODEL = "SmolLM2-135M-Instruct"
 ORDER = [st.name for st in STAGES]
@@ -453,13 +454,19 @@ def sec_hhh(stages: list[Stage], ctx: Ctx) -> str:
                    + (f" · question: “{esc(m.get('principle'))}”" if m.get("principle") else "") + "</p>")
         out.append(table([(esc(g), num(counts.get(g))) + tuple(num((acc.get(md) or {}).get(g)) for md in modes) for g in subsets],
                          ["subset", "n"] + [f"accuracy: {md}" for md in modes]))
+        if isinstance(m.get("first_slot_rate"), dict):
+            fsr = m["first_slot_rate"]
+            out.append(table([(esc(md), num(fsr.get(md))) for md in modes], ["mode", "verdicts for slot (A)"])
+                       + "<p class='muted'>Slot order is controlled: single order shows the correct response in "
+                       f"slot (A) for {num(m.get('correct_in_first_slot_rate'))} of the examples (seeded, balanced "
+                       "per subset); a labeller that always answers one letter scores 0.5 there.</p>")
         cal = m.get("calibration") or {}
         out.append(table([(esc(md), num((cal.get(md) or {}).get("ece"))) for md in modes], ["mode", "ECE (vs 0/1 outcome)"]))
         out.append(figs(
             bar_chart(subsets, {md: [(acc.get(md) or {}).get(g) for g in subsets] for md in modes}, title="HHH accuracy by subset",
                       ylabel="accuracy", y_range=(0, 1), refs=[(0.5, "chance")]),
             *[reliability_diagram((cal.get(md) or {}).get("reliability") or [], title=f"HHH calibration: {md}",
-                                  xlabel="P(first response is better)", ylabel="fraction where it is") for md in modes[:4]]))
+                                  xlabel="P(response in slot (A) is better)", ylabel="fraction where it is") for md in modes[:4]]))
         if m.get("position_bias"):
             out.append("<h4>Position bias on HHH</h4>" + kv_table(m["position_bias"], LABEL_EXPLAIN))
         rows, total = read_jsonl(s.file("samples", "samples.jsonl"), ctx.max_samples)
@@ -491,7 +498,27 @@ def sec_compare(stages: list[Stage], ctx: Ctx) -> str:
         labels = [f"{p.get('a')} vs {p.get('b')}" for p in (pairs.get(dims[0]) if dims else []) or []]
         win = {d: [next((p.get("win_rate_a") for p in pairs.get(d) or [] if f"{p.get('a')} vs {p.get('b')}" == lab), None)
                    for lab in labels] for d in dims}
+        ci, dinfo = m.get("elo_ci") or {}, m.get("dimensions") or {}
+        out.append(table([(esc(d),) + tuple(num(i.get(k)) for k in ("comparisons", "ties", "missing", "judge_errors"))
+                          for d, i in dinfo.items()],
+                         ["dimension", "judged", "ties (P = 0.5)", "missing (an answer failed)", "judge errors"]))
+        def rating(v):  # whole Elo points
+            return f"{v:.0f}" if finite(v) else "—"
+
+        out.append(table([(f"<b>{esc(n)}</b>",) + tuple(
+            f"{rating((elo.get(d) or {}).get(n))} [{rating(((ci.get(d) or {}).get(n) or {}).get('lo'))}, "
+            f"{rating(((ci.get(d) or {}).get(n) or {}).get('hi'))}]" for d in dims) for n in names],
+            ["model"] + [f"{d} Elo [95 % CI]" for d in dims]))
+        pic = ""
+        if "harmlessness" in elo and "helpfulness" in elo:
+            def pt(n):
+                hx, hy = ((ci.get("harmlessness") or {}).get(n) or {}), ((ci.get("helpfulness") or {}).get(n) or {})
+                return {"label": n, "x": elo["harmlessness"].get(n), "y": elo["helpfulness"].get(n),
+                        "x_lo": hx.get("lo"), "x_hi": hx.get("hi"), "y_lo": hy.get("lo"), "y_hi": hy.get("hi")}
+            pic = scatter_chart([pt(n) for n in names], xlabel="harmlessness Elo", ylabel="helpfulness Elo",
+                                title="Helpfulness vs harmlessness Elo (bars: 95 % bootstrap CI)")
         out.append(figs(
+            pic,
             bar_chart(names, {d: [elo[d].get(n) for n in names] for d in dims}, title="Elo rating (Bradley–Terry, mean 1000)",
                       ylabel="Elo", base=1000.0),
             bar_chart(labels, win, title="Win rate of the first model of each pair", ylabel="win rate", y_range=(0, 1),
@@ -546,16 +573,53 @@ def sec_refusal(stages: list[Stage], ctx: Ctx) -> str:
                               title="Refusal rate on benign prompts that look risky", ylabel="refusal rate", y_range=(0, 1)))
                + "<p class='muted'>Lower is better here: these prompts are benign. The detector is a transparent list of "
                "refusal phrases checked near the start of each answer (see the stage's metrics.json).</p>")
+    out.append(refusal_breakdown([(label(s), m) for s, m in ms]))
     for s, _ in ms:
         rows, total = read_jsonl(s.file("samples", "samples.jsonl"), ctx.max_samples)
         items = [sample("refusal", r.get("key"), f'<b>{esc(r.get("key"))}</b> '
                         + (f'<span class="warn">refused ({esc(r.get("reason"))})</span> ' if r.get("refused") else '<span class="ok">answered</span> ')
                         + esc(snippet(first_user(r.get("messages")))),
-                        meta_line(model=r.get("model"), category=r.get("category"), seed=r.get("seed"))
+                        meta_line(model=r.get("model"), set=r.get("set"), category=r.get("category"),
+                                  seed=r.get("seed"), **{"class": r.get("class")})
                         + conversation(r.get("messages")) + pre("answer", r.get("response")))
                  for r in rows]
         ctx.groups.append(Group(f"Refusal check answers ({s.rel})", "refusal", items, total))
     return "".join(out)
+
+
+def refusal_breakdown(runs: list[tuple[str, dict]]) -> str:
+    """Per model: how the feedback model classed its answers to harmful prompts and to benign
+    look-alikes, and the paper's picture: engagement with harmful prompts vs refusal of benign ones."""
+    rows, points, bars = [], [], {}
+    classes = ("refused", "engaged", "complied")
+    for name, m in runs:
+        sets = m.get("sets") or {}
+        for set_name, st in sets.items():
+            c = st.get("classifier") or {}
+            rates = c.get("rates") or {}
+            counts = c.get("counts") or {}
+            rows.append((esc(name), esc(set_name)) + tuple(num(x) for x in (st.get("n"), st.get("failed"),
+                                                                            st.get("refusal_rate"), c.get("n")))
+                        + tuple(f"{num(counts.get(k))} ({num(rates.get(k), 2)})" for k in classes))
+            for k in classes:
+                bars.setdefault(f"{set_name}: {k}", []).append(rates.get(k))
+        h = ((sets.get("harmful") or {}).get("classifier") or {}).get("rates") or {}
+        b = ((sets.get("benign") or {}).get("classifier") or {}).get("rates") or {}
+        points.append({"label": name, "x": b.get("refused"), "y": h.get("engaged")})
+    if not rows:
+        return ""
+    head = ["run", "prompts", "n", "failed", "pattern refusal rate", "classified"] + [f"{k} (rate)" for k in classes]
+    labels = [n for n, _ in runs]
+    return ("<h4>How each model answered (feedback-model classes)</h4>" + table(rows, head)
+            + figs(scatter_chart(points, title="Harmful-prompt engagement vs benign-prompt refusal",
+                                 xlabel="benign look-alikes refused", ylabel="harmful prompts: engaged and explained",
+                                 x_range=(0, 1), y_range=(0, 1)),
+                   bar_chart(labels, bars, title="Answer classes per prompt set", ylabel="share of answers",
+                             y_range=(0, 1)))
+            + "<p class='muted'>The paper's aim: top left — engage with harmful requests by explaining the "
+              "objection, "
+              "refuse few benign ones. Classes come from a three-way multiple-choice question to the feedback model, "
+              "asked in all three option orders; answers that failed to generate are counted, not classed.</p>")
 
 
 def add_generic_samples(s: Stage, kind: str, title: str, ctx: Ctx) -> None:

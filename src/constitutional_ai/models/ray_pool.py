@@ -70,7 +70,7 @@ class RayBackend:
                      configure_logging=False)
         worker = ray.remote(_Worker).options(num_cpus=num_cpus, num_gpus=num_gpus)
         self._ray = ray
-        self.workers = [worker.remote(s, options) for s in self.specs]
+        self.workers: list[Any] = [worker.remote(s, options) for s in self.specs]
         first = self._call([self.workers[0].facts.remote()])[0]
         self.name = f"ray:{len(self.workers)}x{first['name']}" if len(set(self.specs)) == 1 else spec
         self.context_length: int | None = first["context_length"]

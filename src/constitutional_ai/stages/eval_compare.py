@@ -2,10 +2,11 @@
 
     cai eval compare --models default runs/sft runs/rl --names base sl rl --judge default --out runs/eval/compare
 
-1. **Prompts.** ``--limit`` prompts (default 50; 0 = all) of each set: the red-team set for
-   the *harmlessness* comparison, the helpful set for *helpfulness* (``none`` skips one).
-   They are taken from the **end** of each file (``--take last``) so they do not overlap the
-   prompts training runs used with ``--limit N``, which take the first N.
+1. **Prompts.** ``--limit`` prompts (default 50; 0 = all) of the **eval split** of each set
+   (``--split``): the red-team set for the *harmlessness* comparison, the helpful set for
+   *helpfulness* (``none`` skips one). Training stages draw from the train split. A model
+   whose training folders (its manifest and, recursively, its inputs' manifests) record a
+   prompt id of these sets is refused, naming the ids, unless ``--allow-overlap``.
 2. **Answers.** Every model answers every prompt once, sampled at ``--temperature`` 1.0 (the
    models' own distribution, as ``revise`` and ``sample-pairs`` sample) with the seed
    derived from ``(--seed, set, prompt id)`` — the same seed for every model. Answers are
@@ -23,7 +24,11 @@
    models (keeps ratings finite when a model wins everything), fitted by the MM iteration
    (Hunter 2004) to convergence. Rating = 1000 + 400·log10(strength / geometric mean), so
    ratings average 1000 and a 400-point gap means 10:1 odds. The fit is deterministic and
-   does not depend on the order of comparisons.
+   does not depend on the order of comparisons. Confidence intervals (``--bootstrap`` B, 95 %):
+   percentiles of the Elo refitted on B resamples of the *prompts* with replacement.
+6. **Counts, never folded in.** Per dimension: comparisons judged, ties (P = 0.5, shown as
+   ties, not split into wins), comparisons missing because an answer failed, judge errors. A
+   judge without log-probabilities stops the stage with an error; no default 0.5 is used.
 
 Output: ``responses-<name>.jsonl``, ``samples.jsonl`` (one judged comparison per line: both
 responses, principle ids, every raw score per order), ``failures.jsonl``, ``metrics.json``,
@@ -44,10 +49,10 @@ from tqdm.auto import tqdm
 
 from ..config import opt, output_settings, parse_config
 from ..constitution import FeedbackPrinciple, load_constitution
-from ..data import prompt_items
+from ..data import prompt_items, training_prompt_ids
 from ..feedback import FeedbackOptions, label_chunk, position_stats
 from ..generation import Failed, generate_each, release
-from ..metrics import bradley_terry_elo, pair_table
+from ..metrics import bootstrap_elo, bradley_terry_elo, pair_table
 from ..models import Sampling, derive_seed, load_backend
 from ..prompts import STOP_STRINGS, clean_text
 from ..store import StageDir, file_sha256
@@ -75,11 +80,17 @@ class CompareConfig:
     prompts_red_team: str = opt("builtin:red_team", "Prompts for the harmlessness comparison ('none' to skip it)")
     prompts_helpful: str = opt("builtin:helpful", "Prompts for the helpfulness comparison ('none' to skip it)")
     limit: int = opt(50, "Prompts per set (0 = all)", output=False, min=0)
-    take: str = opt("last", "Which prompts --limit keeps: 'last' (default: not the ones `--limit N` training runs used) or 'first'",
-                    output=False)
+    take: str = opt("first", "Which prompts --limit keeps: 'first' or 'last'", output=False)
+    split: str = opt("eval", "Prompt split: eval (default; training stages use train), train or all")
+    allow_overlap: bool = opt(False, "Evaluate even on prompts that a model's training folders used", output=False)
+    bootstrap: int = opt(200, "Bootstrap resamples of the prompts for the Elo confidence intervals (0 = none)",
+                         output=False, min=0)
     constitution: str = opt("default", "Constitution with the harmlessness feedback principles and exemplars",
                             output=False)  # its fingerprint is pinned instead
     few_shot: int | None = opt(None, "Feedback exemplars before each question (default: all in the constitution)", min=0)
+    prompt_format: str = opt("text", "How the question reaches the model: 'text' (the paper's plain "
+                             "'Human: ... Assistant: ...' text ending 'The answer is: (', no chat template) "
+                             "or 'chat' (its chat template); CoT always uses chat")
     seed: int = opt(0, "Seed for answers (same per prompt for every model) and principle draws")
     temperature: float = opt(1.0, "Sampling temperature of the answers (1 = the models' own distribution)")
     top_p: float = opt(1.0, "Nucleus sampling threshold (1 = off)")
@@ -93,18 +104,42 @@ def default_name(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(spec.rstrip("/")).name or spec).strip("-") or "model"
 
 
-def compare_metrics(comps: list[dict], cfg: CompareConfig, names: list[str], dims: dict) -> dict:
+def check_overlap(models: dict[str, str], items: list, allow: bool) -> dict[str, list[str]]:
+    """Prompt ids of ``items`` that each model's training folders used; an error unless ``allow``."""
+    ids = {it.id for it in items}
+    found = {}
+    for name, spec in models.items():
+        used = training_prompt_ids(spec) if Path(spec).is_dir() else {}
+        hit = sorted(ids & set(used))
+        found[name] = hit
+        if hit and not allow:
+            raise ValueError(f"model {name!r} ({spec}) was trained on {len(hit)} of the evaluation prompts "
+                             f"(recorded in {used[hit[0]]}): {', '.join(hit[:10])}{' ...' if len(hit) > 10 else ''}. "
+                             "Evaluate on the eval split (--split eval), or pass --allow-overlap to evaluate anyway.")
+    return found
+
+
+def compare_metrics(comps: list[dict], cfg: CompareConfig, names: list[str], dims: dict,
+                    expected: dict[str, int] | None = None) -> dict:
+    """Win rates, Elo with bootstrap intervals, and the counts of ties, missing and failed comparisons."""
     metrics: dict[str, Any] = {"kind": "compare", "models": dict(zip(names, cfg.models)), "judge": cfg.judge,
-               "dimensions": {}, "win_rates": {}, "mean_preference": {}, "pairs": {}, "elo": {}, "position_bias": {},
+               "dimensions": {}, "win_rates": {}, "mean_preference": {}, "pairs": {}, "elo": {}, "elo_ci": {},
+               "position_bias": {},
                "elo_method": f"Bradley-Terry MLE on soft outcomes (MM iteration), {cfg.elo_prior} virtual tie(s) per pair, "
                              "rating = 1000 + 400*log10(strength / geometric mean)"}
     for dim, (set_name, spec, n_prompts) in dims.items():
-        cs = [c for c in comps if c["dimension"] == dim]
+        mine = [c for c in comps if c["dimension"] == dim]
+        cs = [c for c in mine if "error" not in c]
         win, mean_p, rows = pair_table(cs, names)
+        n_exp = (expected or {}).get(dim, len(mine))
         metrics["dimensions"][dim] = {"prompts": spec, "prompt_count": n_prompts, "comparisons": len(cs),
+                                      "expected": n_exp, "ties": sum(r["ties"] for r in rows),
+                                      "judge_errors": len(mine) - len(cs), "missing": n_exp - len(mine),
                                       "principle": HELPFULNESS_PRINCIPLE if dim == "helpfulness" else "drawn from the constitution per comparison"}
         metrics["win_rates"][dim], metrics["mean_preference"][dim], metrics["pairs"][dim] = win, mean_p, rows
         metrics["elo"][dim] = bradley_terry_elo(names, [(c["a"], c["b"], c["p_a"]) for c in cs], cfg.elo_prior)
+        metrics["elo_ci"][dim] = bootstrap_elo(names, [(c["prompt_id"], c["a"], c["b"], c["p_a"]) for c in cs],
+                                               cfg.bootstrap, cfg.seed, cfg.elo_prior)
         metrics["position_bias"][dim] = position_stats(cs) if cs else None
     return metrics
 
@@ -125,12 +160,14 @@ def main(cfg: CompareConfig) -> Path:
         spec = getattr(cfg, field)
         if spec.lower() == "none":
             continue
-        items, pfile = prompt_items(spec, cfg.limit or None, cfg.take)
+        items, pfile = prompt_items(spec, cfg.limit or None, cfg.take, split=cfg.split)
         sets[set_name] = items
         dims[dim] = (set_name, spec, len(items))
         hashes[f"{field}_sha256"] = file_sha256(pfile)
     if not dims:
         raise ValueError("both prompt sets are 'none': nothing to compare")
+    overlap = check_overlap(dict(zip(names, cfg.models)), [it for items in sets.values() for it in items],
+                            cfg.allow_overlap)
     c = load_constitution(cfg.constitution)
     if "harmlessness" in dims and not c.feedback:
         raise ValueError(f"{c.source}: the constitution has no feedback principles for the harmlessness judge")
@@ -178,7 +215,8 @@ def main(cfg: CompareConfig) -> Path:
                                      "dimension": dim, "prompt_set": s, "category": it.category, "a": a, "b": b})
         if pending:
             judge = load_backend(cfg.judge, batch_size=cfg.batch_size)
-            opts = FeedbackOptions(debias=True, principles=1, few_shot=cfg.few_shot, seed=cfg.seed)
+            opts = FeedbackOptions(debias=True, principles=1, few_shot=cfg.few_shot, seed=cfg.seed,
+                                   prompt_format=cfg.prompt_format)
             print(f"[eval compare] {len(pending)} comparisons to judge with {judge.name}", file=sys.stderr)
             step = max(1, cfg.batch_size // 2)
             specs = dict(zip(names, cfg.models))
@@ -195,13 +233,16 @@ def main(cfg: CompareConfig) -> Path:
             release()
         wanted = {f"{dim}/{it.id}/{a}~{b}" for dim, (s, _, _) in dims.items() for it in sets[s] for a, b in combinations(names, 2)}
         comps = [r for r in judged if r["key"] in wanted]
-        metrics = compare_metrics(comps, cfg, names, dims)
+        expected = {dim: sum(1 for k in wanted if k.startswith(dim + "/")) for dim in dims}
+        metrics = compare_metrics(comps, cfg, names, dims, expected)
+        metrics["training_overlap"] = {n: len(v) for n, v in overlap.items()}
         out.write_json("metrics.json", metrics)
         out.finish({"config": asdict(cfg), "inputs": {"models": dict(zip(names, cfg.models)), "judge": cfg.judge,
                                                       **{d: v[1] for d, v in dims.items()}},
                     "counts": {"comparisons": len(comps), "expected": len(wanted),
                                **{f"answers_{n}": len(answers[n]) for n in names}},
-                    "metrics": {"elo": metrics["elo"]},
+                    "metrics": {"elo": metrics["elo"], "elo_ci": metrics["elo_ci"]},
+                    "eval_prompt_ids": {s: [it.id for it in items] for s, items in sets.items()},
                     "files": {"samples": "samples.jsonl", "metrics": "metrics.json",
                               **{f"responses_{n}": f"responses-{n}.jsonl" for n in names}},
                     "seconds": round(time.time() - t0, 1)})

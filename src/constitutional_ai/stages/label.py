@@ -58,6 +58,9 @@ class LabelConfig:
     exemplar_pool: int = opt(8, "Exemplar blocks (each exemplar with its own random principle) drawn once per "
                              "run; each label uses one at random, so the model reuses its encoding "
                              "(0: a fresh draw per pair)", min=0)
+    prompt_format: str = opt("text", "How the question reaches the model: 'text' (the paper's plain "
+                             "'Human: ... Assistant: ...' text ending 'The answer is: (', no chat template) "
+                             "or 'chat' (its chat template); CoT always uses chat")
     cot: bool = opt(False, "Chain-of-thought: the model reasons before the answer is scored")
     clamp: list[float] = opt([0.4, 0.6], "With --cot: clamp each scoring to [LO, HI], then average (paper: 0.4 0.6)")
     cot_samples: int = opt(1, "With --cot: reasoning samples per scoring, probabilities averaged", min=1)

@@ -59,6 +59,8 @@ class ReviseConfig:
     rounds: int = opt(4, "Sequential critique/revision rounds per response (paper: 4)", min=1)
     samples: int = opt(1, "Independent initial responses (each revised) per prompt", min=1)
     limit: int | None = opt(None, "Use only the first N prompts", output=False, min=1)
+    split: str = opt("train", "Prompt split: train (default; evaluations use eval), eval or all; "
+                              "a file without split fields is used whole")
     seed: int = opt(0, "Seed for principle draws and sampling")
     temperature: float = opt(1.0, "Sampling temperature for every generation (paper: 1)")
     top_p: float = opt(1.0, "Nucleus sampling threshold (1 = off)")
@@ -194,7 +196,7 @@ def main(cfg: ReviseConfig) -> Path:
     if cfg.sft_rounds not in ("last", "all") and not (cfg.sft_rounds.isdigit() and 1 <= int(cfg.sft_rounds) <= cfg.rounds):
         raise ValueError(f"--sft-rounds must be 'last', 'all' or a round number 1..{cfg.rounds}, got {cfg.sft_rounds!r}")
     pfile = prompt_file(cfg.prompts)
-    items = load_prompts(pfile, limit=cfg.limit)
+    items = load_prompts(pfile, limit=cfg.limit, split=cfg.split)
     constitution = load_constitution(cfg.constitution)
     if not constitution.critique_revision:
         raise ValueError(f"{constitution.source}: the constitution has no critique/revision principles")
@@ -248,6 +250,7 @@ def main(cfg: ReviseConfig) -> Path:
                 "sft_empty_skipped": len(sft_rows_all(finished, cfg.sft_rounds)) - len(rows),
             },
             "principle_counts": principle_counts,
+            "prompt_ids": [it.id for it in items],
             "files": {"records": "records.jsonl", "sft": "sft.jsonl", "failures": "failures.jsonl"},
             "seconds": round(time.time() - t0, 1),
         })

@@ -32,6 +32,8 @@ class SamplePairsConfig:
     prompts: str = opt("builtin:red_team", "Prompt file or builtin:red_team / builtin:helpful",
                        output=False)  # its content hash is pinned instead
     limit: int | None = opt(None, "Use only the first N prompts", output=False, min=1)
+    split: str = opt("train", "Prompt split: train (default; evaluations use eval), eval or all; "
+                              "a file without split fields is used whole")
     seed: int = opt(0, "Seed; each response's seed is derived from it, the prompt id and the index")
     temperature: float = opt(1.0, "Sampling temperature (paper: 1)", min=0)
     top_p: float = opt(1.0, "Nucleus sampling threshold (1 = off)")
@@ -42,7 +44,7 @@ class SamplePairsConfig:
 
 def main(cfg: SamplePairsConfig) -> Path:
     pfile = prompt_file(cfg.prompts)
-    items = load_prompts(pfile, limit=cfg.limit)
+    items = load_prompts(pfile, limit=cfg.limit, split=cfg.split)
     with StageDir(cfg.out, "sample-pairs", output_settings(cfg, prompts_sha256=file_sha256(pfile))) as out:
         pairs = out.records("pairs.jsonl")
         failures = out.failures()
@@ -83,6 +85,7 @@ def main(cfg: SamplePairsConfig) -> Path:
             "counts": {"prompts": len(items), "pairs": n, "failed": len(items) - n,
                        "identical_pairs": sum(1 for r in pairs if r["key"] in wanted and r["responses"][0] == r["responses"][1])},
             "files": {"pairs": "pairs.jsonl", "failures": "failures.jsonl"},
+            "prompt_ids": [it.id for it in items],
             "seconds": round(time.time() - t0, 1),
         })
     print(f"[sample-pairs] {n} pairs -> {manifest.parent}", file=sys.stderr)

@@ -95,6 +95,8 @@ class TrainRLConfig(RLOOConfig):
     prompts_helpful: str = opt("builtin:helpful", "Helpfulness prompts (file or builtin:NAME)", output=False)  # hash pinned
     helpful_fraction: float = opt(0.5, "Share of helpfulness prompts in the RL prompt mix (the paper trained on both)")
     limit_prompts: int | None = opt(None, "Use at most this many prompts in all (after mixing)")
+    split: str = opt("train", "Prompt split: train (default; evaluations use eval), eval or all; "
+                              "a file without split fields is used whole")
     boilerplate_phrases: list[str] = opt(BOILERPLATE, "Phrases whose rate is logged as boilerplate_rate (case-insensitive)")
     penalize_boilerplate: float = opt(0.0, "Subtract this from the reward of answers with a boilerplate phrase (0 = paper: PM only)")
     min_length_tokens: int = opt(5, "Answers shorter than this many tokens count in short_rate")
@@ -337,7 +339,8 @@ def main(cfg: TrainRLConfig) -> Path:
     inputs = {"policy": describe_input(policy_path, None), "pm": describe_input(cfg.pm, "train-pm"),
               "prompts": {"red_team": cfg.prompts_red_team, "red_team_sha256": file_sha256(prompt_file(cfg.prompts_red_team)),
                           "helpful": cfg.prompts_helpful, "helpful_sha256": file_sha256(prompt_file(cfg.prompts_helpful))}}
-    red, helpful = load_prompts(cfg.prompts_red_team), load_prompts(cfg.prompts_helpful)
+    red = load_prompts(cfg.prompts_red_team, split=cfg.split)
+    helpful = load_prompts(cfg.prompts_helpful, split=cfg.split)
     rows = mix_prompts(red, helpful, cfg.helpful_fraction, cfg.limit_prompts, cfg.seed)
     with StageDir(cfg.out, STAGE, output_settings(cfg, inputs=inputs)) as out:
         if out.finished:
@@ -376,6 +379,7 @@ def main(cfg: TrainRLConfig) -> Path:
                         "seconds_per_step": round(result.metrics["train_runtime"] / max(steps, 1), 3)},
             "files": {"checkpoint": ".", "log": "log.jsonl", "samples": "samples.jsonl",
                       "samples_first": "samples_first.jsonl"},
+            "prompt_ids": [r["prompt_id"].split("/", 1)[1] for r in rows],
             "seconds": round(time.time() - t0, 1),
         })
     print(f"[train rl] {steps} steps; reward {first.get('reward')} -> {last.get('reward')}; checkpoint -> {cfg.out}",

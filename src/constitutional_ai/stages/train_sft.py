@@ -70,6 +70,7 @@ class TrainSFTConfig(SFTConfig):
     helpful_data: str | None = opt(None, "JSONL of helpful conversations (`messages` ending in an assistant turn); "
                                    "default: sample them from --model", output=False)  # its hash is pinned instead
     helpful_prompts: str = opt("builtin:helpful", "Prompts to sample helpful replies for when --helpful-data is not given")
+    split: str = opt("train", "Split of --helpful-prompts: train (default; evaluations use eval), eval or all")
     helpful_temperature: float = opt(1.0, "Sampling temperature for helpful replies")
     helpful_max_new_tokens: int = opt(200, "Token budget of each sampled helpful reply", min=1)
     helpful_batch_size: int = opt(16, "Prompts per generation batch when sampling helpful replies", output=False, min=1)
@@ -154,14 +155,14 @@ def helpful_from_file(cfg: TrainSFTConfig, n: int) -> list[list[dict]]:
     return random.Random(derive_seed(cfg.seed, "helpful-pick")).sample(rows, n)
 
 
-def helpful_sampled(cfg: TrainSFTConfig, n: int, out: StageDir) -> tuple[list[list[dict]], int, int]:
+def helpful_sampled(cfg: TrainSFTConfig, n: int, out: StageDir) -> tuple[list[list[dict]], int, int, list[str]]:
     """``n`` replies of --model to the helpful prompts, kept in helpful.jsonl; returns them, the
-    empty count and the truncated count (excluded unless --keep-truncated).
+    empty count, the truncated count (excluded unless --keep-truncated) and the prompt ids used.
 
     Prompts are taken in a seeded shuffled order (so categories mix) and reused with a new
     sample index when ``n`` exceeds the set. Each reply's seed depends only on its key.
     """
-    items = load_prompts(cfg.helpful_prompts)
+    items = load_prompts(cfg.helpful_prompts, split=cfg.split)
     random.Random(derive_seed(cfg.seed, "helpful-order")).shuffle(items)
     wanted = [(items[i % len(items)], i // len(items), f"{items[i % len(items)].id}/s{i // len(items)}") for i in range(n)]
     records = out.records("helpful.jsonl")
@@ -196,7 +197,7 @@ def helpful_sampled(cfg: TrainSFTConfig, n: int, out: StageDir) -> tuple[list[li
             truncated += 1
         else:
             convs.append(rec["messages"] + [{"role": "assistant", "content": rec["response"]}])
-    return convs, empty, truncated
+    return convs, empty, truncated, sorted({it.id for it, _, _ in wanted})
 
 
 def to_prompt_completion(conv: list[dict]) -> dict:
@@ -243,19 +244,20 @@ def main(cfg: TrainSFTConfig) -> Path:
         helpful_hash = file_sha256(prompt_file(cfg.helpful_prompts))
     settings = output_settings(cfg, data_sha256=[i["sft_sha256"] for i in inputs], helpful_data_sha256=helpful_hash)
     if cfg.helpful_data is not None:  # sampling settings are moot with a file
-        for k in ("helpful_prompts", "helpful_temperature", "helpful_max_new_tokens"):
+        for k in ("helpful_prompts", "helpful_temperature", "helpful_max_new_tokens", "split"):
             settings.pop(k)
     with StageDir(cfg.out, STAGE, settings) as out:
         if out.finished:
             print(f"[train sft] already done: {cfg.out} (same settings); delete the folder to retrain", file=sys.stderr)
             return Path(cfg.out)
         empty = helpful_truncated = 0
+        helpful_ids: list[str] = []
         if not n_help:
             helpful = []
         elif cfg.helpful_data is not None:
             helpful = helpful_from_file(cfg, n_help)
         else:
-            helpful, empty, helpful_truncated = helpful_sampled(cfg, n_help, out)
+            helpful, empty, helpful_truncated, helpful_ids = helpful_sampled(cfg, n_help, out)
         out.begin()
         trainer, dropped = build_trainer(cfg, revisions + helpful)
         print(f"[train sft] {len(revisions)} revisions + {len(helpful)} helpful examples "
@@ -289,6 +291,7 @@ def main(cfg: TrainSFTConfig) -> Path:
                       "seconds_per_step": round(result.metrics["train_runtime"] / max(steps, 1), 3),
                       "log_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]},
             "files": {"checkpoint": ".", "helpful": "helpful.jsonl" if n_help and cfg.helpful_data is None else None},
+            "prompt_ids": helpful_ids,  # the revisions' prompts are in the revise folders' manifests
             "seconds": round(time.time() - t0, 1),
         })
     loss = f"loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "no loss logged"
