@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from ..config import opt, output_settings, parse_config
 from ..constitution import FeedbackPrinciple, load_constitution
 from ..data import prompt_items, training_prompt_ids
-from ..feedback import FeedbackOptions, label_chunk, position_stats
+from ..feedback import FeedbackOptions, label_each, position_stats
 from ..generation import Failed, generate_each, release
 from ..metrics import bootstrap_elo, bradley_terry_elo, pair_table
 from ..models import Sampling, derive_seed, load_backend
@@ -225,7 +225,7 @@ def main(cfg: CompareConfig) -> Path:
                     mine = [t for t in pending if t["dimension"] == dim]
                     for start in range(0, len(mine), step):
                         batch = mine[start : start + step]
-                        for t, lr in zip(batch, label_chunk(judge, batch, constitutions[dim], opts, NEEDS_LOGPROBS)):
+                        for t, lr in zip(batch, label_each(judge, batch, constitutions[dim], opts, NEEDS_LOGPROBS)):
                             judged.append({**lr, **{k: t[k] for k in ("dimension", "prompt_set", "category", "a", "b")},
                                            "model_a": specs[t["a"]], "model_b": specs[t["b"]], "judge": cfg.judge})
                         bar.update(len(batch))

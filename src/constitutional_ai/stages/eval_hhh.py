@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from ..config import opt, output_settings, parse_config
 from ..constitution import FeedbackPrinciple, load_constitution
 from ..data import DataError
-from ..feedback import FeedbackOptions, label_chunk, position_stats
+from ..feedback import FeedbackOptions, label_each, position_stats
 from ..metrics import calibration, graded, mean, sigmoid
 from ..models import derive_seed, load_backend
 from ..pm import load_pm, pm_identity, score_conversations
@@ -252,6 +252,7 @@ def main(cfg: HHHConfig) -> Path:
     t0 = time.time()
     with StageDir(cfg.out, "eval-hhh", settings) as out:
         records = out.records("samples.jsonl")
+        failures = out.failures()
         todo = [e for e in examples if e["key"] not in records]
         if todo:
             evaluator = "pm" if cfg.pm else "feedback model"
@@ -260,7 +261,7 @@ def main(cfg: HHHConfig) -> Path:
                 if cfg.pm:
                     _hhh_pm(cfg, todo, records, bar)
                 else:
-                    _hhh_model(cfg, constitution, todo, records, bar)
+                    _hhh_model(cfg, constitution, todo, records, failures, bar)
         wanted = {e["key"] for e in examples}
         done = [r for r in records if r["key"] in wanted]
         metrics = {"kind": "hhh", "task": cfg.task, "evaluator": "pm" if cfg.pm else "feedback-model",
@@ -271,7 +272,8 @@ def main(cfg: HHHConfig) -> Path:
                 [{"scores": r["scores"], "p_a": r["p_slot_a"][modes[1 if cfg.debias else 0]]} for r in done])
         out.write_json("metrics.json", metrics)
         out.finish({"config": asdict(cfg), "inputs": {"task": [str(f) for f in files], "pm": cfg.pm},
-                    "counts": {"examples": len(examples), "scored": len(done)}, "metrics": metrics["accuracy"],
+                    "counts": {"examples": len(examples), "scored": len(done), "failed": len(examples) - len(done)},
+                    "metrics": metrics["accuracy"],
                     "files": {"samples": "samples.jsonl", "metrics": "metrics.json"},
                     "seconds": round(time.time() - t0, 1)})
     summary = ", ".join(f"{m} {metrics['accuracy'][m]['overall']:.3f}" for m in modes if metrics["accuracy"].get(m))
@@ -289,7 +291,7 @@ def _file_order(e: dict, slot_probs: dict[str, float]) -> dict[str, float]:
     return {m: 1.0 - p if e["swapped"] else p for m, p in slot_probs.items()}
 
 
-def _hhh_model(cfg: HHHConfig, constitution, todo: list[dict], records, bar) -> None:
+def _hhh_model(cfg: HHHConfig, constitution, todo: list[dict], records, failures, bar) -> None:
     backend = load_backend(cfg.model or "default", batch_size=cfg.batch_size)
     per = (2 if cfg.debias else 1) * (1 + (cfg.cot_samples if cfg.cot else 0))
     step = max(1, cfg.batch_size // per)
@@ -297,9 +299,13 @@ def _hhh_model(cfg: HHHConfig, constitution, todo: list[dict], records, bar) -> 
         chunk = todo[start : start + step]
         recs = [{"key": e["key"], "prompt_id": e["key"], "messages": e["messages"],
                  "responses": e["responses"][::-1] if e["swapped"] else e["responses"]} for e in chunk]
-        plain = label_chunk(backend, recs, constitution, _options(cfg, cot=False), NEEDS_LOGPROBS)
-        cot = label_chunk(backend, recs, constitution, _options(cfg, cot=True), NEEDS_LOGPROBS) if cfg.cot else [None] * len(chunk)
+        plain = label_each(backend, recs, constitution, _options(cfg, cot=False), NEEDS_LOGPROBS)
+        cot = label_each(backend, recs, constitution, _options(cfg, cot=True), NEEDS_LOGPROBS) if cfg.cot else [None] * len(chunk)
         for e, lr, cr in zip(chunk, plain, cot):
+            bad = next((x for x in (lr, cr) if x and "error" in x), None)
+            if bad:  # e.g. a prompt too long for the context: that example's failure, the others go on
+                failures.append(e["key"], bad["error"], kind=bad.get("kind"), subset=e["subset"])
+                continue
             slot = _slot_probs(lr, "") | (_slot_probs(cr, "cot_") if cr else {})
             probs = _file_order(e, slot)
             records.append({**_hhh_record(e), "evaluator": "feedback-model", "model": backend.name,
