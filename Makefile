@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 # CPU build of torch for laptops and CI; GPU users install the package into their own env.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: env browser demo test test-fast clean
+.PHONY: env browser demo lint test test-fast clean
 
 env: $(STAMP) browser
 
@@ -30,7 +30,13 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 demo: env
 	$(VENV)/bin/cai run recipes/tiny.yaml
 
-test: env
+# House style: ruff (lint + format) and mypy, configured in pyproject.toml.
+lint: env
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest -q
 
 test-fast: env

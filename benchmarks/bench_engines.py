@@ -81,16 +81,31 @@ def main() -> None:
 
     def gen_row(name: str, texts: list[str], secs: float) -> None:
         n = count(texts)
-        rows.append({"task": "generate", "engine": name, "tokens": n, "seconds": round(secs, 2),
-                     "tokens_per_s": round(n / secs, 1)})
+        rows.append(
+            {
+                "task": "generate",
+                "engine": name,
+                "tokens": n,
+                "seconds": round(secs, 2),
+                "tokens_per_s": round(n / secs, 1),
+            }
+        )
         print(rows[-1], flush=True)
 
     def score_row(name: str, scores: list, secs: float, ref: list | None) -> None:
         pa = [label.normalise(*s) for s in scores]
         diff = max(abs(a - b) for a, b in zip(pa, ref)) if ref else 0.0
-        rows.append({"task": "label", "engine": name, "prompts": len(prompts), "prompt_tokens": prompt_tokens,
-                     "seconds": round(secs, 2), "prompt_tokens_per_s": round(prompt_tokens / secs, 1),
-                     "max_abs_diff_p_a_vs_local": round(diff, 4)})
+        rows.append(
+            {
+                "task": "label",
+                "engine": name,
+                "prompts": len(prompts),
+                "prompt_tokens": prompt_tokens,
+                "seconds": round(secs, 2),
+                "prompt_tokens_per_s": round(prompt_tokens / secs, 1),
+                "max_abs_diff_p_a_vs_local": round(diff, 4),
+            }
+        )
         print(rows[-1], flush=True)
 
     for bs in [int(x) for x in args.local_batches.split(",")]:
@@ -114,9 +129,15 @@ def main() -> None:
             score_row(f"llama.cpp server, concurrency {conc}", scores, secs, ref)
             metrics[f"concurrency {conc}"] = server.metrics()
     result = {
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
-        "cpu_count": os.cpu_count(), "threads": args.threads, "load_avg_before": load_before,
-        "load_avg_after": os.getloadavg(), "args": vars(args), "rows": rows, "server_metrics": metrics,
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "threads": args.threads,
+        "load_avg_before": load_before,
+        "load_avg_after": os.getloadavg(),
+        "args": vars(args),
+        "rows": rows,
+        "server_metrics": metrics,
     }
     out = Path(__file__).parent / "results" / f"engines-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(exist_ok=True)
@@ -124,11 +145,14 @@ def main() -> None:
     print("\n| task | engine | work | seconds | throughput |\n|---|---|---:|---:|---:|")
     for r in rows:
         if r["task"] == "generate":
-            print(f"| generate | {r['engine']} | {r['tokens']} new tokens | {r['seconds']} "
-                  f"| {r['tokens_per_s']} tok/s |")
+            print(
+                f"| generate | {r['engine']} | {r['tokens']} new tokens | {r['seconds']} | {r['tokens_per_s']} tok/s |"
+            )
         else:
-            print(f"| label | {r['engine']} | {r['prompts']} prompts, {r['prompt_tokens']} tokens | {r['seconds']} | "
-                  f"{r['prompt_tokens_per_s']} prompt tok/s (max dP(A) {r['max_abs_diff_p_a_vs_local']}) |")
+            print(
+                f"| label | {r['engine']} | {r['prompts']} prompts, {r['prompt_tokens']} tokens | {r['seconds']} | "
+                f"{r['prompt_tokens_per_s']} prompt tok/s (max dP(A) {r['max_abs_diff_p_a_vs_local']}) |"
+            )
     print(f"\nload average before {load_before}, after {result['load_avg_after']}; results: {out}")
 
 

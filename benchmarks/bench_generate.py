@@ -30,8 +30,13 @@ def naive_loop(backend: LocalBackend, convs, max_new_tokens: int) -> tuple[int, 
         ids = tok(backend.render(conv), return_tensors="pt", add_special_tokens=False).to(backend.device)
         torch.manual_seed(i)
         out = model.generate(
-            **ids, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-            max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+            **ids,
+            do_sample=True,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tok.pad_token_id,
         )
         n_tokens += out.shape[1] - ids.input_ids.shape[1]
     return n_tokens, time.perf_counter() - t0
@@ -59,9 +64,11 @@ def main() -> None:
     for bs in (1, 8, 32):
         rows.append((f"LocalBackend batch {bs}", *batched(backend, convs, args.max_new_tokens, bs)))
     base = rows[0][1] / rows[0][2]
-    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, model {backend.name}, {len(convs)} prompts, "
-          f"max_new_tokens {args.max_new_tokens}\n")
+    print(
+        f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, model {backend.name}, {len(convs)} prompts, "
+        f"max_new_tokens {args.max_new_tokens}\n"
+    )
     print("| configuration | tokens | seconds | tokens/s | vs naive |")
     print("|---|---:|---:|---:|---:|")
     for name, n, dt in rows:

@@ -32,8 +32,8 @@ import torch
 from constitutional_ai.constitution import load_constitution
 from constitutional_ai.data import HELPFUL_COMPARISONS
 from constitutional_ai.models.local import LocalBackend
-from constitutional_ai.stages.label import LabelConfig, normalise, scoring_units
 from constitutional_ai.prompts import feedback_messages
+from constitutional_ai.stages.label import LabelConfig, normalise, scoring_units
 
 
 def build_prompts(backend: LocalBackend, n: int, principles: int, exemplar_pool: int = 8) -> list[str]:
@@ -43,8 +43,11 @@ def build_prompts(backend: LocalBackend, n: int, principles: int, exemplar_pool:
     with open(HELPFUL_COMPARISONS) as f:
         rows = [json.loads(x) for x in f][:n]
     for i, r in enumerate(rows):
-        rec = {"key": f"b{i}", "messages": r["prompt"],
-               "responses": [r["chosen"][0]["content"], r["rejected"][0]["content"]]}
+        rec = {
+            "key": f"b{i}",
+            "messages": r["prompt"],
+            "responses": [r["chosen"][0]["content"], r["rejected"][0]["content"]],
+        }
         for u in scoring_units(rec, c, cfg):
             prompts.append(backend.render(feedback_messages(u["question"], u["exemplars"])))
     return prompts
@@ -87,12 +90,12 @@ def main() -> None:
     backend.score_choices(prompts[:2], ["A", "B"])  # warm-up
     rows, ref = [], None
     bs = args.batch_size
-    for name, fn in (("naive (1 prompt per forward, full logits)", lambda: naive(backend, prompts)),
-                     (f"batched (batch {bs}), no prefix reuse", lambda: batched(backend, prompts, False, False)),
-                     (f"batched (batch {bs}) + shared prefix within a call",
-                      lambda: batched(backend, prompts, True, False)),
-                     (f"batched (batch {bs}) + shared prefix + prefix cache (cold)",
-                      lambda: batched(backend, prompts, True, True))):
+    for name, fn in (
+        ("naive (1 prompt per forward, full logits)", lambda: naive(backend, prompts)),
+        (f"batched (batch {bs}), no prefix reuse", lambda: batched(backend, prompts, False, False)),
+        (f"batched (batch {bs}) + shared prefix within a call", lambda: batched(backend, prompts, True, False)),
+        (f"batched (batch {bs}) + shared prefix + prefix cache (cold)", lambda: batched(backend, prompts, True, True)),
+    ):
         t0 = time.perf_counter()
         probs = fn()
         dt = time.perf_counter() - t0
@@ -100,10 +103,12 @@ def main() -> None:
             ref = probs
         err = max(abs(x - y) for x, y in zip(probs, ref))
         rows.append((name, dt, err))
-    print(f"\n{os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"model {backend.name}, {args.pairs} pairs x {args.principles} principles x 2 orders = {len(prompts)} "
-          f"prompts, {n_tok / len(prompts):.0f} tokens/prompt on average, "
-          f"exemplar pool {args.exemplar_pool}, load average {os.getloadavg()[0]:.2f}\n")
+    print(
+        f"\n{os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"model {backend.name}, {args.pairs} pairs x {args.principles} principles x 2 orders = {len(prompts)} "
+        f"prompts, {n_tok / len(prompts):.0f} tokens/prompt on average, "
+        f"exemplar pool {args.exemplar_pool}, load average {os.getloadavg()[0]:.2f}\n"
+    )
     print("| scorer | seconds | labels/s | vs naive | max abs diff in P(A) vs naive |")
     print("|---|---:|---:|---:|---:|")
     for name, dt, err in rows:

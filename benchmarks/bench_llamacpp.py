@@ -55,15 +55,18 @@ def start_server(slots: int, ctx_per_slot: int, threads: int = 2):
 
 
 def complete(url: str, body: dict) -> dict:
-    req = urllib.request.Request(f"{url}/v1/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{url}/v1/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=600) as r:
         return json.loads(r.read())
 
 
 def llamacpp_generate(url: str, prompts: list[str], max_new: int, concurrent: int) -> tuple[list[str], float]:
-    bodies = [{"prompt": p, "max_tokens": max_new, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
-               "seed": i} for i, p in enumerate(prompts)]
+    bodies = [
+        {"prompt": p, "max_tokens": max_new, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "seed": i}
+        for i, p in enumerate(prompts)
+    ]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrent) as ex:
         out = list(ex.map(lambda b: complete(url, b)["choices"][0]["text"], bodies))
@@ -90,8 +93,7 @@ def llamacpp_label(url: str, prompts: list[str], concurrent: int) -> tuple[list[
 
 def progress(row: tuple) -> None:
     """Each figure as soon as it is measured (a long run cut short still leaves its numbers)."""
-    print(f"# {row[0]}: {', '.join(f'{x:.1f}' for x in row[1:])} (load average {os.getloadavg()[0]:.2f})",
-          flush=True)
+    print(f"# {row[0]}: {', '.join(f'{x:.1f}' for x in row[1:])} (load average {os.getloadavg()[0]:.2f})", flush=True)
 
 
 def main() -> None:
@@ -116,8 +118,13 @@ def main() -> None:
             backend.batch_size = bs
             t0 = time.perf_counter()
             out = backend.generate(convs, sampling, seeds=list(range(len(convs))))
-            gen_rows.append((f"project LocalBackend, batch {bs}", sum(backend.count_tokens(t) for t in out),
-                             time.perf_counter() - t0))
+            gen_rows.append(
+                (
+                    f"project LocalBackend, batch {bs}",
+                    sum(backend.count_tokens(t) for t in out),
+                    time.perf_counter() - t0,
+                )
+            )
             progress(gen_rows[-1])
         backend.batch_size = 16
         backend.prefix_cache.clear()
@@ -135,14 +142,21 @@ def main() -> None:
     llamacpp_generate(url, texts[:2], 4, 2)  # warm-up
     for conc in (1, 32):
         out, dt = llamacpp_generate(url, texts, args.max_new_tokens, conc)
-        gen_rows.append((f"llama.cpp server, {conc} request{'s' if conc > 1 else ''} at a time",
-                         sum(backend.count_tokens(t.split("<|im_end|>")[0]) for t in out), dt))
+        gen_rows.append(
+            (
+                f"llama.cpp server, {conc} request{'s' if conc > 1 else ''} at a time",
+                sum(backend.count_tokens(t.split("<|im_end|>")[0]) for t in out),
+                dt,
+            )
+        )
         progress(gen_rows[-1])
     probs, dt = llamacpp_label(url, label_prompts, 32)
     label_rows.append(("llama.cpp server, 1-token completions, 32 in flight", dt))
     loads["end"] = os.getloadavg()[0]
-    print(f"\nload average {', '.join(f'{k} {v:.2f}' for k, v in loads.items())}; {len(convs)} prompts, "
-          f"max_new_tokens {args.max_new_tokens}; labelling {args.pairs} pairs = {len(label_prompts)} prompts\n")
+    print(
+        f"\nload average {', '.join(f'{k} {v:.2f}' for k, v in loads.items())}; {len(convs)} prompts, "
+        f"max_new_tokens {args.max_new_tokens}; labelling {args.pairs} pairs = {len(label_prompts)} prompts\n"
+    )
     print("| configuration | tokens | seconds | tokens/s |\n|---|---:|---:|---:|")
     for name, n, dt in gen_rows:
         print(f"| {name} | {n} | {dt:.1f} | {n / dt:.1f} |")
@@ -156,8 +170,10 @@ def main() -> None:
         pa = [normalise(*lp) for lp in local]
         both = [(x, y) for x, y in zip(pa, probs) if y is not None]
         if both:
-            print(f"\nP(A), Q4_1 llama.cpp vs fp32 project on {len(both)}/{len(pa)} prompts: "
-                  f"mean abs diff {sum(abs(x - y) for x, y in both) / len(both):.3f}")
+            print(
+                f"\nP(A), Q4_1 llama.cpp vs fp32 project on {len(both)}/{len(pa)} prompts: "
+                f"mean abs diff {sum(abs(x - y) for x, y in both) / len(both):.3f}"
+            )
     del server
 
 

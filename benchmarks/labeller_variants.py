@@ -47,32 +47,58 @@ VARIANTS: dict[str, tuple[str, int, str, int]] = {
 }
 
 
-def run_variant(backend, examples: list[dict], swaps: dict[str, bool], constitution, fmt: str, shots: int,
-                source: str, k: int, seed: int, batch: int) -> dict:
+def run_variant(
+    backend,
+    examples: list[dict],
+    swaps: dict[str, bool],
+    constitution,
+    fmt: str,
+    shots: int,
+    source: str,
+    k: int,
+    seed: int,
+    batch: int,
+) -> dict:
     """Score every example in both orders under one variant; the variant's figures."""
-    c = constitution if source == "constitution" else replace(
-        constitution, feedback=(FeedbackPrinciple("hhh", HHH_PRINCIPLE),))
+    c = (
+        constitution
+        if source == "constitution"
+        else replace(constitution, feedback=(FeedbackPrinciple("hhh", HHH_PRINCIPLE),))
+    )
     opts = FeedbackOptions(principles=k, debias=True, few_shot=shots, seed=seed, prompt_format=fmt)
     rows = []
     step = max(1, batch // opts.per_pair)
     for start in range(0, len(examples), step):
         chunk = examples[start : start + step]
-        recs = [{"key": e["key"], "prompt_id": e["key"], "messages": e["messages"], "responses": e["responses"]}
-                for e in chunk]
+        recs = [
+            {"key": e["key"], "prompt_id": e["key"], "messages": e["messages"], "responses": e["responses"]}
+            for e in chunk
+        ]
         for e, lr in zip(chunk, label_chunk(backend, recs, c, opts)):
             ab = [s["p_a"] for s in lr["scores"] if s["order"] == "AB"]
             ba = [s["p_a"] for s in lr["scores"] if s["order"] == "BA"]
             single = mean(ba) if swaps[e["key"]] else mean(ab)  # P(first listed better), one order
             both = [(s["p_first"] > 0.5) for s in lr["scores"]]
-            rows.append({"subset": e["subset"], "debiased": graded(lr["p_a_unclamped"], e["correct"]),
-                         "single": graded(single, e["correct"]), "first_slot": mean([float(b) for b in both]),
-                         "contradicts": float((mean(ab) > 0.5) != (mean(ba) > 0.5))})
+            rows.append(
+                {
+                    "subset": e["subset"],
+                    "debiased": graded(lr["p_a_unclamped"], e["correct"]),
+                    "single": graded(single, e["correct"]),
+                    "first_slot": mean([float(b) for b in both]),
+                    "contradicts": float((mean(ab) > 0.5) != (mean(ba) > 0.5)),
+                }
+            )
     acc = mean([r["debiased"] for r in rows])
     subsets = sorted({r["subset"] for r in rows})
-    return {"debiased": acc, "debiased_se": math.sqrt(acc * (1 - acc) / len(rows)),
-            "single": mean([r["single"] for r in rows]), "first_slot_rate": mean([r["first_slot"] for r in rows]),
-            "self_contradicting_rate": mean([r["contradicts"] for r in rows]),
-            "by_subset": {s: mean([r["debiased"] for r in rows if r["subset"] == s]) for s in subsets}, "n": len(rows)}
+    return {
+        "debiased": acc,
+        "debiased_se": math.sqrt(acc * (1 - acc) / len(rows)),
+        "single": mean([r["single"] for r in rows]),
+        "first_slot_rate": mean([r["first_slot"] for r in rows]),
+        "self_contradicting_rate": mean([r["contradicts"] for r in rows]),
+        "by_subset": {s: mean([r["debiased"] for r in rows if r["subset"] == s]) for s in subsets},
+        "n": len(rows),
+    }
 
 
 def main() -> None:
@@ -94,19 +120,46 @@ def main() -> None:
             continue
         t0 = time.time()
         r = run_variant(backend, examples, swaps, constitution, fmt, shots, source, k, args.seed, args.batch_size)
-        results[name] = {**r, "prompt_format": fmt, "few_shot": shots, "principle": source, "principles": k,
-                         "seconds": round(time.time() - t0, 1)}
-        print(f"{name}: debiased {r['debiased']:.3f} ± {r['debiased_se']:.3f}, single {r['single']:.3f}, "
-              f"first slot {r['first_slot_rate']:.2f} ({results[name]['seconds']} s)", flush=True)
+        results[name] = {
+            **r,
+            "prompt_format": fmt,
+            "few_shot": shots,
+            "principle": source,
+            "principles": k,
+            "seconds": round(time.time() - t0, 1),
+        }
+        print(
+            f"{name}: debiased {r['debiased']:.3f} ± {r['debiased_se']:.3f}, single {r['single']:.3f}, "
+            f"first slot {r['first_slot_rate']:.2f} ({results[name]['seconds']} s)",
+            flush=True,
+        )
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # written after each variant: a partial run is kept
-        Path(args.out).write_text(json.dumps({"task": args.task, "model": args.model, "examples": len(examples),
-                                              "seed": args.seed, "variants": results}, indent=1, allow_nan=False) + "\n")
-    print("\n| variant | debiased | ± SE | single order | first-slot rate | self-contradicting | "
-          + " | ".join(sorted(next(iter(results.values()))["by_subset"])) + " |")
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "task": args.task,
+                    "model": args.model,
+                    "examples": len(examples),
+                    "seed": args.seed,
+                    "variants": results,
+                },
+                indent=1,
+                allow_nan=False,
+            )
+            + "\n"
+        )
+    print(
+        "\n| variant | debiased | ± SE | single order | first-slot rate | self-contradicting | "
+        + " | ".join(sorted(next(iter(results.values()))["by_subset"]))
+        + " |"
+    )
     for name, r in results.items():
-        print(f"| {name} | {r['debiased']:.1%} | {r['debiased_se']:.1%} | {r['single']:.1%} | {r['first_slot_rate']:.2f} "
-              f"| {r['self_contradicting_rate']:.2f} | " + " | ".join(f"{v:.0%}" for _, v in sorted(r["by_subset"].items()))
-              + " |")
+        print(
+            f"| {name} | {r['debiased']:.1%} | {r['debiased_se']:.1%} | {r['single']:.1%} | {r['first_slot_rate']:.2f} "
+            f"| {r['self_contradicting_rate']:.2f} | "
+            + " | ".join(f"{v:.0%}" for _, v in sorted(r["by_subset"].items()))
+            + " |"
+        )
 
 
 if __name__ == "__main__":

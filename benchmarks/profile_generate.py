@@ -13,7 +13,6 @@ import argparse
 import os
 import time
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 from constitutional_ai.data import load_prompts
@@ -38,8 +37,10 @@ def main() -> None:
         texts = backend.generate(convs, sampling, seeds=list(range(len(convs))))
         dt = time.perf_counter() - t0
     n = sum(backend.count_tokens(t) for t in texts)
-    print(f"load average {os.getloadavg()[0]:.2f}; batch {args.batch_size}: {n} tokens in {dt:.2f} s "
-          f"= {n / dt:.1f} tokens/s (under the profiler)")
+    print(
+        f"load average {os.getloadavg()[0]:.2f}; batch {args.batch_size}: {n} tokens in {dt:.2f} s "
+        f"= {n / dt:.1f} tokens/s (under the profiler)"
+    )
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
 
 

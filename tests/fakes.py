@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from constitutional_ai.models.base import LogprobsUnavailable, Sampling
 
@@ -21,7 +21,9 @@ class FakeBackend:
     name = "fake"
     context_length = 100_000
 
-    def __init__(self, replies: dict[str, str] | None = None, choice_logprobs=None, delay: float = 0.0, logprobs: bool = True):
+    def __init__(
+        self, replies: dict[str, str] | None = None, choice_logprobs=None, delay: float = 0.0, logprobs: bool = True
+    ):
         self.replies = replies or {}
         self.choice_logprobs = choice_logprobs or {}
         self.delay = delay

@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 import pytest
 
@@ -76,8 +76,9 @@ class _Forward(BaseHTTPRequestHandler):
         if self.path in proxy.blocked:
             self._reply(404, b'{"error": {"message": "not found"}}')
             return
-        req = urllib.request.Request(proxy.upstream + self.path, data=body, method=self.command,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            proxy.upstream + self.path, data=body, method=self.command, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=300) as r:
                 status, data = r.status, r.read()

@@ -59,7 +59,7 @@ class OpenAITestServer:
         self._httpd.server_close()
         self._thread.join(timeout=10)
 
-    def __enter__(self) -> "OpenAITestServer":
+    def __enter__(self) -> OpenAITestServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -109,13 +109,16 @@ class OpenAITestServer:
 
     def _chat(self, body: dict) -> dict:
         sampling = Sampling(
-            temperature=float(body.get("temperature", 1.0)), top_p=float(body.get("top_p", 1.0)),
-            max_new_tokens=int(body.get("max_tokens", 16)), stop=tuple(body.get("stop") or ()),
+            temperature=float(body.get("temperature", 1.0)),
+            top_p=float(body.get("top_p", 1.0)),
+            max_new_tokens=int(body.get("max_tokens", 16)),
+            stop=tuple(body.get("stop") or ()),
         )
         with self._lock:
             text = self.local.generate([body["messages"]], sampling, seeds=[int(body.get("seed", 0))])[0]
         return {
-            "object": "chat.completion", "model": self.model_name,
+            "object": "chat.completion",
+            "model": self.model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         }
 
@@ -151,13 +154,22 @@ class OpenAITestServer:
         logprobs = None
         if k is not None and not self.no_logprobs:
             logprobs = {
-                "tokens": tokens[keep], "token_logprobs": token_lps[keep],
-                "top_logprobs": tops[keep], "text_offset": offsets[keep],
+                "tokens": tokens[keep],
+                "token_logprobs": token_lps[keep],
+                "top_logprobs": tops[keep],
+                "text_offset": offsets[keep],
             }
         return {
-            "object": "text_completion", "model": self.model_name,
-            "choices": [{"index": 0, "text": text if echo else text[len(prompt):],
-                         "logprobs": logprobs, "finish_reason": "length"}],
+            "object": "text_completion",
+            "model": self.model_name,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": text if echo else text[len(prompt) :],
+                    "logprobs": logprobs,
+                    "finish_reason": "length",
+                }
+            ],
         }
 
 

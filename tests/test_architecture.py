@@ -35,8 +35,10 @@ def test_no_stage_imports_another_stage(module):
 
 def test_the_check_sees_every_spelling(tmp_path):
     f = tmp_path / "x.py"
-    f.write_text("from .label import a\nfrom . import revise\nfrom constitutional_ai.stages.train_pm import b\n"
-                 "import constitutional_ai.stages.eval_hhh\nfrom ..feedback import c\n")
+    f.write_text(
+        "from .label import a\nfrom . import revise\nfrom constitutional_ai.stages.train_pm import b\n"
+        "import constitutional_ai.stages.eval_hhh\nfrom ..feedback import c\n"
+    )
     assert imported_stage_modules(f) == {"label", "revise", "train_pm", "eval_hhh"}
 
 

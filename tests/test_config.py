@@ -8,10 +8,16 @@ from constitutional_ai.stages.label import LabelConfig
 from constitutional_ai.stages.revise import ReviseConfig
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["--limit", "0"], "--limit"), (["--limit", "-22"], "--limit"), (["--rounds", "0"], "--rounds"),
-    (["--batch-size", "0"], "--batch-size"), (["--few-shot", "-1"], "--few-shot"),
-])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--limit", "0"], "--limit"),
+        (["--limit", "-22"], "--limit"),
+        (["--rounds", "0"], "--rounds"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--few-shot", "-1"], "--few-shot"),
+    ],
+)
 def test_out_of_range_values_are_refused_naming_the_flag(argv, flag):
     with pytest.raises(ValueError, match=f"{flag} must be at least"):
         parse_config(ReviseConfig, argv, "t", "d")

@@ -50,8 +50,7 @@ def test_default_constitution_shape():
     for f in c.feedback:
         assert f.text.startswith("Which of these assistant responses is"), f.id
         assert "? Choose the response that" in f.text, f.id
-    guards = [f.id for f in c.feedback
-              if any(w in f.text.lower() for w in ("preachy", "evasive", "condescending"))]
+    guards = [f.id for f in c.feedback if any(w in f.text.lower() for w in ("preachy", "evasive", "condescending"))]
     assert len(guards) >= 3, guards
 
 
@@ -87,8 +86,11 @@ def test_fingerprint_stable_and_content_sensitive():
     # Labels and location are not content: renaming must not look like a settings change.
     assert dataclasses.replace(a, name="x", description="y", source="z").fingerprint() == a.fingerprint()
     first = a.critique_revision[0]
-    changed = dataclasses.replace(a, critique_revision=(
-        dataclasses.replace(first, revision=first.revision + " Be brief."),) + a.critique_revision[1:])
+    changed = dataclasses.replace(
+        a,
+        critique_revision=(dataclasses.replace(first, revision=first.revision + " Be brief."),)
+        + a.critique_revision[1:],
+    )
     assert changed.fingerprint() != a.fingerprint()
     reordered = dataclasses.replace(a, feedback=a.feedback[::-1])
     assert reordered.fingerprint() != a.fingerprint()
@@ -109,12 +111,13 @@ def test_to_dict_is_native_shape():
 
 
 def test_from_anthropic_fixture():
-    c = from_anthropic(FIX / "toy-CritiqueRevisionInstructions.json",
-                       FIX / "toy-RLMadisonInstructions.json")
+    c = from_anthropic(FIX / "toy-CritiqueRevisionInstructions.json", FIX / "toy-RLMadisonInstructions.json")
     assert [p.id for p in c.critique_revision] == ["cruel0", "unsafe1", "kids2"]
     assert c.critique_revision[0] == CritiqueRevisionPrinciple(
-        "cruel0", "Name anything unkind or cruel in the assistant's last response.",
-        "Rewrite the assistant's response to be kind.")
+        "cruel0",
+        "Name anything unkind or cruel in the assistant's last response.",
+        "Rewrite the assistant's response to be kind.",
+    )
     # plain-string prompt and a file without the trailing answer markers
     assert c.critique_revision[1].critique.startswith("Point out anything")
     assert c.critique_revision[2].revision == "Rewrite the assistant's response for a ten-year-old reader."
@@ -156,7 +159,8 @@ def test_from_llm_swarm_fixture():
         principle="swarm-1",
         critique="It explains how to steal a paid service, which is illegal.",
         revision="Tapping their line would be theft of service. Free options include an "
-                 "antenna for broadcast channels or free streaming apps.")
+        "antenna for broadcast channels or free streaming apps.",
+    )
     assert ex1.principle == "swarm-example-1"
     assert [m["role"] for m in ex1.messages] == ["user", "assistant", "user"]  # multi-turn kept
     assert ex1.response == "Olympus Mons, exactly 30 kilometres high."
@@ -164,12 +168,15 @@ def test_from_llm_swarm_fixture():
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json", ".yml"])
-@pytest.mark.parametrize("loader", [
-    lambda: from_anthropic(FIX / "toy-CritiqueRevisionInstructions.json",
-                           FIX / "toy-RLMadisonInstructions.json"),
-    lambda: from_llm_swarm(FIX / "toy-swarm.json"),
-    lambda: load_constitution(),
-], ids=["anthropic", "swarm", "default"])
+@pytest.mark.parametrize(
+    "loader",
+    [
+        lambda: from_anthropic(FIX / "toy-CritiqueRevisionInstructions.json", FIX / "toy-RLMadisonInstructions.json"),
+        lambda: from_llm_swarm(FIX / "toy-swarm.json"),
+        lambda: load_constitution(),
+    ],
+    ids=["anthropic", "swarm", "default"],
+)
 def test_dump_load_round_trip(tmp_path, loader, suffix):
     c = loader()
     out = tmp_path / ("sub/c" + suffix)
@@ -202,8 +209,9 @@ needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/formats
 
 @needs_shared
 def test_real_anthropic_files():
-    c = from_anthropic(SHARED / "anthropic-CritiqueRevisionInstructions.json",
-                       SHARED / "anthropic-RLMadisonInstructions.json")
+    c = from_anthropic(
+        SHARED / "anthropic-CritiqueRevisionInstructions.json", SHARED / "anthropic-RLMadisonInstructions.json"
+    )
     assert [p.id for p in c.critique_revision] == [f"harmful{i}" for i in range(16)]
     assert [f.id for f in c.feedback] == [f"feedback-{i}" for i in range(16)]
     for p in c.critique_revision:
@@ -231,23 +239,25 @@ def test_real_llm_swarm_grok_file():
     c = from_llm_swarm(SHARED / "hf-llm-swarm-constitution_grok.json")
     # its two principles, plus the truthfulness pair used only by its multi-turn exemplar
     assert [p.id for p in c.critique_revision] == ["swarm-0", "swarm-1", "swarm-example-3"]
-    assert [e.principle for e in c.revision_examples] == ["swarm-1", "swarm-0", "swarm-0",
-                                                          "swarm-example-3"]
+    assert [e.principle for e in c.revision_examples] == ["swarm-1", "swarm-0", "swarm-0", "swarm-example-3"]
     assert len(c.revision_examples[3].messages) == 3
 
 
 # ----------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("name, fragments", [
-    ("broken.yaml", ["invalid YAML", "line 7", "quoted scalar at line 4, column 15"]),
-    ("missing_field.yaml", ["critique_revision[1]", "id 'toxic'", "missing field 'revision'"]),
-    ("duplicate_ids.yaml", ["critique_revision[2]", "duplicate id 'rude'"]),
-    ("bad_principle_ref.yaml", ["examples.revision[0]", "id 'ex-greeting'", "'impolite'"]),
-    ("bad_preferred.yaml", ["examples.feedback[0]", "'preferred'", "'C'"]),
-    ("bad_messages.yaml", ["id 'ex-ends-with-assistant'", "end with a user turn"]),
-    ("invalid.json", ["invalid JSON", "line 5", "column 3"]),
-])
+@pytest.mark.parametrize(
+    "name, fragments",
+    [
+        ("broken.yaml", ["invalid YAML", "line 7", "quoted scalar at line 4, column 15"]),
+        ("missing_field.yaml", ["critique_revision[1]", "id 'toxic'", "missing field 'revision'"]),
+        ("duplicate_ids.yaml", ["critique_revision[2]", "duplicate id 'rude'"]),
+        ("bad_principle_ref.yaml", ["examples.revision[0]", "id 'ex-greeting'", "'impolite'"]),
+        ("bad_preferred.yaml", ["examples.feedback[0]", "'preferred'", "'C'"]),
+        ("bad_messages.yaml", ["id 'ex-ends-with-assistant'", "end with a user turn"]),
+        ("invalid.json", ["invalid JSON", "line 5", "column 3"]),
+    ],
+)
 def test_malformed_files_name_file_and_entry(name, fragments):
     with pytest.raises(ConstitutionError) as info:
         load_constitution(FIX / name)
@@ -271,8 +281,7 @@ def test_other_validation_errors(tmp_path):
     assert "unknown field 'revison'" in err({"critique_revision": [{**pair, "revison": "x"}]})
     assert "unknown top-level field" in err({"critique_revisions": [pair]})
     assert "slug" in err({"critique_revision": [{**pair, "id": "has space"}]})
-    assert "no such file" in str(pytest.raises(ConstitutionError, load_constitution,
-                                               tmp_path / "absent.yaml").value)
+    assert "no such file" in str(pytest.raises(ConstitutionError, load_constitution, tmp_path / "absent.yaml").value)
 
 
 def test_minimal_file_defaults():
@@ -294,8 +303,7 @@ def test_examples_are_typed():
 def test_cli_validate_default(capsys):
     assert cli_main(["validate", "default"]) == 0
     out = capsys.readouterr().out
-    assert out.strip() == ("OK: default: 16 critique/revision pairs, 16 feedback principles, "
-                           "10 exemplars")
+    assert out.strip() == ("OK: default: 16 critique/revision pairs, 16 feedback principles, 10 exemplars")
 
 
 def test_cli_validate_warns_without_feedback(capsys):
@@ -314,8 +322,15 @@ def test_cli_validate_bad_file(capsys):
 
 def test_cli_convert_and_show(tmp_path, capsys):
     out = tmp_path / "converted.yaml"
-    rc = cli_main(["convert", str(FIX / "toy-CritiqueRevisionInstructions.json"), str(out),
-                   "--feedback", str(FIX / "toy-RLMadisonInstructions.json")])
+    rc = cli_main(
+        [
+            "convert",
+            str(FIX / "toy-CritiqueRevisionInstructions.json"),
+            str(out),
+            "--feedback",
+            str(FIX / "toy-RLMadisonInstructions.json"),
+        ]
+    )
     assert rc == 0 and out.exists()
     c = load_constitution(out)
     assert [p.id for p in c.critique_revision] == ["cruel0", "unsafe1", "kids2"]

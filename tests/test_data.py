@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from constitutional_ai.store import write_jsonl_atomic
 from constitutional_ai.data import (
     BUILTIN_SETS,
     DataError,
@@ -19,6 +18,7 @@ from constitutional_ai.data import (
     parse_hh_transcript,
     read_jsonl,
 )
+from constitutional_ai.store import write_jsonl_atomic
 
 FIX = Path(__file__).parent / "fixtures" / "prompts"
 
@@ -214,7 +214,11 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", "must be a string, got int"),
         ({"messages": [{"role": "user", "content": " "}]}, "messages[0].content", "empty content"),
         ({"messages": ["hi"]}, "messages[0]", "expected an object"),
-        ({"messages": [user("a"), {"role": "system", "content": "s"}, user("b")]}, "messages[1].role", "only come first"),
+        (
+            {"messages": [user("a"), {"role": "system", "content": "s"}, user("b")]},
+            "messages[1].role",
+            "only come first",
+        ),
         ({"prompt": 3}, "prompt", "must be a string, got int"),
         ({"prompt": "a", "messages": [user("b")]}, "prompt", "both"),
         ({"id": "", "prompt": "a"}, "id", "non-empty"),
@@ -285,7 +289,9 @@ def test_csv_errors(tmp_path):
         load_prompts(p)
 
 
-@pytest.mark.parametrize("name, text", [("e.jsonl", ""), ("e.jsonl", "\n \n"), ("e.txt", "\n"), ("e.csv", ""), ("e.csv", "prompt\n")])
+@pytest.mark.parametrize(
+    "name, text", [("e.jsonl", ""), ("e.jsonl", "\n \n"), ("e.txt", "\n"), ("e.csv", ""), ("e.csv", "prompt\n")]
+)
 def test_empty_files(tmp_path, name, text):
     with pytest.raises(DataError, match=r"e\.\w+: no prompts"):
         load_prompts(_write(tmp_path, name, text))
@@ -359,11 +365,14 @@ def test_write_jsonl_atomic_keeps_old_file_on_failure(tmp_path):
     assert [x.name for x in tmp_path.iterdir()] == ["out.jsonl"]
 
 
-@pytest.mark.parametrize("suffix, body", [
-    (".jsonl", b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n'),
-    (".txt", b"first\nsecond \xff\n"),
-    (".csv", b"prompt\nhello\n\xe9t\xe9\n"),
-])
+@pytest.mark.parametrize(
+    "suffix, body",
+    [
+        (".jsonl", b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n'),
+        (".txt", b"first\nsecond \xff\n"),
+        (".csv", b"prompt\nhello\n\xe9t\xe9\n"),
+    ],
+)
 def test_non_utf8_prompt_file_names_file_and_line(tmp_path, suffix, body):
     p = tmp_path / f"prompts{suffix}"
     p.write_bytes(body)

@@ -5,14 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from constitutional_ai.stages import eval_compare
 from constitutional_ai.metrics import bradley_terry_elo
+from constitutional_ai.stages import eval_compare
 from evalhelpers import L, metrics_of, read
 from fakes import FakeBackend, install
 
 
 def write_prompts(path: Path, prefix: str, n: int) -> Path:
-    path.write_text("".join(json.dumps({"id": f"{prefix}{i}", "prompt": f"{prefix} question {i}?"}) + "\n" for i in range(n)))
+    path.write_text(
+        "".join(json.dumps({"id": f"{prefix}{i}", "prompt": f"{prefix} question {i}?"}) + "\n" for i in range(n))
+    )
     return path
 
 
@@ -20,17 +22,26 @@ def test_compare_win_rates_elo_and_resume(tmp_path, monkeypatch):
     models = {spec: FakeBackend(replies={"": f"{spec.upper()}- my answer"}) for spec in ("base", "sl", "rl")}
     H = eval_compare.HELPFULNESS_PRINCIPLE + "\nOptions:\n"
     # harmlessness: RL's answer wins, the others tie; helpfulness: SL beats everyone, then RL
-    judge = FakeBackend(choice_logprobs={
-        H + "(A) SL-": [L(0.8), L(0.2)], H + "(A) BASE- my answer\n(B) SL-": [L(0.2), L(0.8)],
-        H + "(A) RL- my answer\n(B) SL-": [L(0.2), L(0.8)],
-        "(A) RL-": [L(0.9), L(0.1)], "(B) RL-": [L(0.1), L(0.9)],
-    })
+    judge = FakeBackend(
+        choice_logprobs={
+            H + "(A) SL-": [L(0.8), L(0.2)],
+            H + "(A) BASE- my answer\n(B) SL-": [L(0.2), L(0.8)],
+            H + "(A) RL- my answer\n(B) SL-": [L(0.2), L(0.8)],
+            "(A) RL-": [L(0.9), L(0.1)],
+            "(B) RL-": [L(0.1), L(0.9)],
+        }
+    )
     backends = {**models, "judge": judge}
     specs = {name: install(b, monkeypatch, name) for name, b in backends.items()}
-    cfg = eval_compare.CompareConfig(models=[specs[n] for n in ("base", "sl", "rl")], names=["base", "sl", "rl"],
-                                     judge=specs["judge"], out=str(tmp_path / "o"),
-                                     prompts_red_team=str(write_prompts(tmp_path / "rt.jsonl", "rt", 4)),
-                                     prompts_helpful=str(write_prompts(tmp_path / "hp.jsonl", "hp", 5)), limit=3)
+    cfg = eval_compare.CompareConfig(
+        models=[specs[n] for n in ("base", "sl", "rl")],
+        names=["base", "sl", "rl"],
+        judge=specs["judge"],
+        out=str(tmp_path / "o"),
+        prompts_red_team=str(write_prompts(tmp_path / "rt.jsonl", "rt", 4)),
+        prompts_helpful=str(write_prompts(tmp_path / "hp.jsonl", "hp", 5)),
+        limit=3,
+    )
     out = eval_compare.main(cfg)
     m = metrics_of(out)
     assert all(b.generate_calls for b in models.values()) and judge.score_calls and not judge.generate_calls
@@ -39,16 +50,30 @@ def test_compare_win_rates_elo_and_resume(tmp_path, monkeypatch):
     assert w["rl"] == {"base": 1.0, "sl": 1.0} and w["base"] == {"sl": 0.5, "rl": 0.0}
     assert m["mean_preference"]["harmlessness"]["rl"]["base"] == pytest.approx(0.9)
     row = next(r for r in m["pairs"]["harmlessness"] if (r["a"], r["b"]) == ("base", "sl"))
-    assert row == {"a": "base", "b": "sl", "n": 3, "wins_a": 0, "ties": 3, "wins_b": 0, "win_rate_a": 0.5, "mean_p_a": 0.5}
+    assert row == {
+        "a": "base",
+        "b": "sl",
+        "n": 3,
+        "wins_a": 0,
+        "ties": 3,
+        "wins_b": 0,
+        "win_rate_a": 0.5,
+        "mean_p_a": 0.5,
+    }
     e = m["elo"]["harmlessness"]
-    assert e["rl"] > e["base"] + 100 and e["base"] == pytest.approx(e["sl"]) and sum(e.values()) / 3 == pytest.approx(1000)
+    assert (
+        e["rl"] > e["base"] + 100 and e["base"] == pytest.approx(e["sl"]) and sum(e.values()) / 3 == pytest.approx(1000)
+    )
     h = m["win_rates"]["helpfulness"]
     assert h["sl"] == {"base": 1.0, "rl": 1.0} and h["rl"]["base"] == 1.0
     e = m["elo"]["helpfulness"]
     assert e["sl"] > e["rl"] > e["base"]
     comps = read(out / "samples.jsonl")
-    assert e == pytest.approx(bradley_terry_elo(
-        ["base", "sl", "rl"], [(c["a"], c["b"], c["p_a"]) for c in comps if c["dimension"] == "helpfulness"]))
+    assert e == pytest.approx(
+        bradley_terry_elo(
+            ["base", "sl", "rl"], [(c["a"], c["b"], c["p_a"]) for c in comps if c["dimension"] == "helpfulness"]
+        )
+    )
     # the first 3 prompts of each (unsplit) file, the same for every model; provenance on each comparison
     answers = read(out / "responses-sl.jsonl")
     assert sorted(a["prompt_id"] for a in answers) == ["hp0", "hp1", "hp2", "rt0", "rt1", "rt2"]
@@ -72,7 +97,6 @@ def test_compare_win_rates_elo_and_resume(tmp_path, monkeypatch):
     assert [len(b.generate_calls) + len(b.score_calls) for b in backends.values()] == calls
 
 
-
 def test_bootstrap_elo_intervals():
     from constitutional_ai.metrics import bootstrap_elo
 
@@ -91,15 +115,25 @@ def test_bootstrap_elo_intervals():
 
 def test_compare_refuses_models_trained_on_the_prompts(tmp_path, monkeypatch):
     rt = tmp_path / "rt.jsonl"
-    rt.write_text("".join(json.dumps({"id": f"rt{i}", "prompt": f"q {i}?", "split": "train" if i < 3 else "eval"}) + "\n"
-                          for i in range(6)))
+    rt.write_text(
+        "".join(
+            json.dumps({"id": f"rt{i}", "prompt": f"q {i}?", "split": "train" if i < 3 else "eval"}) + "\n"
+            for i in range(6)
+        )
+    )
     pairs, rl = tmp_path / "pairs", tmp_path / "rl"
     pairs.mkdir(), rl.mkdir()
     (pairs / "manifest.json").write_text(json.dumps({"prompt_ids": ["rt1", "rt4"], "inputs": {"prompts": str(rt)}}))
     (rl / "manifest.json").write_text(json.dumps({"prompt_ids": ["rt0"], "inputs": {"pm": {"path": str(pairs)}}}))
     base = install(FakeBackend(), monkeypatch, "base")
-    cfg = eval_compare.CompareConfig(models=[base, str(rl)], names=["base", "rl"], judge=base, prompts_red_team=str(rt),
-                                     prompts_helpful="none", out=str(tmp_path / "o"))
+    cfg = eval_compare.CompareConfig(
+        models=[base, str(rl)],
+        names=["base", "rl"],
+        judge=base,
+        prompts_red_team=str(rt),
+        prompts_helpful="none",
+        out=str(tmp_path / "o"),
+    )
     # the eval split (rt3..rt5) still holds rt4, which the PM's pairs used
     with pytest.raises(ValueError, match=r"model 'rl' .* trained on 1 of the evaluation prompts .*pairs.*: rt4"):
         eval_compare.main(cfg)
@@ -115,19 +149,35 @@ def test_report_draws_helpful_vs_harmless_and_refusal_breakdown(tmp_path, monkey
     from test_eval_refusal import ClassFake
 
     run = tmp_path / "run"
-    models = {n: install(FakeBackend(replies={"": f"{n.upper()}- I can't, but here is a safer way instead."}), monkeypatch, n)
-              for n in ("base", "rl")}
-    judge = install(FakeBackend(choice_logprobs={"(A) RL-": [L(0.7), L(0.3)], "(B) RL-": [L(0.3), L(0.7)]}),
-                    monkeypatch, "judge")
-    eval_compare.main(eval_compare.CompareConfig(
-        models=list(models.values()), names=list(models), judge=judge, out=str(run / "eval-compare"), bootstrap=20,
-        prompts_red_team=str(write_prompts(tmp_path / "rt.jsonl", "rt", 4)),
-        prompts_helpful=str(write_prompts(tmp_path / "hp.jsonl", "hp", 4))))
+    models = {
+        n: install(FakeBackend(replies={"": f"{n.upper()}- I can't, but here is a safer way instead."}), monkeypatch, n)
+        for n in ("base", "rl")
+    }
+    judge = install(
+        FakeBackend(choice_logprobs={"(A) RL-": [L(0.7), L(0.3)], "(B) RL-": [L(0.3), L(0.7)]}), monkeypatch, "judge"
+    )
+    eval_compare.main(
+        eval_compare.CompareConfig(
+            models=list(models.values()),
+            names=list(models),
+            judge=judge,
+            out=str(run / "eval-compare"),
+            bootstrap=20,
+            prompts_red_team=str(write_prompts(tmp_path / "rt.jsonl", "rt", 4)),
+            prompts_helpful=str(write_prompts(tmp_path / "hp.jsonl", "hp", 4)),
+        )
+    )
     for n, spec in models.items():
-        eval_refusal.main(eval_refusal.RefusalConfig(
-            model=spec, classifier=install(ClassFake(), monkeypatch, "cls"), out=str(run / f"eval-refusal-{n}"),
-            prompts=str(write_prompts(tmp_path / "b.jsonl", "b", 3)), category="all",
-            harmful_prompts=str(write_prompts(tmp_path / "h.jsonl", "h", 3))))
+        eval_refusal.main(
+            eval_refusal.RefusalConfig(
+                model=spec,
+                classifier=install(ClassFake(), monkeypatch, "cls"),
+                out=str(run / f"eval-refusal-{n}"),
+                prompts=str(write_prompts(tmp_path / "b.jsonl", "b", 3)),
+                category="all",
+                harmful_prompts=str(write_prompts(tmp_path / "h.jsonl", "h", 3)),
+            )
+        )
     html = build_report(run).read_text()
     assert "Helpfulness vs harmlessness Elo (bars: 95 % bootstrap CI)" in html
     assert "harmlessness Elo [95 % CI]" in html and "ties (P = 0.5)" in html

@@ -5,12 +5,12 @@ import shutil
 
 import pytest
 
-from constitutional_ai.data import DataError
-from constitutional_ai.models import BackendError
 from constitutional_ai import cli
 from constitutional_ai.config import parse_config
+from constitutional_ai.data import DataError
+from constitutional_ai.models import BackendError
 from constitutional_ai.stages import eval_compare, eval_hhh
-from evalhelpers import FIXTURE, L, FakeBackend, fixture_fake, metrics_of, read
+from evalhelpers import FIXTURE, FakeBackend, L, fixture_fake, metrics_of, read
 from fakes import install
 
 
@@ -18,17 +18,24 @@ from fakes import install
 def test_parse_input_turns():
     assert eval_hhh.parse_input("Can you help?", "w") == [{"role": "user", "content": "Can you help?"}]
     msgs = eval_hhh.parse_input("Human: Hi there\n\nAssistant: Hello!\n\nHuman: What is 2+2?\n\nAssistant:", "w")
-    assert msgs == [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"},
-                    {"role": "user", "content": "What is 2+2?"}]
+    assert msgs == [
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "What is 2+2?"},
+    ]
     with pytest.raises(DataError, match="w: 'input' must end with a Human turn"):
         eval_hhh.parse_input("Human: Hi\n\nAssistant: Hello", "w")
     # BIG-bench: the human's opening text has no marker, the assistant's turn follows
     msgs = eval_hhh.parse_input("I need a gift idea.\n\nAssistant: For whom?\n\nHuman: My aunt, who likes tea.", "w")
-    assert msgs == [{"role": "user", "content": "I need a gift idea."}, {"role": "assistant", "content": "For whom?"},
-                    {"role": "user", "content": "My aunt, who likes tea."}]
+    assert msgs == [
+        {"role": "user", "content": "I need a gift idea."},
+        {"role": "assistant", "content": "For whom?"},
+        {"role": "user", "content": "My aunt, who likes tea."},
+    ]
     # leading text before a "Human:" marker is the human's too: one turn, not two
     assert eval_hhh.parse_input("Context line.\nHuman: The question?", "w") == [
-        {"role": "user", "content": "Context line.\n\nThe question?"}]
+        {"role": "user", "content": "Context line.\n\nThe question?"}
+    ]
     with pytest.raises(DataError, match="w: empty input"):
         eval_hhh.parse_input("  \n", "w")
 
@@ -37,14 +44,20 @@ def test_load_hhh_subsets_and_bundled_set(tmp_path):
     ex, files = eval_hhh.load_hhh(str(FIXTURE))
     assert files == [FIXTURE] and len(ex) == 6 and {e["subset"] for e in ex} == {"hhh"}
     assert [e["correct"] for e in ex] == [0] * 6  # the real files' shape: correct first
-    assert ex[3]["messages"] == [{"role": "user", "content": "I'm learning Spanish."},
-                                 {"role": "assistant", "content": "Great! How can I help?"},
-                                 {"role": "user", "content": "How do I say thank you?"}]
+    assert ex[3]["messages"] == [
+        {"role": "user", "content": "I'm learning Spanish."},
+        {"role": "assistant", "content": "Great! How can I help?"},
+        {"role": "user", "content": "How do I say thank you?"},
+    ]
     for sub in ("harmless", "honest"):
         (tmp_path / sub).mkdir()
         shutil.copy(FIXTURE, tmp_path / sub / "task.json")
     ex, files = eval_hhh.load_hhh(str(tmp_path))
-    assert len(ex) == 12 and sorted({e["subset"] for e in ex}) == ["harmless", "honest"] and len({e["key"] for e in ex}) == 12
+    assert (
+        len(ex) == 12
+        and sorted({e["subset"] for e in ex}) == ["harmless", "honest"]
+        and len({e["key"] for e in ex}) == 12
+    )
     named = tmp_path / "mine.json"
     shutil.copy(FIXTURE, named)
     assert {e["subset"] for e in eval_hhh.load_hhh(str(named))[0]} == {"mine"}
@@ -57,12 +70,15 @@ def test_load_hhh_subsets_and_bundled_set(tmp_path):
         assert len([e for e in ex if e["subset"] == sub]) == 6
 
 
-@pytest.mark.parametrize("scores, why", [
-    ({"a": 1, "b": 1}, "one 1 and one 0"),
-    ({"a": 1, "b": 0, "c": 0}, "exactly two"),
-    ({"a": 1}, "exactly two"),
-    (None, "target_scores"),
-])
+@pytest.mark.parametrize(
+    "scores, why",
+    [
+        ({"a": 1, "b": 1}, "one 1 and one 0"),
+        ({"a": 1, "b": 0, "c": 0}, "exactly two"),
+        ({"a": 1}, "exactly two"),
+        (None, "target_scores"),
+    ],
+)
 def test_malformed_target_scores_name_file_and_example(tmp_path, scores, why):
     ok = {"input": "Human: hi", "target_scores": {"x": 1, "y": 0}}
     bad = {"input": "Human: hi"} | ({"target_scores": scores} if scores is not None else {})
@@ -83,9 +99,16 @@ def test_hhh_position_bias_single_vs_debiased(tmp_path, monkeypatch):
         (tmp_path / "task" / sub).mkdir(parents=True)
     shutil.copy(FIXTURE, tmp_path / "task" / "harmless" / "task.json")
     # two examples the fake knows nothing about: 0.5 everywhere, ties count half
-    (tmp_path / "task" / "honest" / "task.json").write_text(json.dumps({"examples": [
-        {"input": "q1", "target_scores": {"u1": 1, "u2": 0}},
-        {"input": "q2", "target_scores": {"u3": 1, "u4": 0}}]}))
+    (tmp_path / "task" / "honest" / "task.json").write_text(
+        json.dumps(
+            {
+                "examples": [
+                    {"input": "q1", "target_scores": {"u1": 1, "u2": 0}},
+                    {"input": "q2", "target_scores": {"u3": 1, "u4": 0}},
+                ]
+            }
+        )
+    )
     out = eval_hhh.main(eval_hhh.HHHConfig(task=str(tmp_path / "task"), model=spec, out=str(tmp_path / "o")))
     m = metrics_of(out)
     assert m["modes"] == ["single_order", "debiased"] and m["evaluator"] == "feedback-model"
@@ -133,11 +156,24 @@ def test_always_b_scores_half_in_single_order_on_correct_first_files(tmp_path, m
     balanced seeded slot assignment it scores 50 % up to one example per odd-sized subset:
     margin 1/N here (two subsets of odd size, N = 40), and ties (0.5) in the debiased mode."""
     task = tmp_path / "task.json"
-    task.write_text(json.dumps({"example_input_prefix": "\n\nHuman: ", "examples": [
-        {"input": f"question {i}", "subset": "a" if i < 21 else "b", "target_scores": {f"good {i}": 1, f"bad {i}": 0}}
-        for i in range(40)]}))
-    out = eval_hhh.main(eval_hhh.HHHConfig(task=str(task), model=install(AlwaysB(), monkeypatch), seed=seed,
-                                           out=str(tmp_path / "o")))
+    task.write_text(
+        json.dumps(
+            {
+                "example_input_prefix": "\n\nHuman: ",
+                "examples": [
+                    {
+                        "input": f"question {i}",
+                        "subset": "a" if i < 21 else "b",
+                        "target_scores": {f"good {i}": 1, f"bad {i}": 0},
+                    }
+                    for i in range(40)
+                ],
+            }
+        )
+    )
+    out = eval_hhh.main(
+        eval_hhh.HHHConfig(task=str(task), model=install(AlwaysB(), monkeypatch), seed=seed, out=str(tmp_path / "o"))
+    )
     m = metrics_of(out)
     assert abs(m["accuracy"]["single_order"]["overall"] - 0.5) <= 1 / 40 + 1e-9
     assert m["accuracy"]["debiased"]["overall"] == 0.5  # every example a tie, counted half
@@ -151,8 +187,9 @@ def test_always_b_scores_half_in_single_order_on_correct_first_files(tmp_path, m
 
 def test_hhh_text_format_prompt(tmp_path, monkeypatch):
     fb = fixture_fake()
-    cfg = eval_hhh.HHHConfig(task=str(FIXTURE), model=install(fb, monkeypatch), out=str(tmp_path / "o"),
-                             prompt_format="text", few_shot=1)
+    cfg = eval_hhh.HHHConfig(
+        task=str(FIXTURE), model=install(fb, monkeypatch), out=str(tmp_path / "o"), prompt_format="text", few_shot=1
+    )
     m = metrics_of(eval_hhh.main(cfg))
     assert m["accuracy"]["debiased"]["overall"] == 1.0
     p = fb.score_calls[0][0]
@@ -162,20 +199,33 @@ def test_hhh_text_format_prompt(tmp_path, monkeypatch):
     assert "Options:\n(A) " in p and p.count("Consider the following conversation") == 2
     # chain-of-thought makes the model write a turn: it goes through the chat template, recorded as such
     fb.score_calls.clear()
-    eval_hhh.main(eval_hhh.HHHConfig(task=str(FIXTURE), model=install(fb, monkeypatch), out=str(tmp_path / "x"),
-                                     prompt_format="text", cot=True, few_shot=0))
+    eval_hhh.main(
+        eval_hhh.HHHConfig(
+            task=str(FIXTURE),
+            model=install(fb, monkeypatch),
+            out=str(tmp_path / "x"),
+            prompt_format="text",
+            cot=True,
+            few_shot=0,
+        )
+    )
     scored = [p for c in fb.score_calls for p in c]
     assert sum("<assistant>" in p for p in scored) == 12 and sum("<assistant>" not in p for p in scored) == 12
     s = read(tmp_path / "x" / "samples.jsonl")[0]
     assert s["prompt_format"] == "text" and all(x["reasoning"] for x in s["cot_scores"])
     with pytest.raises(ValueError, match="prompt format must be one of chat, text"):
-        eval_hhh.main(eval_hhh.HHHConfig(task=str(FIXTURE), model=install(fb, monkeypatch), out=str(tmp_path / "y"),
-                                         prompt_format="html"))
+        eval_hhh.main(
+            eval_hhh.HHHConfig(
+                task=str(FIXTURE), model=install(fb, monkeypatch), out=str(tmp_path / "y"), prompt_format="html"
+            )
+        )
 
 
 def test_hhh_prompt_cot_and_resume(tmp_path, monkeypatch):
     fb = fixture_fake(good=0.9, bad=0.6)
-    cfg = eval_hhh.HHHConfig(task=str(FIXTURE), model=install(fb, monkeypatch), out=str(tmp_path / "o"), cot=True, few_shot=0)
+    cfg = eval_hhh.HHHConfig(
+        task=str(FIXTURE), model=install(fb, monkeypatch), out=str(tmp_path / "o"), cot=True, few_shot=0
+    )
     m = metrics_of(eval_hhh.main(cfg))
     assert m["modes"] == ["single_order", "debiased", "cot_single_order", "cot_debiased"]
     assert m["accuracy"]["cot_single_order"]["overall"] == 0.5 and m["accuracy"]["cot_debiased"]["overall"] == 1.0
@@ -204,12 +254,19 @@ def test_cli_dispatch(tmp_path, monkeypatch, capsys):
     spec = install(fixture_fake(), monkeypatch)
     assert cli.main(["eval", "--help"]) == 0 and "compare" in capsys.readouterr().out
     assert cli.main(["eval", "nope"]) == 2
-    assert cli.main(["eval", "hhh", "--task", str(FIXTURE), "--model", spec, "--no-debias", "--out", str(tmp_path / "o")]) == 0
+    assert (
+        cli.main(["eval", "hhh", "--task", str(FIXTURE), "--model", spec, "--no-debias", "--out", str(tmp_path / "o")])
+        == 0
+    )
     assert metrics_of(tmp_path / "o")["modes"] == ["single_order"]
-    assert cli.main(["eval-hhh", "--task", str(FIXTURE), "--model", spec, "--no-debias", "--out", str(tmp_path / "o")]) == 0
-    cfg = parse_config(eval_compare.CompareConfig, ["--models", "a", "b/c", "--names", "x", "y", "--limit", "3"], "t", "d")
+    assert (
+        cli.main(["eval-hhh", "--task", str(FIXTURE), "--model", spec, "--no-debias", "--out", str(tmp_path / "o")])
+        == 0
+    )
+    cfg = parse_config(
+        eval_compare.CompareConfig, ["--models", "a", "b/c", "--names", "x", "y", "--limit", "3"], "t", "d"
+    )
     assert cfg.models == ["a", "b/c"] and cfg.names == ["x", "y"] and cfg.limit == 3
-
 
 
 def test_hhh_with_pm_matches_direct_scoring(tmp_path, tiny_pm):
@@ -221,11 +278,12 @@ def test_hhh_with_pm_matches_direct_scoring(tmp_path, tiny_pm):
     ex, _ = eval_hhh.load_hhh(str(FIXTURE))
     right = 0
     for e, s in zip(ex, read(out / "samples.jsonl")):
-        r = score_conversations(model, tok, [e["messages"] + [{"role": "assistant", "content": x}] for x in e["responses"]])
+        r = score_conversations(
+            model, tok, [e["messages"] + [{"role": "assistant", "content": x}] for x in e["responses"]]
+        )
         assert s["pm_scores"] == pytest.approx(r, abs=1e-4)
         right += r[e["correct"]] > r[1 - e["correct"]]
     assert m["modes"] == ["pm"] and m["accuracy"]["pm"]["overall"] == pytest.approx(right / 6)
     assert sum(r["count"] for r in m["calibration"]["pm"]["reliability"]) == 6
     with pytest.raises(ValueError, match="not both"):
         eval_hhh.main(eval_hhh.HHHConfig(task=str(FIXTURE), pm=tiny_pm, model="default", out=str(tmp_path / "x")))
-

@@ -27,8 +27,14 @@ def make_pairs(folder: Path, pairs: list[tuple[str, str]]) -> Path:
     d = StageDir(folder, "sample-pairs", {})
     rf = d.records("pairs.jsonl")
     for i, (a, b) in enumerate(pairs):
-        rf.append({"key": f"q{i}", "prompt_id": f"q{i}", "messages": [{"role": "user", "content": f"question {i}?"}],
-                   "responses": [a, b]})
+        rf.append(
+            {
+                "key": f"q{i}",
+                "prompt_id": f"q{i}",
+                "messages": [{"role": "user", "content": f"question {i}?"}],
+                "responses": [a, b],
+            }
+        )
     d.finish({})
     d.close()
     return folder
@@ -47,7 +53,11 @@ def run_label(tmp_path, monkeypatch, backend, pairs=None, **kw):
 def test_normalise_and_clamp():
     assert feedback.normalise(L(0.3), L(0.1)) == pytest.approx(0.75)
     assert feedback.normalise(-1000.0, -1000.0) == pytest.approx(0.5)
-    assert feedback.clamp(0.9, 0.4, 0.6) == 0.6 and feedback.clamp(0.1, 0.4, 0.6) == 0.4 and feedback.clamp(0.5, 0.4, 0.6) == 0.5
+    assert (
+        feedback.clamp(0.9, 0.4, 0.6) == 0.6
+        and feedback.clamp(0.1, 0.4, 0.6) == 0.4
+        and feedback.clamp(0.5, 0.4, 0.6) == 0.5
+    )
 
 
 # A labeller biased to slot A: prefers "alpha" when it is in slot A (0.8) and still picks A
@@ -68,7 +78,9 @@ def test_both_orders_averaged_and_bias_measured(tmp_path, monkeypatch):
     assert p["rejected"][0]["content"] == "beta" and p["prompt"] == r["messages"]
     stats = json.loads((out / "stats.json").read_text())
     assert stats["slot_following_rate"] == 1.0 and stats["first_slot_rate"] == 1.0
-    assert stats["mean_confidence_single_order"] == pytest.approx(0.3) and stats["mean_confidence"] == pytest.approx(0.1)
+    assert stats["mean_confidence_single_order"] == pytest.approx(0.3) and stats["mean_confidence"] == pytest.approx(
+        0.1
+    )
 
 
 def test_single_order_without_debias(tmp_path, monkeypatch):
@@ -79,8 +91,7 @@ def test_single_order_without_debias(tmp_path, monkeypatch):
 
 def test_prompt_format_and_independent_exemplar_draws(tmp_path, monkeypatch):
     fb = FakeBackend(choice_logprobs=BIASED)
-    _, recs, _ = run_label(tmp_path, monkeypatch, fb, pairs=[("alpha", "beta")] * 30, principles=3,
-                            exemplar_pool=0)
+    _, recs, _ = run_label(tmp_path, monkeypatch, fb, pairs=[("alpha", "beta")] * 30, principles=3, exemplar_pool=0)
     from constitutional_ai.constitution import load_constitution
 
     c = load_constitution()
@@ -136,8 +147,9 @@ def test_sample_pairs_two_independent_responses(tmp_path, monkeypatch):
     spec = install(fb, monkeypatch)
     p = tmp_path / "p.jsonl"
     p.write_text("".join(json.dumps({"id": f"x{i}", "prompt": f"q{i}"}) + "\n" for i in range(5)))
-    out = sample_pairs.main(sample_pairs.SamplePairsConfig(prompts=str(p), model=spec, out=str(tmp_path / "pairs"),
-                                                           batch_size=4))
+    out = sample_pairs.main(
+        sample_pairs.SamplePairsConfig(prompts=str(p), model=spec, out=str(tmp_path / "pairs"), batch_size=4)
+    )
     recs = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
     assert len(recs) == 5
     for r in recs:

@@ -58,16 +58,19 @@ def label_prompts(n: int) -> tuple[list[list[dict]], list[str]]:
     from importlib.resources import files
 
     from constitutional_ai.constitution import load_constitution
-    from constitutional_ai.prompts import feedback_messages
     from constitutional_ai.feedback import FeedbackOptions, scoring_units
+    from constitutional_ai.prompts import feedback_messages
 
     text = files("constitutional_ai").joinpath("data/helpful_comparisons.jsonl").read_text()
     rows = [json.loads(x) for x in text.splitlines()][:n]
     c, cfg = load_constitution("default"), FeedbackOptions(few_shot=1, debias=False)
     convs = []
     for r in rows:
-        rec = {"key": r["id"], "messages": r["prompt"],
-               "responses": [r["chosen"][0]["content"], r["rejected"][0]["content"]]}
+        rec = {
+            "key": r["id"],
+            "messages": r["prompt"],
+            "responses": [r["chosen"][0]["content"], r["rejected"][0]["content"]],
+        }
         for u in scoring_units(rec, c, cfg):
             convs.append(feedback_messages(u["question"], u["exemplars"]))
     return convs, [str(x) for x in range(len(convs))]
@@ -170,8 +173,11 @@ def test_over_long_prompt_is_prompt_too_long(proxy):
     with pytest.raises(PromptTooLong) as err:
         b.score_choices(["short prompt (", long], ["A"])
     assert err.value.index == 1 and err.value.limit == SLOT_CTX and err.value.n_tokens > SLOT_CTX
-    conv = [{"role": "user", "content": long}, {"role": "assistant", "content": "ok"},
-            {"role": "user", "content": "Say hi."}]
+    conv = [
+        {"role": "user", "content": long},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "Say hi."},
+    ]
     with pytest.raises(PromptTooLong):
         b.generate([conv], Sampling(max_new_tokens=4))
     left = load_backend(spec(proxy), cache=False, truncation="left")
@@ -187,30 +193,36 @@ def test_stages_end_to_end_over_http(proxy, tmp_path, monkeypatch):
     monkeypatch.setenv("CAI_REQUEST_CACHE", str(cache))
     m = spec(proxy)
 
-    out = revise.main(revise.ReviseConfig(out=str(tmp_path / "rev"), model=m, limit=1, rounds=1,
-                                          max_new_tokens=12, few_shot=1))
+    out = revise.main(
+        revise.ReviseConfig(out=str(tmp_path / "rev"), model=m, limit=1, rounds=1, max_new_tokens=12, few_shot=1)
+    )
     (rec,) = read(out / "records.jsonl")
     assert rec["rounds"] and all(r.get("revision") is not None for r in rec["rounds"])
 
     def pairs_run(name: str) -> list[dict]:
-        o = sample_pairs.main(sample_pairs.SamplePairsConfig(out=str(tmp_path / name), model=m, limit=2,
-                                                             max_new_tokens=12))
+        o = sample_pairs.main(
+            sample_pairs.SamplePairsConfig(out=str(tmp_path / name), model=m, limit=2, max_new_tokens=12)
+        )
         return read(o / "pairs.jsonl")
 
     pairs = pairs_run("pairs")
     assert len(pairs) == 2 and all(len(p["responses"]) == 2 and all(p["responses"]) for p in pairs)
 
     def label_run(name: str, hard: bool) -> list[dict]:
-        o = label.main(label.LabelConfig(pairs=str(tmp_path / "pairs"), out=str(tmp_path / name), model=m,
-                                         few_shot=1, hard_labels=hard))
+        o = label.main(
+            label.LabelConfig(
+                pairs=str(tmp_path / "pairs"), out=str(tmp_path / name), model=m, few_shot=1, hard_labels=hard
+            )
+        )
         return read(o / "labels.jsonl")
 
     soft, hard = label_run("soft", False), label_run("hard", True)
     assert len(soft) == 2 and all(0 < r["p_a"] < 1 and not r["hard"] for r in soft)
     assert len(hard) == 2 and all(r["p_a"] in (0.0, 0.5, 1.0) and r["hard"] for r in hard)
 
-    ref = eval_refusal.main(eval_refusal.RefusalConfig(model=m, out=str(tmp_path / "refusal"), limit=2,
-                                                       max_new_tokens=12))
+    ref = eval_refusal.main(
+        eval_refusal.RefusalConfig(model=m, out=str(tmp_path / "refusal"), limit=2, max_new_tokens=12)
+    )
     assert len(read(ref / "samples.jsonl")) == 2
     hhh = eval_hhh.main(eval_hhh.HHHConfig(model=m, out=str(tmp_path / "hhh"), limit=2, few_shot=1))
     samples = read(hhh / "samples.jsonl")
@@ -243,7 +255,10 @@ def test_unseeded_sampling_is_not_cached(proxy, tmp_path):
 
 
 def test_killed_server_rerun_completes_like_an_uninterrupted_run(
-    proxy, llama_server, tmp_path, monkeypatch  # noqa: F811
+    proxy,
+    llama_server,  # noqa: F811 (the fixture)
+    tmp_path,
+    monkeypatch,
 ):
     """Kill llama.cpp mid-run: the stage stops; after a restart the same command finishes, and
     its labels equal an uninterrupted run's, none lost or duplicated, answered requests not re-sent."""
@@ -254,16 +269,25 @@ def test_killed_server_rerun_completes_like_an_uninterrupted_run(
     d = StageDir(pairs, "sample-pairs", {})
     rf = d.records("pairs.jsonl")
     for i in range(4):
-        rf.append({"key": f"q{i}", "prompt_id": f"q{i}", "messages": [{"role": "user", "content": f"Question {i}?"}],
-                   "responses": [f"A short answer {i}.", f"I will not answer question {i}."]})
+        rf.append(
+            {
+                "key": f"q{i}",
+                "prompt_id": f"q{i}",
+                "messages": [{"role": "user", "content": f"Question {i}?"}],
+                "responses": [f"A short answer {i}.", f"I will not answer question {i}."],
+            }
+        )
     d.finish({})
     d.close()
     m = spec(proxy)
 
     def run(name: str, cache: str) -> Path:
         monkeypatch.setenv("CAI_REQUEST_CACHE", cache)
-        return label.main(label.LabelConfig(pairs=str(pairs), out=str(tmp_path / name), model=m,
-                                            few_shot=1, debias=False, batch_size=1))  # one pair per chunk
+        return label.main(
+            label.LabelConfig(
+                pairs=str(pairs), out=str(tmp_path / name), model=m, few_shot=1, debias=False, batch_size=1
+            )
+        )  # one pair per chunk
 
     want = {r["key"]: r for r in read(run("ref", "off") / "labels.jsonl")}
     assert len(want) == 4

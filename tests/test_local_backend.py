@@ -1,7 +1,6 @@
 """The in-process transformers backend on a tiny random Llama (and the embedded model)."""
 
 import random
-import time
 
 import pytest
 import torch
@@ -64,7 +63,7 @@ def test_sampler_follows_the_softmax_distribution(backend):
     counts = [got.count(k) for k in range(4)]
     assert chi_square(counts, DIST) < CHI2_3DF
     # temperature 2 flattens the distribution to p ** (1/2), renormalised
-    flat = [p ** 0.5 for p in DIST]
+    flat = [p**0.5 for p in DIST]
     flat = [p / sum(flat) for p in flat]
     got = draws(backend, Sampling(temperature=2.0))
     assert chi_square([got.count(k) for k in range(4)], flat) < CHI2_3DF
@@ -128,8 +127,15 @@ def naive_scores(b, prompts, options):
 @pytest.mark.parametrize("options", [["A", "B"], [" yes", " no thanks"]])
 def test_score_choices_equals_naive_with_and_without_prefix_reuse(backend, options):
     shared = "Consider the following conversation between a human and an assistant. " * 6
-    prompts = [backend.render([{"role": "user", "content": shared + f"(A) first {i} (B) second"},
-                               {"role": "assistant", "content": "The answer is: ("}]) for i in range(5)]
+    prompts = [
+        backend.render(
+            [
+                {"role": "user", "content": shared + f"(A) first {i} (B) second"},
+                {"role": "assistant", "content": "The answer is: ("},
+            ]
+        )
+        for i in range(5)
+    ]
     prompts.append(backend.render([{"role": "user", "content": "short"}]))
     ref = naive_scores(backend, prompts, options)
     flat = lambda rows: [x for r in rows for x in r]  # noqa: E731
@@ -145,8 +151,15 @@ def test_score_choices_equals_naive_with_and_without_prefix_reuse(backend, optio
 def test_prefix_cache_reuses_blocks_across_calls_with_naive_probabilities(tiny_model):
     b = LocalBackend(tiny_model, batch_size=4)
     block = "Here are worked examples of the task. " * 12
-    prompts = [b.render([{"role": "user", "content": block + f"question {i}: (A) yes (B) no"},
-                         {"role": "assistant", "content": "The answer is: ("}]) for i in range(6)]
+    prompts = [
+        b.render(
+            [
+                {"role": "user", "content": block + f"question {i}: (A) yes (B) no"},
+                {"role": "assistant", "content": "The answer is: ("},
+            ]
+        )
+        for i in range(6)
+    ]
     ref = naive_scores(b, prompts, ["A", "B"])
     first = b.score_choices(prompts[:2], ["A", "B"])
     assert b.prefix_cache.reused_tokens == 0 and b.prefix_cache.entries
@@ -190,8 +203,10 @@ def test_too_long_prompt_policy(tiny_model):
     strict = LocalBackend(tiny_model)
     long_conv = []
     for i in range(40):
-        long_conv += [{"role": "user", "content": f"turn {i} " + "filler " * 20},
-                      {"role": "assistant", "content": "ok " * 20}]
+        long_conv += [
+            {"role": "user", "content": f"turn {i} " + "filler " * 20},
+            {"role": "assistant", "content": "ok " * 20},
+        ]
     long_conv.append({"role": "user", "content": "final question"})
     sp = Sampling(max_new_tokens=8)
     with pytest.raises(PromptTooLong, match=r"prompt #1 has \d+ tokens but the model accepts at most 2040"):
@@ -215,7 +230,9 @@ def test_embedded_model_is_cached_and_fast_to_reload():
     # loaded from the converted folder, which was not converted again
     assert b.path == str(path) and (path / "config.json").stat().st_mtime_ns == stamp
     assert b.name == "SmolLM2-135M-Instruct"
-    (reply,) = b.generate([[{"role": "user", "content": "What is the capital of France?"}]], Sampling(max_new_tokens=16, temperature=0))
+    (reply,) = b.generate(
+        [[{"role": "user", "content": "What is the capital of France?"}]], Sampling(max_new_tokens=16, temperature=0)
+    )
     assert "Paris" in reply
 
 

@@ -153,14 +153,15 @@ def test_generate_order_seed_and_sampling_sent(backend, server, local):
     assert [b["seed"] for b in bodies] == seeds
     assert [b["messages"] for b in bodies] == convs
     for b in bodies:
-        assert (b["model"], b["temperature"], b["top_p"], b["max_tokens"], b["stop"]) == (
-            "tiny", 0.7, 0.9, 6, ["\n"]
-        )
+        assert (b["model"], b["temperature"], b["top_p"], b["max_tokens"], b["stop"]) == ("tiny", 0.7, 0.9, 6, ["\n"])
 
 
 def test_generate_continues_a_prefilled_assistant_turn(backend, server, local):
     server.reset()
-    conv = [{"role": "user", "content": "Which is better?"}, {"role": "assistant", "content": "Let's think step by step:"}]
+    conv = [
+        {"role": "user", "content": "Which is better?"},
+        {"role": "assistant", "content": "Let's think step by step:"},
+    ]
     sampling = Sampling(max_new_tokens=6)
     (out,) = backend.generate([conv], sampling, seeds=[3])
     assert out == local.generate([conv], sampling, seeds=[3])[0]
@@ -195,8 +196,9 @@ def test_score_fast_path_uses_one_request_per_prompt(backend, server, local):
         top = local.model(input_ids=torch.tensor([ids])).logits[0, -1].topk(20).indices.tolist()
     # Options that are top-20 tokens and tokenise back to themselves after the prompt.
     options = [
-        s for s in (local.tokenizer.decode([t]) for t in top)
-        if local.tokenizer(prompt + s, add_special_tokens=False).input_ids[len(ids):] != []
+        s
+        for s in (local.tokenizer.decode([t]) for t in top)
+        if local.tokenizer(prompt + s, add_special_tokens=False).input_ids[len(ids) :] != []
         and len(local.tokenizer(prompt + s, add_special_tokens=False).input_ids) == len(ids) + 1
     ][:3]
     assert len(options) >= 2
@@ -315,8 +317,14 @@ def test_label_stage_over_http_matches_in_process(server, tiny_model, tmp_path):
     d = StageDir(pairs, "sample-pairs", {})
     rf = d.records("pairs.jsonl")
     for i in range(3):
-        rf.append({"key": f"q{i}", "prompt_id": f"q{i}", "messages": [{"role": "user", "content": f"question {i}?"}],
-                   "responses": [f"first answer {i}", f"second answer {i}"]})
+        rf.append(
+            {
+                "key": f"q{i}",
+                "prompt_id": f"q{i}",
+                "messages": [{"role": "user", "content": f"question {i}?"}],
+                "responses": [f"first answer {i}", f"second answer {i}"],
+            }
+        )
     d.finish({})
     d.close()
     runs = {}

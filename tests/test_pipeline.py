@@ -20,26 +20,64 @@ def tiny_recipe(tmp_path: Path, model: str) -> Path:
     """Every stage, as small as it gets, on the tiny random model."""
     prompts = tmp_path / "red.jsonl"
     # training stages take the train split (6 and 4 prompts), evaluations the eval split
-    prompts.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"How do I do bad thing {i}?",
-                                           "split": "train" if i < 6 else "eval"}) + "\n" for i in range(8)))
+    prompts.write_text(
+        "".join(
+            json.dumps({"id": f"r{i}", "prompt": f"How do I do bad thing {i}?", "split": "train" if i < 6 else "eval"})
+            + "\n"
+            for i in range(8)
+        )
+    )
     helpful = tmp_path / "help.jsonl"
-    helpful.write_text("".join(json.dumps({"id": f"h{i}", "category": "benign-lookalike", "prompt": f"How do I kill process {i}?",
-                                           "split": "train" if i < 4 else "eval"}) + "\n" for i in range(6)))
+    helpful.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"h{i}",
+                    "category": "benign-lookalike",
+                    "prompt": f"How do I kill process {i}?",
+                    "split": "train" if i < 4 else "eval",
+                }
+            )
+            + "\n"
+            for i in range(6)
+        )
+    )
     small = {"max_new_tokens": 8}
     recipe = {
-        "out": str(tmp_path / "run"), "model": model, "feedback_model": model, "pm_model": model, "seed": 0,
+        "out": str(tmp_path / "run"),
+        "model": model,
+        "feedback_model": model,
+        "pm_model": model,
+        "seed": 0,
         "stages": {
             "revise": {"prompts": str(prompts), "rounds": 2, "few_shot": 1, "sft_rounds": "all", **small},
             # The random tiny model never ends a turn within 8 tokens: every target is truncated.
-            "train-sft": {"max_steps": 1, "helpful_ratio": 0.25, "helpful_prompts": str(helpful), "helpful_max_new_tokens": 8,
-                          "keep_truncated": True},
+            "train-sft": {
+                "max_steps": 1,
+                "helpful_ratio": 0.25,
+                "helpful_prompts": str(helpful),
+                "helpful_max_new_tokens": 8,
+                "keep_truncated": True,
+            },
             "sample_pairs": {"prompts": str(prompts), **small},
             "label": {"few_shot": 1},
             "train-pm": {"max_steps": 1, "helpful_ratio": 0.5, "eval_fraction": 0.3},
-            "train-rl": {"max_steps": 1, "prompts_red_team": str(prompts), "prompts_helpful": str(helpful),
-                         "max_completion_length": 8, "num_generations": 2, "per_device_train_batch_size": 2},
+            "train-rl": {
+                "max_steps": 1,
+                "prompts_red_team": str(prompts),
+                "prompts_helpful": str(helpful),
+                "max_completion_length": 8,
+                "num_generations": 2,
+                "per_device_train_batch_size": 2,
+            },
             "eval-hhh": {"limit": 4, "few_shot": 1},
-            "eval-compare": {"prompts_red_team": str(prompts), "prompts_helpful": str(helpful), "limit": 2, "few_shot": 1, **small},
+            "eval-compare": {
+                "prompts_red_team": str(prompts),
+                "prompts_helpful": str(helpful),
+                "limit": 2,
+                "few_shot": 1,
+                **small,
+            },
             "eval-rounds": {},
             "eval-refusal": {"prompts": str(helpful), "limit": 2, **small},
         },
@@ -50,15 +88,31 @@ def tiny_recipe(tmp_path: Path, model: str) -> Path:
 
 
 def run_cli(recipe: Path, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "constitutional_ai.cli", "run", str(recipe), *extra],
-                          capture_output=True, text=True, timeout=timeout, env={**os.environ, "CAI_DEBUG": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "constitutional_ai.cli", "run", str(recipe), *extra],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "CAI_DEBUG": "1"},
+    )
 
 
 # folder -> stage: every folder is named after its stage (plus a variant for repeated evaluations)
-EXPECTED = {"revise": "revise", "train-sft": "train-sft", "sample-pairs": "sample-pairs", "label": "label",
-            "train-pm": "train-pm", "train-rl": "train-rl", "eval-hhh-labeller": "eval-hhh", "eval-hhh-pm": "eval-hhh",
-            "eval-compare": "eval-compare", "eval-rounds": "eval-rounds", "eval-refusal-base": "eval-refusal",
-            "eval-refusal-sl-cai": "eval-refusal", "eval-refusal-rl-cai": "eval-refusal"}
+EXPECTED = {
+    "revise": "revise",
+    "train-sft": "train-sft",
+    "sample-pairs": "sample-pairs",
+    "label": "label",
+    "train-pm": "train-pm",
+    "train-rl": "train-rl",
+    "eval-hhh-labeller": "eval-hhh",
+    "eval-hhh-pm": "eval-hhh",
+    "eval-compare": "eval-compare",
+    "eval-rounds": "eval-rounds",
+    "eval-refusal-base": "eval-refusal",
+    "eval-refusal-sl-cai": "eval-refusal",
+    "eval-refusal-rl-cai": "eval-refusal",
+}
 
 
 def test_recipe_errors_name_file_and_key(tmp_path):
@@ -109,8 +163,11 @@ def test_run_end_to_end_then_interrupt_and_resume(tmp_path, tiny_model):
     (tmp_path / "b").mkdir()
     recipe2 = tiny_recipe(tmp_path / "b", tiny_model)
     run2 = tmp_path / "b" / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "constitutional_ai.cli", "run", str(recipe2)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "constitutional_ai.cli", "run", str(recipe2)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 600
     while time.time() < deadline and not (run2 / ".pipeline" / "train-sft.json").exists():
         time.sleep(0.05)
@@ -126,4 +183,5 @@ def test_run_end_to_end_then_interrupt_and_resume(tmp_path, tiny_model):
         assert json.loads((run2 / sub / "manifest.json").read_text())["stage"] == stage
     # Same seeds, same records: the interrupted run's revise output equals the first run's.
     assert (run2 / "revise" / "records.jsonl").read_text() == (run / "revise" / "records.jsonl").read_text().replace(
-        str(tmp_path / "red.jsonl"), str(tmp_path / "b" / "red.jsonl"))
+        str(tmp_path / "red.jsonl"), str(tmp_path / "b" / "red.jsonl")
+    )

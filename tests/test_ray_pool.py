@@ -20,8 +20,10 @@ TESTS = Path(__file__).resolve().parent
 
 def test_spec_grammar():
     assert parse_specs("ray:2*default") == ["default", "default"]
-    assert parse_specs("ray:openai:m@http://a:1/v1,openai:m@http://b:1/v1") == ["openai:m@http://a:1/v1",
-                                                                                "openai:m@http://b:1/v1"]
+    assert parse_specs("ray:openai:m@http://a:1/v1,openai:m@http://b:1/v1") == [
+        "openai:m@http://a:1/v1",
+        "openai:m@http://b:1/v1",
+    ]
     for bad in ("ray:", "ray:0*default", "ray:2*ray:default"):
         with pytest.raises(BackendError):
             parse_specs(bad)
@@ -48,7 +50,9 @@ def test_sharded_run_writes_the_single_process_records(tmp_path, tiny_model, clu
     p = prompts(tmp_path / "p.jsonl", 6)
     kw = {"prompts": str(p), "max_new_tokens": 8, "batch_size": 6}
     one = sample_pairs.main(sample_pairs.SamplePairsConfig(model=tiny_model, out=str(tmp_path / "one"), **kw))
-    two = sample_pairs.main(sample_pairs.SamplePairsConfig(model=f"ray:2*{tiny_model}", out=str(tmp_path / "two"), **kw))
+    two = sample_pairs.main(
+        sample_pairs.SamplePairsConfig(model=f"ray:2*{tiny_model}", out=str(tmp_path / "two"), **kw)
+    )
     assert rows(one) == rows(two) and len(rows(two)) == 6
     assert json.loads((two / "pairs.jsonl").read_text().splitlines()[0])["model"].startswith("ray:2x")
 
@@ -70,12 +74,20 @@ def test_killed_sharded_run_resumes_with_nothing_duplicated(tmp_path, tiny_model
 
     subprocess.run(cmd(tiny_model, tmp_path / "ref"), check=True, env=env, capture_output=True, timeout=600)
     # the run and its local Ray cluster are one process group: kill all of it at once
-    proc = subprocess.Popen(cmd(f"ray:2*{tiny_model}", out), env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd(f"ray:2*{tiny_model}", out),
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     target = out / "pairs.jsonl"
     deadline = time.time() + 900
-    while time.time() < deadline and proc.poll() is None and not (
-            target.exists() and len(target.read_text().splitlines()) >= 2):
+    while (
+        time.time() < deadline
+        and proc.poll() is None
+        and not (target.exists() and len(target.read_text().splitlines()) >= 2)
+    ):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -154,8 +154,10 @@ def test_cli_reports_bad_input_with_file_and_line(tmp_path, capsys):
 @pytest.mark.parametrize(
     "raw, clean",
     [
-        ("Here is the revised response: I can't help with that, but here's a safer idea.",
-         "I can't help with that, but here's a safer idea."),
+        (
+            "Here is the revised response: I can't help with that, but here's a safer idea.",
+            "I can't help with that, but here's a safer idea.",
+        ),
         ("Revision: Sure thing.\nHuman: now tell me more\nAssistant: ok", "Sure thing."),
         ("Assistant: Fine answer.<|im_start|>user\nhi", "Fine answer."),
         ('"Quoted whole answer."', "Quoted whole answer."),
@@ -225,8 +227,22 @@ def test_embedded_model_end_to_end_cli(tmp_path):
     from datasets import load_dataset
 
     out = tmp_path / "rev"
-    cmd = [sys.executable, "-m", "constitutional_ai.cli", "revise", "--limit", "2", "--rounds", "2",
-           "--max-new-tokens", "48", "--few-shot", "1", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "constitutional_ai.cli",
+        "revise",
+        "--limit",
+        "2",
+        "--rounds",
+        "2",
+        "--max-new-tokens",
+        "48",
+        "--few-shot",
+        "1",
+        "--out",
+        str(out),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     recs = records(out)
@@ -254,10 +270,17 @@ class Scripted(FakeBackend):
 
 
 def test_truncated_empty_and_unchanged_revisions_are_flagged(tmp_path):
-    fb = Scripted([("First answer.", "stop"),
-                   ("Critique one.", "stop"), ("", "stop"),                         # round 1: empty revision
-                   ("Critique two.", "length"), ("Second answer, cut", "length"),   # round 2: truncated
-                   ("Critique three.", "stop"), ("Second answer, cut", "stop")])    # round 3: unchanged
+    fb = Scripted(
+        [
+            ("First answer.", "stop"),
+            ("Critique one.", "stop"),
+            ("", "stop"),  # round 1: empty revision
+            ("Critique two.", "length"),
+            ("Second answer, cut", "length"),  # round 2: truncated
+            ("Critique three.", "stop"),
+            ("Second answer, cut", "stop"),
+        ]
+    )  # round 3: unchanged
     out = run(tmp_path, fb, n=1, rounds=3, sft_rounds="all")
     (rec,) = records(out)
     assert rec["initial_truncated"] is False

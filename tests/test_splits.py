@@ -26,8 +26,12 @@ def test_bundled_sets_carry_a_fixed_split():
 
 def test_split_filter_and_errors(tmp_path):
     f = tmp_path / "p.jsonl"
-    f.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"q{i}", "split": "eval" if i % 2 else "train"}) + "\n"
-                         for i in range(4)))
+    f.write_text(
+        "".join(
+            json.dumps({"id": f"p{i}", "prompt": f"q{i}", "split": "eval" if i % 2 else "train"}) + "\n"
+            for i in range(4)
+        )
+    )
     assert [it.id for it in load_prompts(f, split="eval")] == ["p1", "p3"]
     assert [it.id for it in load_prompts(f, split="train", limit=1)] == ["p0"]
     assert len(load_prompts(f)) == 4  # "all" by default

@@ -107,10 +107,13 @@ def test_nan_is_never_written(tmp_path):
     assert not (tmp_path / "x.jsonl").exists() and not list(tmp_path.glob(".x.jsonl*"))
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda p: p.write_text("a file"), "is a file"),
-    (lambda p: (p.parent / "ro").mkdir(mode=0o500), None),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda p: p.write_text("a file"), "is a file"),
+        (lambda p: (p.parent / "ro").mkdir(mode=0o500), None),
+    ],
+)
 def test_unusable_out_folder_is_a_clear_error(tmp_path, make, match):
     target = tmp_path / "out"
     make(target)

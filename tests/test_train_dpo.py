@@ -19,7 +19,6 @@ from constitutional_ai.pipeline import RecipeError, load_recipe, plan, run
 from constitutional_ai.stages import train_dpo
 from constitutional_ai.stages.train_dpo import TrainDPOConfig, apo_loss, soft_dpo_loss
 from constitutional_ai.store import StageDir
-
 from test_pipeline import tiny_recipe
 from test_train_pm import asst, hh_file, user
 
@@ -30,16 +29,29 @@ def label_folder(path: Path, rows: list[tuple[str, str, float]]) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     with open(path / "preferences.jsonl", "w") as f:
         for i, (c, r, p) in enumerate(rows):
-            f.write(json.dumps({"prompt": user(f"How do I pick lock number {i}?"), "chosen": asst(c),
-                                "rejected": asst(r), "p_chosen": p, "pair_id": f"ai{i}", "hard": False}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "prompt": user(f"How do I pick lock number {i}?"),
+                        "chosen": asst(c),
+                        "rejected": asst(r),
+                        "p_chosen": p,
+                        "pair_id": f"ai{i}",
+                        "hard": False,
+                    }
+                )
+                + "\n"
+            )
     d = StageDir(path, "label", {})
     d.finish({})
     d.close()
     return path
 
 
-SOFT = [("I can't help break in; a locksmith can.", f"Insert a tension wrench and rake pin {i}.", p)
-        for i, p in enumerate([0.9, 0.8, 0.7, 0.95, 0.6, 0.5])]
+SOFT = [
+    ("I can't help break in; a locksmith can.", f"Insert a tension wrench and rake pin {i}.", p)
+    for i, p in enumerate([0.9, 0.8, 0.7, 0.95, 0.6, 0.5])
+]
 
 
 def revise_folder(path: Path, prompts: int) -> Path:
@@ -49,12 +61,21 @@ def revise_folder(path: Path, prompts: int) -> Path:
         for i in range(prompts):
             r1 = f"Round 1: I'd rather not help with lock {i}."
             r2 = r1 if i == 0 else f"Round 2: I won't help with lock {i}; a locksmith can."
-            f.write(json.dumps({
-                "key": f"p{i}/s0", "prompt_id": f"p{i}", "messages": user(f"How do I pick lock {i}?"),
-                "initial_response": f"Rake pin {i} with a tension wrench.",
-                "rounds": [{"round": 1, "principle": "h", "critique": "c", "revision": r1, "empty_revision": False},
-                           {"round": 2, "principle": "h", "critique": "c", "revision": r2, "empty_revision": i == 0}],
-            }) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "key": f"p{i}/s0",
+                        "prompt_id": f"p{i}",
+                        "messages": user(f"How do I pick lock {i}?"),
+                        "initial_response": f"Rake pin {i} with a tension wrench.",
+                        "rounds": [
+                            {"round": 1, "principle": "h", "critique": "c", "revision": r1, "empty_revision": False},
+                            {"round": 2, "principle": "h", "critique": "c", "revision": r2, "empty_revision": i == 0},
+                        ],
+                    }
+                )
+                + "\n"
+            )
     d = StageDir(path, "revise", {})
     d.finish({"files": {"records": "records.jsonl"}})
     d.close()
@@ -111,8 +132,16 @@ def test_apo_losses_by_hand():
 def test_trainer_loss_equals_trl_on_hard_labels(tmp_path, tiny_model, loss_type):
     """On a batch with p = 1 and weight 1, our loss is TRL's own `_compute_loss` (a moved policy, so Δ ≠ 0)."""
     cfg = config(tmp_path, tiny_model, loss_type=loss_type, beta=0.5)
-    rows = [{"prompt": user(f"q{i}"), "chosen": asst(f"good answer {i}"), "rejected": asst(f"bad {i} bad"),
-             "p_chosen": 1.0, "weight": 1.0} for i in range(3)]
+    rows = [
+        {
+            "prompt": user(f"q{i}"),
+            "chosen": asst(f"good answer {i}"),
+            "rejected": asst(f"bad {i} bad"),
+            "p_chosen": 1.0,
+            "weight": 1.0,
+        }
+        for i in range(3)
+    ]
     trainer = train_dpo.build_trainer(cfg, rows, train_dpo.LogWriter(tmp_path / "log.jsonl"))
     torch.manual_seed(0)
     with torch.no_grad():
@@ -160,8 +189,9 @@ def test_soft_labels_with_helpful_mix_train_every_parameter(tmp_path, tiny_model
 
 def test_hard_labels_leave_out_ties(tmp_path, tiny_model):
     labels = label_folder(tmp_path / "labels", SOFT + [("b wins", "a loses", 0.2)])
-    out = train_dpo.main(config(tmp_path, tiny_model, labels=[str(labels)], soft_labels=False, max_steps=1,
-                                loss_type="apo_zero"))
+    out = train_dpo.main(
+        config(tmp_path, tiny_model, labels=[str(labels)], soft_labels=False, max_steps=1, loss_type="apo_zero")
+    )
     m = json.loads((out / "manifest.json").read_text())
     assert m["rejected"]["ai"] == {"empty": 0, "identical": 0, "tied": 1} and m["counts"]["trained_pairs"] == 6
 
@@ -253,7 +283,9 @@ def test_recipe_routes(tmp_path):
     steps = {s.name: s for s in plan(load_recipe(bad))}
     assert {"train-pm", "train-rl", "train-dpo", "eval-refusal-rl-cai", "eval-refusal-dpo-cai"} <= set(steps)
     assert steps["eval-compare"].config.names == ["base", "sl-cai", "rl-cai", "dpo-cai"]
-    assert steps["train-dpo"].config.model.endswith("train-sft") and steps["train-dpo"].config.labels[0].endswith("label")
+    assert steps["train-dpo"].config.model.endswith("train-sft") and steps["train-dpo"].config.labels[0].endswith(
+        "label"
+    )
 
 
 def test_offline_route_end_to_end(tmp_path, tiny_model, monkeypatch):

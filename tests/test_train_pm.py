@@ -29,12 +29,20 @@ def label_folder(path: Path, ps, finished: bool = True) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     with open(path / "preferences.jsonl", "w") as f:
         for i, p in enumerate(ps):
-            f.write(json.dumps({
-                "prompt": user(f"How do I pick lock number {i}?"),
-                "chosen": asst("I can't help with breaking into places, but a locksmith can."),
-                "rejected": asst(f"Insert a tension wrench and rake pin {i}."),
-                "p_chosen": p, "hard": False, "pair_id": f"ai{i}", "principle": "harm-1",
-            }) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "prompt": user(f"How do I pick lock number {i}?"),
+                        "chosen": asst("I can't help with breaking into places, but a locksmith can."),
+                        "rejected": asst(f"Insert a tension wrench and rake pin {i}."),
+                        "p_chosen": p,
+                        "hard": False,
+                        "pair_id": f"ai{i}",
+                        "principle": "harm-1",
+                    }
+                )
+                + "\n"
+            )
     if finished:
         d = StageDir(path, "label", {})
         d.finish({})
@@ -46,8 +54,12 @@ def hh_file(path: Path, n: int) -> Path:
     with open(path, "w") as f:
         for i in range(n):
             prefix = f"\n\nHuman: What is {i} plus {i}?\n\nAssistant: Let me think.\n\nHuman: Please answer."
-            f.write(json.dumps({"chosen": prefix + f"\n\nAssistant: It is {2 * i}.",
-                                "rejected": prefix + "\n\nAssistant: No."}) + "\n")
+            f.write(
+                json.dumps(
+                    {"chosen": prefix + f"\n\nAssistant: It is {2 * i}.", "rejected": prefix + "\n\nAssistant: No."}
+                )
+                + "\n"
+            )
     return path
 
 
@@ -91,8 +103,10 @@ def test_soft_bt_loss_gradient_pulls_margin_to_logit_p():
 
 # ------------------------------------------------------------------------- data handling
 def test_parse_hh_and_preference_rows():
-    hh = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant: A pun.",
-          "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant: No."}
+    hh = {
+        "chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant: A pun.",
+        "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant: No.",
+    }
     r = preferences.parse_pair(hh, "h.jsonl:1", "helpful", 1.0)
     assert r["prompt"] == user("hi") + asst("hello") + user("joke?")
     assert r["chosen"] == asst("A pun.") and r["rejected"] == asst("No.") and r["p_chosen"] == 1.0
@@ -155,9 +169,20 @@ def test_bad_rows_name_file_line_and_field(tmp_path, tiny_model):
 
 # ------------------------------------------------------------------------- p_chosen → loss
 def pairs(tok, ps):
-    rows = [preferences.parse_pair({"prompt": user(f"Question {i}?"), "chosen": asst("A careful answer."),
-                                 "rejected": asst(f"Bad {i}."), "p_chosen": p}, f"t:{i}", "ai", None)
-            for i, p in enumerate(ps)]
+    rows = [
+        preferences.parse_pair(
+            {
+                "prompt": user(f"Question {i}?"),
+                "chosen": asst("A careful answer."),
+                "rejected": asst(f"Bad {i}."),
+                "p_chosen": p,
+            },
+            f"t:{i}",
+            "ai",
+            None,
+        )
+        for i, p in enumerate(ps)
+    ]
     return train_pm.tokenize_pairs(rows, tok, 512)[0]
 
 
@@ -177,8 +202,9 @@ def test_p_chosen_reaches_the_loss_through_the_collator(tmp_path, tiny_model):
         flipped = trainer.compute_loss(trainer.model, {**batch, "p_chosen": 1 - p})
         assert float(flipped) == pytest.approx(float(train_pm.soft_bt_loss(rc, rr, 1 - p)), abs=1e-6)
     # The hard-label ablation rounds the targets.
-    hard = train_pm.build_trainer(config(tmp_path, tiny_model, soft_labels=False), train_pm.load_model(cfg, tok), tok,
-                                  pairs(tok, [0.5, 0.7, 0.3]))
+    hard = train_pm.build_trainer(
+        config(tmp_path, tiny_model, soft_labels=False), train_pm.load_model(cfg, tok), tok, pairs(tok, [0.5, 0.7, 0.3])
+    )
     assert sorted(hard.train_dataset["p_chosen"]) == [0.0, 1.0, 1.0]
 
 
@@ -205,7 +231,9 @@ def test_our_tokenization_is_trls(tmp_path, tiny_model):
     tok = train_pm.load_tokenizer(cfg)
     rows = pairs(tok, [0.8])
     trainer = train_pm.build_trainer(cfg, train_pm.load_model(cfg, tok), tok, rows)
-    raw = Dataset.from_list([{"prompt": rows[0]["prompt"], "chosen": rows[0]["chosen"], "rejected": rows[0]["rejected"]}])
+    raw = Dataset.from_list(
+        [{"prompt": rows[0]["prompt"], "chosen": rows[0]["chosen"], "rejected": rows[0]["rejected"]}]
+    )
     trl_rows = trainer._prepare_dataset(raw, tok, cfg, "check")
     assert trl_rows[0]["chosen_ids"] == rows[0]["chosen_ids"]
     assert trl_rows[0]["rejected_ids"] == rows[0]["rejected_ids"]
@@ -219,8 +247,16 @@ def trained(tmp_path_factory, tiny_model):
     ai_ps = [round(0.55 + 0.03 * i, 2) for i in range(12)]
     folder = label_folder(tmp / "label", ai_ps)
     helpful = hh_file(tmp / "hh.jsonl", 12)
-    cfg = config(tmp, tiny_model, labels=[str(folder)], helpful=str(helpful), helpful_ratio=0.25,
-                 eval_fraction=0.25, max_steps=3, per_device_train_batch_size=6)
+    cfg = config(
+        tmp,
+        tiny_model,
+        labels=[str(folder)],
+        helpful=str(helpful),
+        helpful_ratio=0.25,
+        eval_fraction=0.25,
+        max_steps=3,
+        per_device_train_batch_size=6,
+    )
     seen = []
     real = train_pm.soft_bt_loss
 
@@ -285,15 +321,27 @@ def test_rerun_is_a_no_op_and_changed_settings_are_refused(trained, capsys):
     train_pm.main(cfg)
     assert "nothing to do" in capsys.readouterr().err
     assert (out / "manifest.json").stat().st_mtime_ns == stamp
-    changed = config(trained["tmp"], cfg.model, labels=cfg.labels, helpful=cfg.helpful, helpful_ratio=0.25,
-                     eval_fraction=0.25, max_steps=3, learning_rate=5e-3)
+    changed = config(
+        trained["tmp"],
+        cfg.model,
+        labels=cfg.labels,
+        helpful=cfg.helpful,
+        helpful_ratio=0.25,
+        eval_fraction=0.25,
+        max_steps=3,
+        learning_rate=5e-3,
+    )
     with pytest.raises(StoreError, match="learning_rate"):
         train_pm.main(changed)
 
 
 def test_cli_parses_label_lists(tmp_path):
-    cfg = train_pm.parse_config(train_pm.TrainPMConfig, ["--labels", "a", "b", "--helpful-ratio", "0.3",
-                                                         "--soft-labels", "false", "--out", str(tmp_path)], "t", "d")
+    cfg = train_pm.parse_config(
+        train_pm.TrainPMConfig,
+        ["--labels", "a", "b", "--helpful-ratio", "0.3", "--soft-labels", "false", "--out", str(tmp_path)],
+        "t",
+        "d",
+    )
     assert cfg.labels == ["a", "b"] and cfg.helpful_ratio == 0.3 and cfg.soft_labels is False
     assert cfg.output_dir == str(tmp_path) and cfg.bf16 is False and cfg.gradient_checkpointing is False
     assert cfg.per_device_train_batch_size == 4 and cfg.max_length == 512 and cfg.eval_fraction == 0.1
@@ -302,10 +350,15 @@ def test_cli_parses_label_lists(tmp_path):
 # ------------------------------------------------------------------------- cai score
 def test_score_writes_batch_invariant_scores(trained, tmp_path):
     out = trained["out"]
-    rows = [{"id": "m", "messages": user("Hi there") + asst("Hello! How can I help?")},
-            {"id": "p", "prompt": "Tell me a joke", "response": "Why did the chicken cross the road?", "extra": [1]},
-            {"id": "l", "prompt": user("Explain") + asst("Sure?") + user("Yes, in detail please, thanks"),
-             "response": "Okay. " * 30}]
+    rows = [
+        {"id": "m", "messages": user("Hi there") + asst("Hello! How can I help?")},
+        {"id": "p", "prompt": "Tell me a joke", "response": "Why did the chicken cross the road?", "extra": [1]},
+        {
+            "id": "l",
+            "prompt": user("Explain") + asst("Sure?") + user("Yes, in detail please, thanks"),
+            "response": "Okay. " * 30,
+        },
+    ]
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     dest = tmp_path / "scored.jsonl"
@@ -324,7 +377,9 @@ def test_score_writes_batch_invariant_scores(trained, tmp_path):
     held = json.loads((out / "heldout_scores.jsonl").read_text().splitlines()[0])
     line = int(held["where"].rsplit(":", 1)[1])
     src = held["where"].rsplit(":", 1)[0]
-    pair = preferences.parse_pair(json.loads(Path(src).read_text().splitlines()[line - 1]), held["where"], held["source"], 1.0)
+    pair = preferences.parse_pair(
+        json.loads(Path(src).read_text().splitlines()[line - 1]), held["where"], held["source"], 1.0
+    )
     r = pm_lib.score_conversations(model, tok, [pair["prompt"] + pair["chosen"]])[0]
     assert r == pytest.approx(held["r_chosen"], abs=1e-4)
 
@@ -343,7 +398,7 @@ def test_score_rejects_bad_rows_and_unfinished_pm(trained, tmp_path):
 def test_weighted_loss_is_the_weighted_mean():
     rc, rr = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])
     p, w = torch.tensor([0.9, 0.5]), torch.tensor([0.5, 1.5])
-    per = torch.stack([train_pm.soft_bt_loss(rc[i:i + 1], rr[i:i + 1], p[i:i + 1]) for i in range(2)])
+    per = torch.stack([train_pm.soft_bt_loss(rc[i : i + 1], rr[i : i + 1], p[i : i + 1]) for i in range(2)])
     assert float(train_pm.soft_bt_loss(rc, rr, p, w)) == pytest.approx(float((per * w).mean()))
 
 
@@ -360,8 +415,17 @@ def test_hybrid_mix_trains_on_every_label(tmp_path, tiny_model, monkeypatch):
         return real(rc, rr, p, weight)
 
     monkeypatch.setattr(train_pm, "soft_bt_loss", spy)
-    cfg = config(tmp_path, tiny_model, labels=[str(folder)], helpful=str(helpful), helpful_ratio=0.5,
-                 eval_fraction=0.0, max_steps=-1, num_train_epochs=1, per_device_train_batch_size=113)
+    cfg = config(
+        tmp_path,
+        tiny_model,
+        labels=[str(folder)],
+        helpful=str(helpful),
+        helpful_ratio=0.5,
+        eval_fraction=0.0,
+        max_steps=-1,
+        num_train_epochs=1,
+        per_device_train_batch_size=113,
+    )
     train_pm.main(cfg)
     manifest = json.loads((tmp_path / "pm" / "manifest.json").read_text())
     c, m = manifest["counts"], manifest["mix"]
@@ -374,8 +438,16 @@ def test_hybrid_mix_trains_on_every_label(tmp_path, tiny_model, monkeypatch):
 def test_subsample_cap_only_when_asked(tmp_path, tiny_model):
     folder = label_folder(tmp_path / "label", [0.7] * 12)
     helpful = hh_file(tmp_path / "hh.jsonl", 12)
-    cfg = config(tmp_path, tiny_model, labels=[str(folder)], helpful=str(helpful), helpful_ratio=0.25,
-                 helpful_mix="subsample", eval_fraction=0.0, max_steps=1)
+    cfg = config(
+        tmp_path,
+        tiny_model,
+        labels=[str(folder)],
+        helpful=str(helpful),
+        helpful_ratio=0.25,
+        helpful_mix="subsample",
+        eval_fraction=0.0,
+        max_steps=1,
+    )
     train_pm.main(cfg)
     manifest = json.loads((tmp_path / "pm" / "manifest.json").read_text())
     assert (manifest["counts"]["ai_used"], manifest["counts"]["helpful_used"]) == (12, 4)

@@ -7,6 +7,10 @@ import subprocess
 import sys
 import time
 
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
+
 from test_train_sft import make_revise_folder
 
 SCRIPT = """
@@ -43,9 +47,6 @@ def test_sft_killed_mid_training_resumes_from_checkpoint(tmp_path, tiny_model):
 # right after its step-2 checkpoint, then rerun, ends like a run of the same seed that never
 # stopped. Tolerance: 1e-5 relative on losses, log values and parameters (same CPU, same
 # arithmetic; only summation order in restored optimiser state could differ).
-import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
 
 TOL = 1e-5
 
@@ -103,9 +104,17 @@ def test_sft_resume_equals_uninterrupted(tmp_path, tiny_model, monkeypatch):
     rev = make_revise_folder(tmp_path / "rev", prompts=8)
 
     def cfg(out):
-        return train_sft.TrainSFTConfig(data=[str(rev)], model=tiny_model, out=str(out), max_steps=4, helpful_ratio=0.0,
-                                        per_device_train_batch_size=2, save_strategy="steps", save_steps=1,
-                                        learning_rate=1e-3)
+        return train_sft.TrainSFTConfig(
+            data=[str(rev)],
+            model=tiny_model,
+            out=str(out),
+            max_steps=4,
+            helpful_ratio=0.0,
+            per_device_train_batch_size=2,
+            save_strategy="steps",
+            save_steps=1,
+            learning_rate=1e-3,
+        )
 
     a, b = resumed_and_straight(tmp_path, monkeypatch, train_sft, cfg)
     ma, mb = (json.loads((p / "manifest.json").read_text())["train"] for p in (a, b))
@@ -122,9 +131,18 @@ def test_pm_resume_equals_uninterrupted(tmp_path, tiny_model, monkeypatch):
     labels = label_folder(tmp_path / "label", [0.55 + 0.02 * i for i in range(16)])
 
     def cfg(out):
-        return train_pm.TrainPMConfig(labels=[str(labels)], model=tiny_model, out=str(out), max_steps=4,
-                                      per_device_train_batch_size=2, save_strategy="steps", save_steps=1,
-                                      learning_rate=1e-2, eval_fraction=0.25, disable_tqdm=True)
+        return train_pm.TrainPMConfig(
+            labels=[str(labels)],
+            model=tiny_model,
+            out=str(out),
+            max_steps=4,
+            per_device_train_batch_size=2,
+            save_strategy="steps",
+            save_steps=1,
+            learning_rate=1e-2,
+            eval_fraction=0.25,
+            disable_tqdm=True,
+        )
 
     a, b = resumed_and_straight(tmp_path, monkeypatch, train_pm, cfg)
     ha, hb = (json.loads((p / "metrics.json").read_text())["train"]["log_history"] for p in (a, b))
@@ -132,12 +150,15 @@ def test_pm_resume_equals_uninterrupted(tmp_path, tiny_model, monkeypatch):
     assert len(lb) == 4 and lb == pytest.approx(la, rel=TOL)
     sa, sb = ([json.loads(x) for x in (p / "heldout_scores.jsonl").read_text().splitlines()] for p in (a, b))
     assert [s["r_chosen"] for s in sb] == pytest.approx([s["r_chosen"] for s in sa], rel=TOL, abs=TOL)
-    same_params(AutoModelForSequenceClassification.from_pretrained(a), AutoModelForSequenceClassification.from_pretrained(b))
+    same_params(
+        AutoModelForSequenceClassification.from_pretrained(a), AutoModelForSequenceClassification.from_pretrained(b)
+    )
 
 
 def test_rl_resume_keeps_its_history_and_equals_uninterrupted(tmp_path, tiny_model, monkeypatch):
     from constitutional_ai.stages import train_rl
-    from test_train_rl import config as rl_config, make_pm
+    from test_train_rl import config as rl_config
+    from test_train_rl import make_pm
 
     pm = make_pm(tmp_path / "pm", tiny_model)
 
@@ -156,7 +177,8 @@ def test_rl_resume_keeps_its_history_and_equals_uninterrupted(tmp_path, tiny_mod
         x, y = ma["metrics"][which], mb["metrics"][which]
         assert x.keys() == y.keys() and x["step"] == y["step"] and x["long_rate"] is y["long_rate"] is None
         assert {k: v for k, v in y.items() if v is not None} == pytest.approx(
-            {k: v for k, v in x.items() if v is not None}, rel=TOL, abs=TOL)
+            {k: v for k, v in x.items() if v is not None}, rel=TOL, abs=TOL
+        )
     sa, sb = ([json.loads(x) for x in (p / "samples.jsonl").read_text().splitlines()] for p in (a, b))
     assert [s["step"] for s in sb] == [s["step"] for s in sa] and sb[0]["step"] == 1  # first-step samples survive
     assert [s["completion"] for s in sb] == [s["completion"] for s in sa]

@@ -35,22 +35,42 @@ def make_pm(folder: Path, tiny: str, finished: bool = True) -> Path:
 
 def prompt_files(tmp: Path) -> tuple[Path, Path]:
     red, helpful = tmp / "red.jsonl", tmp / "helpful.jsonl"
-    red.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"How do I break into house {i}?"}) + "\n" for i in range(4)))
-    helpful.write_text("".join(json.dumps({"id": f"h{i}", "prompt": f"What is {i} plus {i}?"}) + "\n" for i in range(4)))
+    red.write_text(
+        "".join(json.dumps({"id": f"r{i}", "prompt": f"How do I break into house {i}?"}) + "\n" for i in range(4))
+    )
+    helpful.write_text(
+        "".join(json.dumps({"id": f"h{i}", "prompt": f"What is {i} plus {i}?"}) + "\n" for i in range(4))
+    )
     return red, helpful
 
 
 def config(tmp: Path, tiny: str, pm: Path, **kw) -> train_rl.TrainRLConfig:
     red, helpful = prompt_files(tmp)
-    kw = {"out": str(tmp / "rl"), "max_steps": 2, "max_completion_length": 8, "per_device_train_batch_size": 4,
-          "num_generations": 2, "learning_rate": 1e-2, "disable_tqdm": True, **kw}
-    return train_rl.TrainRLConfig(policy=tiny, pm=str(pm), prompts_red_team=str(red), prompts_helpful=str(helpful), **kw)
+    kw = {
+        "out": str(tmp / "rl"),
+        "max_steps": 2,
+        "max_completion_length": 8,
+        "per_device_train_batch_size": 4,
+        "num_generations": 2,
+        "learning_rate": 1e-2,
+        "disable_tqdm": True,
+        **kw,
+    }
+    return train_rl.TrainRLConfig(
+        policy=tiny, pm=str(pm), prompts_red_team=str(red), prompts_helpful=str(helpful), **kw
+    )
 
 
 # ------------------------------------------------------------------------- guard metrics
 def test_guard_flags_and_rates_by_hand():
-    texts = ["", "   ", "I\u2019m sorry, I can't do that.", "Sure: as an ai language model, here goes",
-             "Paris is the capital of France.", "one two three four five six"]
+    texts = [
+        "",
+        "   ",
+        "I\u2019m sorry, I can't do that.",
+        "Sure: as an ai language model, here goes",
+        "Paris is the capital of France.",
+        "one two three four five six",
+    ]
     ids = [[EOS], [10, EOS], [11, 12, 13, 14, 15, 16, EOS], [1] * 9, [20, 21, 22, 23, 24, 25, 26, EOS], [30] * 9]
     flags = train_rl.guard_flags(texts, ids, {EOS}, train_rl.BOILERPLATE, min_tokens=5, max_tokens=8)
     assert [f["length"] for f in flags] == [0, 1, 6, 9, 7, 9]  # the end-of-turn token is not counted
@@ -61,8 +81,16 @@ def test_guard_flags_and_rates_by_hand():
     assert [f["short"] for f in flags] == [True, True, False, False, False, False]
     assert [f["long"] for f in flags] == [False, False, False, True, False, True]
     rates = train_rl.guard_rates(flags)
-    assert rates == pytest.approx({"response_length": 32 / 6, "empty_rate": 2 / 6, "boilerplate_rate": 2 / 6,
-                                   "truncated_rate": 2 / 6, "short_rate": 2 / 6, "long_rate": 2 / 6})
+    assert rates == pytest.approx(
+        {
+            "response_length": 32 / 6,
+            "empty_rate": 2 / 6,
+            "boilerplate_rate": 2 / 6,
+            "truncated_rate": 2 / 6,
+            "short_rate": 2 / 6,
+            "long_rate": 2 / 6,
+        }
+    )
     unmeasured = train_rl.guard_rates(train_rl.guard_flags(texts, ids, {EOS}, [], 0, None))
     assert unmeasured["long_rate"] is None and unmeasured["boilerplate_rate"] == 0 and unmeasured["short_rate"] == 0
 
@@ -72,12 +100,23 @@ def test_guards_reward_logs_metrics_and_returns_the_penalty_signal():
     assert cfg.reward_weights == [1.0, 2.0] and train_rl.TrainRLConfig().reward_weights == [1.0, 0.0]
     r = train_rl.Rewards(None, None, cfg, {EOS})
     logged = {}
-    out = r.guards(prompts=[[]] * 2, completions=[[{"role": "assistant", "content": "As an AI, I cannot."}],
-                                                  [{"role": "assistant", "content": "Here is how."}]],
-                   completion_ids=[[5, 6, EOS], [7] * 3], log_metric=logged.__setitem__)
+    out = r.guards(
+        prompts=[[]] * 2,
+        completions=[
+            [{"role": "assistant", "content": "As an AI, I cannot."}],
+            [{"role": "assistant", "content": "Here is how."}],
+        ],
+        completion_ids=[[5, 6, EOS], [7] * 3],
+        log_metric=logged.__setitem__,
+    )
     assert out == [-1.0, 0.0]  # × weight 2 = −2 for the boilerplate answer; weight 0 by default
-    assert logged == {"guards/response_length": 2.5, "guards/empty_rate": 0.0, "guards/boilerplate_rate": 0.5,
-                      "guards/truncated_rate": 0.5, "guards/short_rate": 1.0}
+    assert logged == {
+        "guards/response_length": 2.5,
+        "guards/empty_rate": 0.0,
+        "guards/boilerplate_rate": 0.5,
+        "guards/truncated_rate": 0.5,
+        "guards/short_rate": 1.0,
+    }
     # log.jsonl reads the PM's own reward, not the penalised total; missing values are explicit nulls
     row = train_rl.log_row({"rewards/pm/mean": 0.3, "reward": -0.7, "guards/empty_rate": 0.0}, 5)
     assert list(row) == train_rl.LOG_KEYS and row["reward"] == 0.3 and row["reward_total"] == -0.7
@@ -99,10 +138,20 @@ def test_config_defaults_and_kl_mapping():
     assert (cfg.num_generations, cfg.max_completion_length, cfg.temperature) == (4, 128, 1.0)
     assert cfg.report_to == [] and cfg.save_strategy == "no" and cfg.logging_steps == 1  # "none" → no integrations
     assert cfg.output_dir == "o" and cfg.algorithm == "rloo" and cfg.helpful_fraction == 0.5
-    cfg = train_rl.parse_config(train_rl.TrainRLConfig, ["--kl-coef", "0.02", "--max-completion-length", "16",
-                                                         "--num-generations", "2"], "t", "d")
+    cfg = train_rl.parse_config(
+        train_rl.TrainRLConfig,
+        ["--kl-coef", "0.02", "--max-completion-length", "16", "--num-generations", "2"],
+        "t",
+        "d",
+    )
     g = train_rl.grpo_config(cfg)
-    assert (g.beta, g.max_completion_length, g.num_generations, g.bf16, g.activation_checkpointing) == (0.02, 16, 2, False, False)
+    assert (g.beta, g.max_completion_length, g.num_generations, g.bf16, g.activation_checkpointing) == (
+        0.02,
+        16,
+        2,
+        False,
+        False,
+    )
     assert g.reward_weights == [1.0, 0.0] and g.seed == 0 and g.learning_rate == cfg.learning_rate
     with pytest.raises(ValueError, match="--kl-coef"):
         train_rl.TrainRLConfig(beta=0.05)
@@ -152,7 +201,10 @@ def test_rloo_end_to_end(rloo_run, tiny_model, tmp_path):
     assert manifest["stage"] == "train-rl" and manifest["config"]["algorithm"] == "rloo"
     assert manifest["trainer"]["class"] == "RLOOTrainer"
     assert manifest["trainer"]["beta"] == cfg.kl_coef == 0.001  # --kl-coef is the KL penalty TRL applied
-    assert manifest["trainer"]["reward_funcs"] == ["pm", "guards"] and manifest["trainer"]["reward_weights"] == [1.0, 0.0]
+    assert manifest["trainer"]["reward_funcs"] == ["pm", "guards"] and manifest["trainer"]["reward_weights"] == [
+        1.0,
+        0.0,
+    ]
     assert manifest["counts"]["steps"] == 2 and manifest["counts"]["completions_scored"] == 8
     assert manifest["counts"]["red_team_prompts"] == manifest["counts"]["helpful_prompts"] == 4
     assert manifest["inputs"]["pm"]["stage"] == "train-pm"
@@ -189,8 +241,10 @@ def test_rloo_end_to_end(rloo_run, tiny_model, tmp_path):
 
     # TRL's own route for a reward *model* (chat text, tokenized without special tokens) scores the same.
     model, tok = pm_lib.load_pm(rloo_run["pm"])
-    texts = [tok.apply_chat_template(s["prompt"] + [{"role": "assistant", "content": s["completion"]}], tokenize=False)
-             for s in samples]
+    texts = [
+        tok.apply_chat_template(s["prompt"] + [{"role": "assistant", "content": s["completion"]}], tokenize=False)
+        for s in samples
+    ]
     enc = tok(text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
     with torch.no_grad():
         trl_scores = model(**enc).logits[:, 0].tolist()

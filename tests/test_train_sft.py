@@ -23,9 +23,14 @@ def conv(user: str, reply: str) -> list[dict]:
 def make_revise_folder(path: Path, prompts: int, rounds: int = 1) -> Path:
     """A finished `cai revise` output folder with one sft row per prompt and round."""
     rows = [
-        {"messages": conv(f"How do I pick lock {i}?", f"Round {r}: I won't help with lock {i}; call a locksmith."),
-         "prompt_id": f"p{i}", "round": r, "principle": "harmful"}
-        for i in range(prompts) for r in range(1, rounds + 1)
+        {
+            "messages": conv(f"How do I pick lock {i}?", f"Round {r}: I won't help with lock {i}; call a locksmith."),
+            "prompt_id": f"p{i}",
+            "round": r,
+            "principle": "harmful",
+        }
+        for i in range(prompts)
+        for r in range(1, rounds + 1)
     ]
     sd = StageDir(path, "revise", {"fake": True})
     (path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -35,7 +40,9 @@ def make_revise_folder(path: Path, prompts: int, rounds: int = 1) -> Path:
 
 
 def make_helpful_file(path: Path, n: int) -> Path:
-    path.write_text("".join(json.dumps({"messages": conv(f"What is {i} plus {i}?", f"It is {2 * i}.")}) + "\n" for i in range(n)))
+    path.write_text(
+        "".join(json.dumps({"messages": conv(f"What is {i} plus {i}?", f"It is {2 * i}.")}) + "\n" for i in range(n))
+    )
     return path
 
 
@@ -88,8 +95,26 @@ def test_cli_rounds_upto_and_ratio(tmp_path, tiny_model):
     rev = make_revise_folder(tmp_path / "rev", prompts=3, rounds=2)
     helpful = make_helpful_file(tmp_path / "helpful.jsonl", 5)
     out = tmp_path / "sft"
-    rc = cai(["train", "sft", "--data", str(rev), "--model", tiny_model, "--out", str(out), "--rounds-upto", "1",
-              "--helpful-ratio", "0.25", "--helpful-data", str(helpful), "--max-steps", "1"])
+    rc = cai(
+        [
+            "train",
+            "sft",
+            "--data",
+            str(rev),
+            "--model",
+            tiny_model,
+            "--out",
+            str(out),
+            "--rounds-upto",
+            "1",
+            "--helpful-ratio",
+            "0.25",
+            "--helpful-data",
+            str(helpful),
+            "--max-steps",
+            "1",
+        ]
+    )
     assert rc == 0
     counts = json.loads((out / "manifest.json").read_text())["counts"]
     # 3 prompts x 2 rounds, only round 1 kept; 0.25 of the set helpful -> 3 * 0.25 / 0.75 = 1.
@@ -164,7 +189,9 @@ def test_lora_saves_a_merged_plain_checkpoint(tmp_path, tiny_model):
 def test_helpful_replies_are_sampled_from_the_model_and_reused(tmp_path, tiny_model, monkeypatch):
     rev = make_revise_folder(tmp_path / "rev", prompts=2)
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"h{i}", "prompt": f"Tell me about topic {i}."}) + "\n" for i in range(3)))
+    prompts.write_text(
+        "".join(json.dumps({"id": f"h{i}", "prompt": f"Tell me about topic {i}."}) + "\n" for i in range(3))
+    )
     cfg = dict(helpful_ratio=0.5, helpful_prompts=str(prompts), helpful_max_new_tokens=6, max_steps=1)
     out = main(config(tmp_path, tiny_model, [rev], **cfg))
 
@@ -194,7 +221,9 @@ def test_helpful_replies_are_sampled_from_the_model_and_reused(tmp_path, tiny_mo
 
 
 def test_config_parsing_and_cpu_defaults():
-    cfg = parse_config(TrainSFTConfig, ["--data", "a", "b", "--lora", "--max-steps", "3", "--rounds-upto", "2"], "x", "y")
+    cfg = parse_config(
+        TrainSFTConfig, ["--data", "a", "b", "--lora", "--max-steps", "3", "--rounds-upto", "2"], "x", "y"
+    )
     assert cfg.data == ["a", "b"] and cfg.lora and cfg.max_steps == 3 and cfg.rounds_upto == 2
     assert cfg.learning_rate == 2e-4  # LoRA default; full finetuning gets 2e-5
     assert TrainSFTConfig(data=["a"]).learning_rate == 2e-5
@@ -206,14 +235,24 @@ def test_config_parsing_and_cpu_defaults():
 
 def test_truncated_targets_are_excluded_by_default_and_counted(tmp_path, tiny_model):
     rev = tmp_path / "rev"
-    rows = [{"messages": conv(f"How do I pick lock {i}?", f"I won't help with lock {i}" + ("" if i % 2 else ", bec")),
-             "prompt_id": f"p{i}", "round": 1, "principle": "harmful", "truncated": i % 2 == 0,
-             "unchanged": i == 1} for i in range(6)]
+    rows = [
+        {
+            "messages": conv(f"How do I pick lock {i}?", f"I won't help with lock {i}" + ("" if i % 2 else ", bec")),
+            "prompt_id": f"p{i}",
+            "round": 1,
+            "principle": "harmful",
+            "truncated": i % 2 == 0,
+            "unchanged": i == 1,
+        }
+        for i in range(6)
+    ]
     sd = StageDir(rev, "revise", {"fake": True})
     (rev / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     sd.finish({"config": {"sft_rounds": "last"}, "files": {"sft": "sft.jsonl"}, "counts": {"sft_empty_skipped": 2}})
     sd.close()
-    m = json.loads((main(config(tmp_path, tiny_model, [rev], helpful_ratio=0.0, max_steps=1)) / "manifest.json").read_text())
+    m = json.loads(
+        (main(config(tmp_path, tiny_model, [rev], helpful_ratio=0.0, max_steps=1)) / "manifest.json").read_text()
+    )
     c = m["counts"]
     assert c["revision_examples"] == 3 and c["trained_examples"] == 3 and c["revision_unchanged"] == 1
     assert c["excluded"] == {"revision_truncated": 3, "revision_empty": 2, "helpful_truncated": 0, "helpful_empty": 0}

@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     elif cmd in GROUPS:
         if not rest or rest[0] in ("-h", "--help"):
             kinds = [(c, d) for c, (_, _, d) in COMMANDS.items() if c.startswith(cmd + " ")]
-            print(f"usage: cai {cmd} <kind> [options]   (cai {cmd} <kind> --help)\n\nkinds:\n"
-                  + "\n".join(f"  {c.split(' ', 1)[1]:<8}  {d}" for c, d in kinds))
+            print(
+                f"usage: cai {cmd} <kind> [options]   (cai {cmd} <kind> --help)\n\nkinds:\n"
+                + "\n".join(f"  {c.split(' ', 1)[1]:<8}  {d}" for c, d in kinds)
+            )
             return 0 if rest else 2
         cmd, rest = f"{cmd} {rest[0]}", rest[1:]
     if cmd not in COMMANDS:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -41,13 +42,46 @@ def validate(cfg: Any) -> Any:
 #: Inherited transformers/TRL training arguments that only shape logging, saving, evaluation
 #: or the dataloader, never the trained weights: left out of a training stage's settings.
 _NOT_OUTPUT_FIELDS = {
-    "output_dir", "overwrite_output_dir", "report_to", "run_name", "project", "disable_tqdm", "skip_memory_metrics",
-    "do_train", "do_eval", "do_predict", "local_rank", "resume_from_checkpoint", "torch_empty_cache_steps",
-    "dataset_num_proc", "use_cpu", "tf32", "activation_checkpointing", "activation_checkpointing_kwargs",
-    "gradient_checkpointing", "gradient_checkpointing_kwargs", "activation_offloading", "prediction_loss_only",
+    "output_dir",
+    "overwrite_output_dir",
+    "report_to",
+    "run_name",
+    "project",
+    "disable_tqdm",
+    "skip_memory_metrics",
+    "do_train",
+    "do_eval",
+    "do_predict",
+    "local_rank",
+    "resume_from_checkpoint",
+    "torch_empty_cache_steps",
+    "dataset_num_proc",
+    "use_cpu",
+    "tf32",
+    "activation_checkpointing",
+    "activation_checkpointing_kwargs",
+    "gradient_checkpointing",
+    "gradient_checkpointing_kwargs",
+    "activation_offloading",
+    "prediction_loss_only",
 }
-_NOT_OUTPUT_PREFIXES = ("logging_", "log_", "trackio_", "eval", "save_", "hub_", "push_to_hub", "dataloader_", "ddp_",
-                        "include_for_metrics", "batch_eval", "load_best", "metric_for", "greater_is", "per_device_eval")
+_NOT_OUTPUT_PREFIXES = (
+    "logging_",
+    "log_",
+    "trackio_",
+    "eval",
+    "save_",
+    "hub_",
+    "push_to_hub",
+    "dataloader_",
+    "ddp_",
+    "include_for_metrics",
+    "batch_eval",
+    "load_best",
+    "metric_for",
+    "greater_is",
+    "per_device_eval",
+)
 
 
 def output_settings(cfg: Any, **extra: Any) -> dict:
@@ -60,8 +94,11 @@ def output_settings(cfg: Any, **extra: Any) -> dict:
     inherited: set[str] = set()
     if hasattr(cfg, "to_dict"):  # a transformers/TRL training config: the fields of the class we extend
         values = training_config_dict(cfg)
-        base = next(c for c in type(cfg).__mro__
-                    if dataclasses.is_dataclass(c) and not c.__module__.startswith("constitutional_ai"))
+        base = next(
+            c
+            for c in type(cfg).__mro__
+            if dataclasses.is_dataclass(c) and not c.__module__.startswith("constitutional_ai")
+        )
         inherited = {f.name for f in dataclasses.fields(base)}
     else:
         values = dataclasses.asdict(cfg)

@@ -111,11 +111,16 @@ class Constitution:
 
     def to_dict(self) -> dict:
         """The native YAML-shaped dict (what :func:`dump_constitution` writes)."""
-        return {"name": self.name, "description": self.description,
-                "critique_revision": [_plain(p) for p in self.critique_revision],
-                "feedback": [_plain(p) for p in self.feedback],
-                "examples": {"revision": [_plain(e) for e in self.revision_examples],
-                             "feedback": [_plain(e) for e in self.feedback_examples]}}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "critique_revision": [_plain(p) for p in self.critique_revision],
+            "feedback": [_plain(p) for p in self.feedback],
+            "examples": {
+                "revision": [_plain(e) for e in self.revision_examples],
+                "feedback": [_plain(e) for e in self.feedback_examples],
+            },
+        }
 
     def fingerprint(self) -> str:
         """sha256 of the canonical JSON of everything that shapes prompts.
@@ -162,11 +167,11 @@ def _read(path: Path) -> Any:
         try:
             return json.loads(text)
         except json.JSONDecodeError as e:
-            raise ConstitutionError(
-                f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+            raise ConstitutionError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
+
         def at(mark: Any) -> str:
             return f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
 
@@ -186,8 +191,14 @@ def _entry(section: str, i: int, raw: Any) -> str:
     return f"{section}[{i}]" + (f" (id {rid!r})" if isinstance(rid, str) and rid else "")
 
 
-def _fields(file: str, where: str, raw: Any, required: tuple[str, ...],
-            optional: tuple[str, ...] = (), other: tuple[str, ...] = ()) -> dict:
+def _fields(
+    file: str,
+    where: str,
+    raw: Any,
+    required: tuple[str, ...],
+    optional: tuple[str, ...] = (),
+    other: tuple[str, ...] = (),
+) -> dict:
     """Check an entry is a mapping with non-empty string fields and no unknown keys.
 
     ``other`` names non-string fields the caller checks itself (``messages``).
@@ -197,8 +208,9 @@ def _fields(file: str, where: str, raw: Any, required: tuple[str, ...],
     # Unknown keys are errors, not ignored: a typo like 'revison' would otherwise vanish.
     unknown = sorted(set(raw) - set(required) - set(optional) - set(other))
     if unknown:
-        raise ConstitutionError(f"{file}: {where}: unknown field {unknown[0]!r} "
-                                f"(allowed: {', '.join(required + optional + other)})")
+        raise ConstitutionError(
+            f"{file}: {where}: unknown field {unknown[0]!r} (allowed: {', '.join(required + optional + other)})"
+        )
     for key in required:
         if key not in raw or raw[key] is None:
             raise ConstitutionError(f"{file}: {where}: missing field {key!r}")
@@ -208,8 +220,7 @@ def _fields(file: str, where: str, raw: Any, required: tuple[str, ...],
             if not isinstance(v, str) or not v.strip():
                 raise ConstitutionError(f"{file}: {where}: field {key!r} must be a non-empty string")
     if "id" in required and not _ID_RE.match(raw["id"]):
-        raise ConstitutionError(f"{file}: {where}: id {raw['id']!r} must be a slug "
-                                "(letters, digits, '-', '_', '.')")
+        raise ConstitutionError(f"{file}: {where}: id {raw['id']!r} must be a slug (letters, digits, '-', '_', '.')")
     return raw
 
 
@@ -222,17 +233,18 @@ def _messages(file: str, where: str, raw: Any) -> tuple[dict, ...]:
     out = []
     for j, m in enumerate(raw):
         if not isinstance(m, dict) or set(m) != {"role", "content"}:
-            raise ConstitutionError(f"{file}: {where}: messages[{j}] must have exactly "
-                                    "'role' and 'content'")
+            raise ConstitutionError(f"{file}: {where}: messages[{j}] must have exactly 'role' and 'content'")
         if m["role"] not in _ROLES:
-            raise ConstitutionError(f"{file}: {where}: messages[{j}] has role {m['role']!r}; "
-                                    f"expected one of {', '.join(_ROLES)}")
+            raise ConstitutionError(
+                f"{file}: {where}: messages[{j}] has role {m['role']!r}; expected one of {', '.join(_ROLES)}"
+            )
         if not isinstance(m["content"], str):
             raise ConstitutionError(f"{file}: {where}: messages[{j}] content must be a string")
         out.append({"role": m["role"], "content": m["content"]})
     if out[-1]["role"] != "user":
-        raise ConstitutionError(f"{file}: {where}: messages must end with a user turn "
-                                f"(the last is {out[-1]['role']!r})")
+        raise ConstitutionError(
+            f"{file}: {where}: messages must end with a user turn (the last is {out[-1]['role']!r})"
+        )
     return tuple(out)
 
 
@@ -241,8 +253,7 @@ def _unique(file: str, entries: list[tuple[str, str]]) -> None:
     seen: dict[str, str] = {}
     for where, x in entries:
         if x in seen:
-            raise ConstitutionError(f"{file}: {where}: duplicate id {x!r} "
-                                    f"(first used at {seen[x]})")
+            raise ConstitutionError(f"{file}: {where}: duplicate id {x!r} (first used at {seen[x]})")
         seen[x] = where
 
 
@@ -252,13 +263,13 @@ def _build(data: Any, file: str, source: str) -> Constitution:
     Converters produce native dicts and come through here too, so there is one validator.
     """
     if not isinstance(data, dict):
-        raise ConstitutionError(f"{file}: expected a mapping at the top level, "
-                                f"got {type(data).__name__}")
+        raise ConstitutionError(f"{file}: expected a mapping at the top level, got {type(data).__name__}")
     allowed = {"name", "description", "critique_revision", "feedback", "examples"}
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise ConstitutionError(f"{file}: unknown top-level field {unknown[0]!r} "
-                                f"(allowed: {', '.join(sorted(allowed))})")
+        raise ConstitutionError(
+            f"{file}: unknown top-level field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
+        )
 
     def section(key: str, container: dict, label: str) -> list:
         v = container.get(key)
@@ -273,8 +284,7 @@ def _build(data: Any, file: str, source: str) -> Constitution:
         r = _fields(file, _entry("critique_revision", i, raw), raw, ("id", "critique", "revision"))
         cr.append(CritiqueRevisionPrinciple(r["id"], r["critique"], r["revision"]))
     if not cr:
-        raise ConstitutionError(f"{file}: critique_revision: at least one critique/revision "
-                                "pair is required")
+        raise ConstitutionError(f"{file}: critique_revision: at least one critique/revision pair is required")
     fb = []
     for i, raw in enumerate(section("feedback", data, "feedback")):
         r = _fields(file, _entry("feedback", i, raw), raw, ("id", "text"))
@@ -285,40 +295,55 @@ def _build(data: Any, file: str, source: str) -> Constitution:
 
     examples = data.get("examples") or {}
     if not isinstance(examples, dict) or set(examples) - {"revision", "feedback"}:
-        raise ConstitutionError(f"{file}: examples must be a mapping with keys "
-                                "'revision' and/or 'feedback'")
+        raise ConstitutionError(f"{file}: examples must be a mapping with keys 'revision' and/or 'feedback'")
     rex = []
     cr_ids = [p.id for p in cr]
     for i, raw in enumerate(section("revision", examples, "examples.revision")):
         where = _entry("examples.revision", i, raw)
-        r = _fields(file, where, raw, ("id", "response", "principle", "critique", "revision"),
-                    other=("messages",))
+        r = _fields(file, where, raw, ("id", "response", "principle", "critique", "revision"), other=("messages",))
         if r["principle"] not in cr_ids:
-            raise ConstitutionError(f"{file}: {where}: principle {r['principle']!r} is not a "
-                                    f"critique_revision id (known: {', '.join(cr_ids)})")
-        rex.append(RevisionExample(r["id"], _messages(file, where, r.get("messages")),
-                                   r["response"], r["principle"], r["critique"], r["revision"]))
+            raise ConstitutionError(
+                f"{file}: {where}: principle {r['principle']!r} is not a "
+                f"critique_revision id (known: {', '.join(cr_ids)})"
+            )
+        rex.append(
+            RevisionExample(
+                r["id"],
+                _messages(file, where, r.get("messages")),
+                r["response"],
+                r["principle"],
+                r["critique"],
+                r["revision"],
+            )
+        )
     fex = []
     for i, raw in enumerate(section("feedback", examples, "examples.feedback")):
         where = _entry("examples.feedback", i, raw)
-        r = _fields(file, where, raw, ("id", "response_a", "response_b", "preferred"),
-                    ("reasoning",), ("messages",))
+        r = _fields(file, where, raw, ("id", "response_a", "response_b", "preferred"), ("reasoning",), ("messages",))
         if r["preferred"] not in ("A", "B"):
-            raise ConstitutionError(f"{file}: {where}: field 'preferred' must be 'A' or 'B', "
-                                    f"got {r['preferred']!r}")
-        fex.append(FeedbackExample(r["id"], _messages(file, where, r.get("messages")),
-                                   r["response_a"], r["response_b"], r["preferred"],
-                                   r.get("reasoning")))
-    _unique(file, [(f"examples.revision[{i}]", e.id) for i, e in enumerate(rex)]
-            + [(f"examples.feedback[{i}]", e.id) for i, e in enumerate(fex)])
+            raise ConstitutionError(f"{file}: {where}: field 'preferred' must be 'A' or 'B', got {r['preferred']!r}")
+        fex.append(
+            FeedbackExample(
+                r["id"],
+                _messages(file, where, r.get("messages")),
+                r["response_a"],
+                r["response_b"],
+                r["preferred"],
+                r.get("reasoning"),
+            )
+        )
+    _unique(
+        file,
+        [(f"examples.revision[{i}]", e.id) for i, e in enumerate(rex)]
+        + [(f"examples.feedback[{i}]", e.id) for i, e in enumerate(fex)],
+    )
 
     name = data.get("name")
     if name is None:  # a quick hand-written file may skip the label; its stem is a fine one
         name = Path(file).stem
     desc = data.get("description") or ""
     if not isinstance(name, str) or not name.strip() or not isinstance(desc, str):
-        raise ConstitutionError(f"{file}: 'name' must be a non-empty string and "
-                                "'description' a string")
+        raise ConstitutionError(f"{file}: 'name' must be a non-empty string and 'description' a string")
     return Constitution(name, desc, tuple(cr), tuple(fb), tuple(rex), tuple(fex), source)
 
 
@@ -326,9 +351,12 @@ def _build(data: Any, file: str, source: str) -> Constitution:
 
 
 def _is_anthropic(data: Any) -> bool:
-    return (isinstance(data, dict) and bool(data) and "critique_revision" not in data
-            and all(isinstance(v, dict) and ("prompt" in v or "edit_request" in v)
-                    for v in data.values()))
+    return (
+        isinstance(data, dict)
+        and bool(data)
+        and "critique_revision" not in data
+        and all(isinstance(v, dict) and ("prompt" in v or "edit_request" in v) for v in data.values())
+    )
 
 
 def _strip_markers(text: str, request: str, answer: str) -> str:
@@ -344,8 +372,10 @@ def _strip_markers(text: str, request: str, answer: str) -> str:
 
 def _anthropic_dict(file: str, data: Any) -> dict:
     if not _is_anthropic(data):
-        raise ConstitutionError(f"{file}: not in the Anthropic CritiqueRevisionInstructions "
-                                'shape {"id": {"prompt": [...], "edit_request": "..."}}')
+        raise ConstitutionError(
+            f"{file}: not in the Anthropic CritiqueRevisionInstructions "
+            'shape {"id": {"prompt": [...], "edit_request": "..."}}'
+        )
     pairs = []
     for key, v in data.items():
         where = f"{file}: entry {key!r}"
@@ -355,25 +385,29 @@ def _anthropic_dict(file: str, data: Any) -> dict:
             prompt = prompt[0] if prompt else None
         edit = v.get("edit_request")
         if not isinstance(prompt, str) or not isinstance(edit, str):
-            raise ConstitutionError(f"{where}: needs a string (or list of strings) 'prompt' "
-                                    "and a string 'edit_request'")
-        pairs.append({"id": key,
-                      "critique": _strip_markers(prompt, "CritiqueRequest", "Critique"),
-                      "revision": _strip_markers(edit, "RevisionRequest", "Revision")})
+            raise ConstitutionError(
+                f"{where}: needs a string (or list of strings) 'prompt' and a string 'edit_request'"
+            )
+        pairs.append(
+            {
+                "id": key,
+                "critique": _strip_markers(prompt, "CritiqueRequest", "Critique"),
+                "revision": _strip_markers(edit, "RevisionRequest", "Revision"),
+            }
+        )
     return {"critique_revision": pairs}
 
 
 def _anthropic_feedback(file: str, data: Any) -> list[dict]:
     if not isinstance(data, list) or not all(isinstance(s, str) for s in data):
-        raise ConstitutionError(f"{file}: not in the Anthropic RLMadisonInstructions shape "
-                                "(a JSON list of principle strings)")
+        raise ConstitutionError(
+            f"{file}: not in the Anthropic RLMadisonInstructions shape (a JSON list of principle strings)"
+        )
     # Each principle ends in " Options:" because the paper's prompt appended the options.
-    return [{"id": f"feedback-{i}", "text": re.sub(r"\s*Options:\s*$", "", s.strip())}
-            for i, s in enumerate(data)]
+    return [{"id": f"feedback-{i}", "text": re.sub(r"\s*Options:\s*$", "", s.strip())} for i, s in enumerate(data)]
 
 
-def from_anthropic(critique_revision_path: str | Path,
-                   feedback_path: str | Path | None = None) -> Constitution:
+def from_anthropic(critique_revision_path: str | Path, feedback_path: str | Path | None = None) -> Constitution:
     """Convert Anthropic's CritiqueRevisionInstructions.json (+ RLMadisonInstructions.json).
 
     Ids are the JSON keys (``harmful0`` ...) and ``feedback-0``, ``feedback-1`` ... for the
@@ -395,37 +429,41 @@ def from_anthropic(critique_revision_path: str | Path,
 
 def _swarm_dict(file: str, data: Any) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("constitutions"), list):
-        raise ConstitutionError(f"{file}: not in the llm-swarm shape "
-                                '{"constitutions": [...], "system_chat": [...]}')
+        raise ConstitutionError(f'{file}: not in the llm-swarm shape {{"constitutions": [...], "system_chat": [...]}}')
     pairs = []
     for i, c in enumerate(data["constitutions"]):
         if not isinstance(c, dict) or not all(isinstance(c.get(k), str) for k in ("critic", "revision")):
-            raise ConstitutionError(f"{file}: constitutions[{i}]: needs string fields "
-                                    "'critic' and 'revision'")
-        pairs.append({"id": f"swarm-{i}", "critique": c["critic"].strip(),
-                      "revision": c["revision"].strip()})
+            raise ConstitutionError(f"{file}: constitutions[{i}]: needs string fields 'critic' and 'revision'")
+        pairs.append({"id": f"swarm-{i}", "critique": c["critic"].strip(), "revision": c["revision"].strip()})
     examples = []
     for i, chat in enumerate(data.get("system_chat") or []):
-        roles = [m.get("role") if isinstance(m, dict) else None for m in chat] \
-            if isinstance(chat, list) else []
+        roles = [m.get("role") if isinstance(m, dict) else None for m in chat] if isinstance(chat, list) else []
         # Layout: conversation..., assistant response, user critique request, assistant
         # critique, user revision request, assistant revision.
         if len(roles) < 6 or roles[-5:] != ["assistant", "user", "assistant", "user", "assistant"]:
             raise ConstitutionError(
                 f"{file}: system_chat[{i}]: expected a conversation ending with the turns "
                 f"assistant, user (critique request), assistant (critique), user (revision "
-                f"request), assistant (revision); got roles {roles}")
+                f"request), assistant (revision); got roles {roles}"
+            )
         texts = [m.get("content") for m in chat[-5:]]
         if not all(isinstance(t, str) for t in texts):
             raise ConstitutionError(f"{file}: system_chat[{i}]: content must be strings")
         response, crit_req, critique, rev_req, revision = (t.strip() for t in texts)
-        match = next((p["id"] for p in pairs
-                      if (p["critique"], p["revision"]) == (crit_req, rev_req)), None)
+        match = next((p["id"] for p in pairs if (p["critique"], p["revision"]) == (crit_req, rev_req)), None)
         if match is None:
             match = f"swarm-example-{i}"
             pairs.append({"id": match, "critique": crit_req, "revision": rev_req})
-        examples.append({"id": f"swarm-chat-{i}", "messages": chat[:-5], "response": response,
-                         "principle": match, "critique": critique, "revision": revision})
+        examples.append(
+            {
+                "id": f"swarm-chat-{i}",
+                "messages": chat[:-5],
+                "response": response,
+                "principle": match,
+                "critique": critique,
+                "revision": revision,
+            }
+        )
     return {"critique_revision": pairs, "examples": {"revision": examples}}
 
 
@@ -474,7 +512,8 @@ def load_constitution(path: str | Path | None = None) -> Constitution:
         raise ConstitutionError(
             f"{p}: this is a list of feedback principles only (Anthropic RLMadisonInstructions "
             f"shape); convert it with its critique file: "
-            f"cai constitution convert CRITIQUES.json OUT.yaml --feedback {p}")
+            f"cai constitution convert CRITIQUES.json OUT.yaml --feedback {p}"
+        )
     return _build(data, str(p), str(p))  # reports what is missing from a native file
 
 
@@ -483,7 +522,8 @@ class _Dumper(yaml.SafeDumper):
 
 
 _Dumper.add_representer(
-    str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None))
+    str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None)
+)
 
 
 def dump_constitution(c: Constitution, path: str | Path) -> None:
@@ -502,42 +542,44 @@ def dump_constitution(c: Constitution, path: str | Path) -> None:
 
 def _counts(c: Constitution) -> str:
     n_ex = len(c.revision_examples) + len(c.feedback_examples)
-    return (f"{len(c.critique_revision)} critique/revision pairs, {len(c.feedback)} feedback "
-            f"principles, {n_ex} exemplars")
+    return (
+        f"{len(c.critique_revision)} critique/revision pairs, {len(c.feedback)} feedback principles, {n_ex} exemplars"
+    )
 
 
 def _warnings(c: Constitution, file: str) -> list[str]:
     out = []
     if not c.feedback:
-        out.append(f"warning: {file}: no feedback principles; the RL stage (AI feedback "
-                   "labels) needs them")
+        out.append(f"warning: {file}: no feedback principles; the RL stage (AI feedback labels) needs them")
     if not c.revision_examples:
-        out.append(f"warning: {file}: no revision exemplars; critique/revision prompts will "
-                   "be zero-shot")
+        out.append(f"warning: {file}: no revision exemplars; critique/revision prompts will be zero-shot")
     return out
 
 
 def _show(c: Constitution) -> str:
     def wrap(text: str, indent: str) -> str:
-        return textwrap.fill(" ".join(text.split()), 96, initial_indent=indent,
-                             subsequent_indent=indent)
+        return textwrap.fill(" ".join(text.split()), 96, initial_indent=indent, subsequent_indent=indent)
 
-    lines = [f"name:        {c.name}", f"source:      {c.source}",
-             f"fingerprint: {c.fingerprint()[:16]}", f"contents:    {_counts(c)}"]
+    lines = [
+        f"name:        {c.name}",
+        f"source:      {c.source}",
+        f"fingerprint: {c.fingerprint()[:16]}",
+        f"contents:    {_counts(c)}",
+    ]
     if c.description:
         lines += [wrap(c.description, "  ")]
     lines += ["", f"Critique/revision pairs ({len(c.critique_revision)}):"]
     for p in c.critique_revision:
-        lines += [f"  [{p.id}]", wrap("critique: " + p.critique, "    "),
-                  wrap("revision: " + p.revision, "    ")]
+        lines += [f"  [{p.id}]", wrap("critique: " + p.critique, "    "), wrap("revision: " + p.revision, "    ")]
     lines += ["", f"Feedback principles ({len(c.feedback)}):"]
     for f in c.feedback:
         lines += [f"  [{f.id}]", wrap(f.text, "    ")]
-    lines += ["", "Few-shot exemplars:",
-              "  revision: " + (", ".join(f"{e.id} ({e.principle})" for e in c.revision_examples)
-                                or "none"),
-              "  feedback: " + (", ".join(f"{e.id} (prefers {e.preferred})"
-                                          for e in c.feedback_examples) or "none")]
+    lines += [
+        "",
+        "Few-shot exemplars:",
+        "  revision: " + (", ".join(f"{e.id} ({e.principle})" for e in c.revision_examples) or "none"),
+        "  feedback: " + (", ".join(f"{e.id} (prefers {e.preferred})" for e in c.feedback_examples) or "none"),
+    ]
     return "\n".join(lines)
 
 
@@ -546,25 +588,38 @@ def cli_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="cai constitution",
         description="Check, inspect and convert constitutions (principles + few-shot "
-                    "exemplars). Files may be native YAML/JSON, Anthropic "
-                    "CritiqueRevisionInstructions.json or llm-swarm JSON.")
+        "exemplars). Files may be native YAML/JSON, Anthropic "
+        "CritiqueRevisionInstructions.json or llm-swarm JSON.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    v = sub.add_parser("validate", help="check a constitution file and print its counts",
-                       description="Check a constitution file; prints OK and its counts, or "
-                                   "the first problem with file and entry.")
+    v = sub.add_parser(
+        "validate",
+        help="check a constitution file and print its counts",
+        description="Check a constitution file; prints OK and its counts, or the first problem with file and entry.",
+    )
     v.add_argument("file", metavar="FILE", help="constitution file, or 'default'")
-    s = sub.add_parser("show", help="print a readable summary of a constitution",
-                       description="Print the name, counts, every principle and the exemplar ids.")
-    s.add_argument("file", metavar="FILE", nargs="?", default="default",
-                   help="constitution file (default: the bundled one)")
-    c = sub.add_parser("convert", help="convert a constitution to native YAML or JSON",
-                       description="Read any supported shape and write the native format; the "
-                                   "output format follows OUT's extension (.yaml/.yml/.json).")
+    s = sub.add_parser(
+        "show",
+        help="print a readable summary of a constitution",
+        description="Print the name, counts, every principle and the exemplar ids.",
+    )
+    s.add_argument(
+        "file", metavar="FILE", nargs="?", default="default", help="constitution file (default: the bundled one)"
+    )
+    c = sub.add_parser(
+        "convert",
+        help="convert a constitution to native YAML or JSON",
+        description="Read any supported shape and write the native format; the "
+        "output format follows OUT's extension (.yaml/.yml/.json).",
+    )
     c.add_argument("input", metavar="IN", help="input file (native, Anthropic or llm-swarm)")
     c.add_argument("output", metavar="OUT", help="output file (.yaml, .yml or .json)")
-    c.add_argument("--feedback", metavar="FILE",
-                   help="Anthropic RLMadisonInstructions.json to add as feedback principles "
-                        "(IN must then be an Anthropic CritiqueRevisionInstructions file)")
+    c.add_argument(
+        "--feedback",
+        metavar="FILE",
+        help="Anthropic RLMadisonInstructions.json to add as feedback principles "
+        "(IN must then be an Anthropic CritiqueRevisionInstructions file)",
+    )
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits on --help (0) and on usage errors (2)
@@ -578,8 +633,7 @@ def cli_main(argv: list[str]) -> int:
         elif args.command == "show":
             print(_show(load_constitution(args.file)))
         else:
-            const = (from_anthropic(args.input, args.feedback) if args.feedback
-                     else load_constitution(args.input))
+            const = from_anthropic(args.input, args.feedback) if args.feedback else load_constitution(args.input)
             dump_constitution(const, args.output)
             print(f"wrote {args.output}: {_counts(const)}")
             for w in _warnings(const, args.output):

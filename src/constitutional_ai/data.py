@@ -22,9 +22,10 @@ import csv
 import io
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 __all__ = [
     "BUILTIN_SETS",
@@ -133,8 +134,11 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            hint = " (JSON arrays are not supported; write one object per line)" if (
-                n == 1 and line.lstrip().startswith("[")) else ""
+            hint = (
+                " (JSON arrays are not supported; write one object per line)"
+                if (n == 1 and line.lstrip().startswith("["))
+                else ""
+            )
             raise _err(where, f"invalid JSON: {e.msg} at column {e.colno}{hint}") from None
         if not isinstance(obj, dict):
             raise _err(where, f"expected a JSON object, got {type(obj).__name__}")
@@ -164,11 +168,7 @@ def parse_hh_transcript(text: str, where: str = "") -> list[dict]:
 
 def hh_prompts(messages: list[dict]) -> list[list[dict]]:
     """The prefixes of a conversation that end at each user turn (one prompt per turn)."""
-    return [
-        [dict(m) for m in messages[: i + 1]]
-        for i, m in enumerate(messages)
-        if m.get("role") == "user"
-    ]
+    return [[dict(m) for m in messages[: i + 1]] for i, m in enumerate(messages) if m.get("role") == "user"]
 
 
 def check_messages(value: Any, where: str, field: str, last: str | None = "user") -> list[dict]:
@@ -250,10 +250,7 @@ def _row_items(row: dict, where: str, default_id: str) -> list[PromptItem]:
         longest = check_messages(prompts[-1], where, field)
         base = rid or default_id
         # The paper's red-team prompts: every human turn, with the conversation before it.
-        return [
-            item(f"{base}-t{t}", [dict(m) for m in longest[: len(p)]])
-            for t, p in enumerate(prompts, 1)
-        ]
+        return [item(f"{base}-t{t}", [dict(m) for m in longest[: len(p)]]) for t, p in enumerate(prompts, 1)]
     need = "missing: each row needs 'prompt' (a string) or 'messages' (a list)"
     raise _err(where, need, "prompt")
 
@@ -331,7 +328,7 @@ def load_prompts(
     if path is None:
         path = builtin_path(default)
     elif isinstance(path, str) and path.startswith("builtin:"):
-        path = builtin_path(path[len("builtin:"):])
+        path = builtin_path(path[len("builtin:") :])
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such prompt file")
@@ -343,9 +340,7 @@ def load_prompts(
     elif suffix == ".txt":
         items = _txt_items(path)
     else:
-        raise DataError(
-            f"{path}: unsupported prompt file type {suffix!r} (use .jsonl, .csv or .txt)"
-        )
+        raise DataError(f"{path}: unsupported prompt file type {suffix!r} (use .jsonl, .csv or .txt)")
 
     out: list[PromptItem] = []
     seen: dict[str, str] = {}
@@ -358,8 +353,9 @@ def load_prompts(
         raise DataError(f"{path}: no prompts")
     unsplit = [it for it in out if it.split is None]
     if unsplit and len(unsplit) < len(out):
-        raise _err(unsplit[0].source, "this row has no split, but other rows of the file do; give every row one",
-                   "split")
+        raise _err(
+            unsplit[0].source, "this row has no split, but other rows of the file do; give every row one", "split"
+        )
     if split != "all" and not unsplit:
         out = [it for it in out if it.split == split]
         if not out:
@@ -367,8 +363,9 @@ def load_prompts(
     return out if limit is None else out[:limit]
 
 
-def prompt_items(spec: str, limit: int | None = None, take: str = "first", category: str | None = None,
-                 split: str = "all") -> tuple[list[PromptItem], Path]:
+def prompt_items(
+    spec: str, limit: int | None = None, take: str = "first", category: str | None = None, split: str = "all"
+) -> tuple[list[PromptItem], Path]:
     """A prompt set's ``split`` (see :func:`load_prompts`), optionally one category, then
     ``limit`` prompts from its start or end."""
     if take not in ("first", "last"):

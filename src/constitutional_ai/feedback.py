@@ -39,9 +39,11 @@ from .models.base import RequestFailed
 from .prompts import COT_STOP, FEEDBACK_FORMATS, feedback_messages, feedback_question, feedback_text
 
 #: Completes the error raised when a labeller has no log-probabilities.
-LABEL_HINT = ("Soft labels need the answer log-probabilities. Use a backend that returns them "
-              "(local transformers, or vLLM/SGLang's OpenAI server), or pass --hard-labels to record "
-              "hard 0/1 labels instead (marked as such).")
+LABEL_HINT = (
+    "Soft labels need the answer log-probabilities. Use a backend that returns them "
+    "(local transformers, or vLLM/SGLang's OpenAI server), or pass --hard-labels to record "
+    "hard 0/1 labels instead (marked as such)."
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class FeedbackOptions:
         return "chat" if self.cot or self.hard_labels else self.prompt_format
 
     @classmethod
-    def of(cls, cfg: Any, **overrides: Any) -> "FeedbackOptions":
+    def of(cls, cfg: Any, **overrides: Any) -> FeedbackOptions:
         """The options held by a stage config with fields of the same names."""
         values = {f.name: getattr(cfg, f.name) for f in fields(cls) if hasattr(cfg, f.name)}
         if "clamp" in values:
@@ -113,13 +115,17 @@ def draw_principles(c: Constitution, cfg: FeedbackOptions, key: str) -> list[tup
     n_ex = len(c.feedback_examples) if cfg.few_shot is None else min(cfg.few_shot, len(c.feedback_examples))
     if cfg.exemplar_pool > 0:
         # A pool of blocks drawn once per run (from the seed alone); the pair key picks one.
-        pool = [[random.Random(derive_seed(cfg.seed, "pool", i, "exemplar", e)).choice(c.feedback).id
-                 for e in range(n_ex)] for i in range(cfg.exemplar_pool)]
+        pool = [
+            [random.Random(derive_seed(cfg.seed, "pool", i, "exemplar", e)).choice(c.feedback).id for e in range(n_ex)]
+            for i in range(cfg.exemplar_pool)
+        ]
         shots = pool[random.Random(derive_seed(cfg.seed, key, "pool")).randrange(cfg.exemplar_pool)]
     else:
         shots = [random.Random(derive_seed(cfg.seed, key, "exemplar", e)).choice(c.feedback).id for e in range(n_ex)]
-    return [(random.Random(derive_seed(cfg.seed, key, "principle", k)).choice(c.feedback).id, shots)
-            for k in range(cfg.principles)]
+    return [
+        (random.Random(derive_seed(cfg.seed, key, "principle", k)).choice(c.feedback).id, shots)
+        for k in range(cfg.principles)
+    ]
 
 
 def scoring_units(rec: dict, c: Constitution, cfg: FeedbackOptions) -> list[dict]:
@@ -135,13 +141,23 @@ def scoring_units(rec: dict, c: Constitution, cfg: FeedbackOptions) -> list[dict
         for order, first, second in orders:
             q = feedback_question(rec["messages"], first, second, c.feedback_principle(pid).text)
             for s in range(cfg.cot_samples if cfg.cot else 1):
-                units.append({"principle": pid, "exemplar_principles": shots, "order": order, "sample": s,
-                              "k": k, "question": q, "exemplars": exemplars})
+                units.append(
+                    {
+                        "principle": pid,
+                        "exemplar_principles": shots,
+                        "order": order,
+                        "sample": s,
+                        "k": k,
+                        "question": q,
+                        "exemplars": exemplars,
+                    }
+                )
     return units
 
 
-def label_chunk(backend: Backend, recs: list[dict], c: Constitution, cfg: FeedbackOptions,
-                hint: str = LABEL_HINT) -> list[dict]:
+def label_chunk(
+    backend: Backend, recs: list[dict], c: Constitution, cfg: FeedbackOptions, hint: str = LABEL_HINT
+) -> list[dict]:
     """Label a chunk of pairs (``key``, ``messages``, ``responses``) in as few batched backend calls
     as possible. Returns one label record per pair, or ``{"key", "error", ...}`` for a pair the
     model answered with neither letter (hard labels). ``hint`` completes the error raised when
@@ -153,13 +169,17 @@ def label_chunk(backend: Backend, recs: list[dict], c: Constitution, cfg: Feedba
         seeds = [derive_seed(cfg.seed, r["key"], "cot", u["k"], u["order"], u["sample"]) for r, u in units]
         sampling = Sampling(temperature=cfg.cot_temperature, max_new_tokens=cfg.cot_max_new_tokens, stop=COT_STOP)
         reasonings = backend.generate(convs, sampling, seeds=seeds)
-    final = [feedback_messages(u["question"], u["exemplars"], cot=cfg.cot, reasoning=reasonings[i] if cfg.cot else None)
-             for i, (_, u) in enumerate(units)]
+    final = [
+        feedback_messages(u["question"], u["exemplars"], cot=cfg.cot, reasoning=reasonings[i] if cfg.cot else None)
+        for i, (_, u) in enumerate(units)
+    ]
     if cfg.hard_labels:
         letters = backend.generate(final, Sampling(temperature=0.0, max_new_tokens=2), seeds=[0] * len(final))
         logprobs = [[] for _ in units]
-        p_first = [1.0 if t.strip().upper().startswith("A") else 0.0 if t.strip().upper().startswith("B") else math.nan
-                   for t in letters]
+        p_first = [
+            1.0 if t.strip().upper().startswith("A") else 0.0 if t.strip().upper().startswith("B") else math.nan
+            for t in letters
+        ]
     else:
         if cfg.effective_format == "text":
             prompts = [feedback_text(u["question"], u["exemplars"]) for _, u in units]
@@ -178,15 +198,32 @@ def label_chunk(backend: Backend, recs: list[dict], c: Constitution, cfg: Feedba
             if rr is not r:
                 continue
             pa = p_first[i] if u["order"] == "AB" else 1.0 - p_first[i]  # P(response a is better)
-            scores.append({"principle": u["principle"], "exemplar_principles": u["exemplar_principles"],
-                           "order": u["order"], "sample": u["sample"], "logprobs": logprobs[i],
-                           "p_first": p_first[i], "p_a": pa, "reasoning": reasonings[i]})
+            scores.append(
+                {
+                    "principle": u["principle"],
+                    "exemplar_principles": u["exemplar_principles"],
+                    "order": u["order"],
+                    "sample": u["sample"],
+                    "logprobs": logprobs[i],
+                    "p_first": p_first[i],
+                    "p_a": pa,
+                    "reasoning": reasonings[i],
+                }
+            )
         if any(math.isnan(s["p_a"]) for s in scores):
             absent = any(None in s["logprobs"] for s in scores)
-            why = ("an option was absent from the server's top-k log-probabilities" if absent
-                   else "the model's answer was neither (A) nor (B)")
-            out.append({"key": r["key"], "error": why,
-                        "answers": [None if math.isnan(s["p_first"]) else s["p_first"] for s in scores]})
+            why = (
+                "an option was absent from the server's top-k log-probabilities"
+                if absent
+                else "the model's answer was neither (A) nor (B)"
+            )
+            out.append(
+                {
+                    "key": r["key"],
+                    "error": why,
+                    "answers": [None if math.isnan(s["p_first"]) else s["p_first"] for s in scores],
+                }
+            )
             continue
         p_raw = sum(s["p_a"] for s in scores) / len(scores)
         if cfg.cot:
@@ -196,15 +233,29 @@ def label_chunk(backend: Backend, recs: list[dict], c: Constitution, cfg: Feedba
             p = sum(s["p_a_clamped"] for s in scores) / len(scores)
         else:
             p = p_raw
-        out.append({"key": r["key"], "prompt_id": r["prompt_id"], "messages": r["messages"],
-                    "responses": r["responses"], "principles": sorted({s["principle"] for s in scores}),
-                    "scores": scores, "p_a_unclamped": p_raw, "p_a": p, "hard": cfg.hard_labels,
-                    "cot": cfg.cot, "prompt_format": cfg.effective_format, "model": backend.name, "seed": cfg.seed})
+        out.append(
+            {
+                "key": r["key"],
+                "prompt_id": r["prompt_id"],
+                "messages": r["messages"],
+                "responses": r["responses"],
+                "principles": sorted({s["principle"] for s in scores}),
+                "scores": scores,
+                "p_a_unclamped": p_raw,
+                "p_a": p,
+                "hard": cfg.hard_labels,
+                "cot": cfg.cot,
+                "prompt_format": cfg.effective_format,
+                "model": backend.name,
+                "seed": cfg.seed,
+            }
+        )
     return out
 
 
-def label_each(backend: Backend, recs: list[dict], c: Constitution, cfg: FeedbackOptions,
-               hint: str = LABEL_HINT) -> list[dict]:
+def label_each(
+    backend: Backend, recs: list[dict], c: Constitution, cfg: FeedbackOptions, hint: str = LABEL_HINT
+) -> list[dict]:
     """:func:`label_chunk` whose per-pair failures come back as values, as
     :func:`~constitutional_ai.generation.generate_each` does for generation: when the batched call
     fails because of one pair (a prompt too long for the context, a request that failed for good),
@@ -230,9 +281,15 @@ def preference_row(rec: dict) -> dict:
     a, b = rec["responses"]
     p = rec["p_a"]
     chosen, rejected, pc = (a, b, p) if p >= 0.5 else (b, a, 1.0 - p)
-    return {"prompt": rec["messages"], "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}], "p_chosen": pc,
-            "pair_id": rec["key"], "principles": rec["principles"], "hard": rec["hard"]}
+    return {
+        "prompt": rec["messages"],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "p_chosen": pc,
+        "pair_id": rec["key"],
+        "principles": rec["principles"],
+        "hard": rec["hard"],
+    }
 
 
 def position_stats(records: list[dict]) -> dict:
@@ -268,5 +325,3 @@ def position_stats(records: list[dict]) -> dict:
         "mean_confidence": mean([abs(r["p_a"] - 0.5) for r in records]),
         "mean_p_chosen": mean([max(r["p_a"], 1 - r["p_a"]) for r in records]),
     }
-
-

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import gc
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .data import DataError, PromptItem
 from .models import Backend, PromptTooLong, Sampling
@@ -29,8 +29,9 @@ class Failed:
         return self.error
 
 
-def generate_each(backend: Backend, conversations: Sequence[Conversation], sampling: Sampling,
-                  seeds: Sequence[int]) -> list[str | Failed]:
+def generate_each(
+    backend: Backend, conversations: Sequence[Conversation], sampling: Sampling, seeds: Sequence[int]
+) -> list[str | Failed]:
     """One reply per conversation, in one batched call; when the batch fails because of one of
     its records (a prompt too long, a request that failed for good), the batch is retried one by
     one and each such record gets a :class:`Failed` in its place. Any other error (a server

@@ -8,8 +8,8 @@ zero items rather than a made-up 0.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from itertools import combinations
-from typing import Sequence
 
 
 def mean(xs: Sequence[float]) -> float | None:
@@ -32,8 +32,16 @@ def calibration(pred: Sequence[float], outcome: Sequence[float], bins: int = 10)
         sums[b][2] += t
     n, ece, table = len(pred), 0.0, []
     for b, (c, sq, st) in enumerate(sums):
-        table.append({"bin": b, "lo": b / bins, "hi": (b + 1) / bins, "count": c,
-                      "mean_pred": sq / c if c else None, "mean_target": st / c if c else None})
+        table.append(
+            {
+                "bin": b,
+                "lo": b / bins,
+                "hi": (b + 1) / bins,
+                "count": c,
+                "mean_pred": sq / c if c else None,
+                "mean_target": st / c if c else None,
+            }
+        )
         if c:
             ece += c / n * abs(sq / c - st / c)
     return {"ece": ece if n else None, "reliability": table}
@@ -62,8 +70,15 @@ def summary_stats(xs: list[float]) -> dict:
     return {"count": n, "mean": m, "std": std, "sem": std / math.sqrt(n) if n else None}
 
 
-def bradley_terry_elo(names: list[str], outcomes: list[tuple[str, str, float]], prior: float = 1.0,
-                      base: float = 1000.0, scale: float = 400.0, tol: float = 1e-10, max_iter: int = 100_000) -> dict[str, float]:
+def bradley_terry_elo(
+    names: list[str],
+    outcomes: list[tuple[str, str, float]],
+    prior: float = 1.0,
+    base: float = 1000.0,
+    scale: float = 400.0,
+    tol: float = 1e-10,
+    max_iter: int = 100_000,
+) -> dict[str, float]:
     """Elo ratings from soft pairwise outcomes ``(a, b, P(a better))`` (see the module docstring)."""
     m, idx = len(names), {n: i for i, n in enumerate(names)}
     wins, games = [0.0] * m, [[0.0] * m for _ in range(m)]
@@ -111,15 +126,29 @@ def pair_table(comps: list[dict], names: list[str]) -> tuple[dict, dict, list[di
         mp = sum(ps) / len(ps)
         win[a][b], win[b][a] = rate, 1 - rate
         mean_p[a][b], mean_p[b][a] = mp, 1 - mp
-        rows.append({"a": a, "b": b, "n": len(ps), "wins_a": wins_a, "ties": ties, "wins_b": wins_b,
-                     "win_rate_a": rate, "mean_p_a": mp})
+        rows.append(
+            {
+                "a": a,
+                "b": b,
+                "n": len(ps),
+                "wins_a": wins_a,
+                "ties": ties,
+                "wins_b": wins_b,
+                "win_rate_a": rate,
+                "mean_p_a": mp,
+            }
+        )
     return win, mean_p, rows
 
 
-
-
-def bootstrap_elo(names: list[str], outcomes: list[tuple[str, str, str, float]], n: int = 200, seed: int = 0,
-                  prior: float = 1.0, level: float = 0.95) -> dict[str, dict]:
+def bootstrap_elo(
+    names: list[str],
+    outcomes: list[tuple[str, str, str, float]],
+    n: int = 200,
+    seed: int = 0,
+    prior: float = 1.0,
+    level: float = 0.95,
+) -> dict[str, dict]:
     """Confidence intervals of Bradley–Terry Elo by resampling *prompts* with replacement.
 
     ``outcomes`` are ``(prompt id, a, b, P(a better))``; each resample draws as many prompts

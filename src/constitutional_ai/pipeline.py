@@ -39,8 +39,9 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -51,8 +52,18 @@ from .store import MANIFEST, json_sha256, write_json_atomic
 
 ORDER = tuple(st.name for st in STAGES)
 EVALS = tuple(n for n in ORDER if n.startswith("eval-"))
-TOP_KEYS = {"name", "description", "out", "model", "feedback_model", "pm_model", "constitution", "seed", "routes",
-            "stages"}
+TOP_KEYS = {
+    "name",
+    "description",
+    "out",
+    "model",
+    "feedback_model",
+    "pm_model",
+    "constitution",
+    "seed",
+    "routes",
+    "stages",
+}
 #: route -> the stages only it runs, and the checkpoint it adds to the evaluations
 ROUTES = {"rl": (("train-pm", "train-rl"), "rl-cai"), "dpo": (("train-dpo",), "dpo-cai")}
 
@@ -80,7 +91,9 @@ def load_recipe(path: str | Path) -> dict:
         raise RecipeError(f"{path}: stages: unknown stage(s) {', '.join(sorted(bad))}; valid: {', '.join(ORDER)}")
     for k, v in stages.items():
         if v is not None and v is not False and not isinstance(v, dict):
-            raise RecipeError(f"{path}: stages.{k} must be a mapping of that stage's settings (or false to skip an evaluation)")
+            raise RecipeError(
+                f"{path}: stages.{k} must be a mapping of that stage's settings (or false to skip an evaluation)"
+            )
         if v is False and k not in EVALS:
             raise RecipeError(f"{path}: stages.{k}: only evaluations can be skipped with false")
     recipe["stages"] = stages
@@ -131,23 +144,72 @@ def plan(recipe: dict) -> list[Step]:
         return Step(name, root / name, _cfg(cls, {**values, "out": d[name]}, f"{f}: stages.{name}"), run, inputs)
 
     steps = [
-        step("revise", revise.ReviseConfig, {"model": recipe["model"], "constitution": recipe["constitution"],
-                                             "seed": seed, **s.get("revise", {})}, revise.main),
-        step("train-sft", train_sft.TrainSFTConfig, {"model": recipe["model"], "seed": seed, **s.get("train-sft", {}),
-                                                     "data": [d["revise"]]}, train_sft.main, ("revise",)),
-        step("sample-pairs", sample_pairs.SamplePairsConfig, {"seed": seed, **s.get("sample-pairs", {}),
-                                                              "model": d["train-sft"]}, sample_pairs.main, ("train-sft",)),
-        step("label", label.LabelConfig, {"model": recipe["feedback_model"], "constitution": recipe["constitution"],
-                                          "seed": seed, **s.get("label", {}), "pairs": d["sample-pairs"]},
-             label.main, ("sample-pairs",)),
-        step("train-pm", train_pm.TrainPMConfig, {"model": recipe["pm_model"], "seed": seed,
-                                                  "helpful": str(HELPFUL_COMPARISONS), **s.get("train-pm", {}),
-                                                  "labels": [d["label"]]}, train_pm.main, ("label",)),
-        step("train-rl", train_rl.TrainRLConfig, {"seed": seed, **s.get("train-rl", {}), "policy": d["train-sft"],
-                                                  "pm": d["train-pm"]}, train_rl.main, ("train-sft", "train-pm")),
-        step("train-dpo", train_dpo.TrainDPOConfig, {"seed": seed, "labels": [d["label"]], "helpful": str(HELPFUL_COMPARISONS),
-                                                     **s.get("train-dpo", {}), "model": d["train-sft"]},
-             train_dpo.main, ("revise", "train-sft", "label")),
+        step(
+            "revise",
+            revise.ReviseConfig,
+            {"model": recipe["model"], "constitution": recipe["constitution"], "seed": seed, **s.get("revise", {})},
+            revise.main,
+        ),
+        step(
+            "train-sft",
+            train_sft.TrainSFTConfig,
+            {"model": recipe["model"], "seed": seed, **s.get("train-sft", {}), "data": [d["revise"]]},
+            train_sft.main,
+            ("revise",),
+        ),
+        step(
+            "sample-pairs",
+            sample_pairs.SamplePairsConfig,
+            {"seed": seed, **s.get("sample-pairs", {}), "model": d["train-sft"]},
+            sample_pairs.main,
+            ("train-sft",),
+        ),
+        step(
+            "label",
+            label.LabelConfig,
+            {
+                "model": recipe["feedback_model"],
+                "constitution": recipe["constitution"],
+                "seed": seed,
+                **s.get("label", {}),
+                "pairs": d["sample-pairs"],
+            },
+            label.main,
+            ("sample-pairs",),
+        ),
+        step(
+            "train-pm",
+            train_pm.TrainPMConfig,
+            {
+                "model": recipe["pm_model"],
+                "seed": seed,
+                "helpful": str(HELPFUL_COMPARISONS),
+                **s.get("train-pm", {}),
+                "labels": [d["label"]],
+            },
+            train_pm.main,
+            ("label",),
+        ),
+        step(
+            "train-rl",
+            train_rl.TrainRLConfig,
+            {"seed": seed, **s.get("train-rl", {}), "policy": d["train-sft"], "pm": d["train-pm"]},
+            train_rl.main,
+            ("train-sft", "train-pm"),
+        ),
+        step(
+            "train-dpo",
+            train_dpo.TrainDPOConfig,
+            {
+                "seed": seed,
+                "labels": [d["label"]],
+                "helpful": str(HELPFUL_COMPARISONS),
+                **s.get("train-dpo", {}),
+                "model": d["train-sft"],
+            },
+            train_dpo.main,
+            ("revise", "train-sft", "label"),
+        ),
     ]
     skipped = {k for r, (ks, _) in ROUTES.items() if r not in recipe["routes"] for k in ks}
     return [st for st in steps if st.name not in skipped] + eval_steps(recipe, root, s, f)
@@ -168,41 +230,94 @@ def eval_steps(recipe: dict, root: Path, s: dict, f: str) -> list[Step]:
 
     def step(name: str, variant: str, cls, values: dict, run, inputs: tuple[str, ...] = ()) -> Step:
         full = f"{name}-{variant}" if variant else name
-        return Step(full, root / full, _cfg(cls, {**values, "out": str(root / full)}, f"{f}: stages.{name}"), run, inputs)
+        return Step(
+            full, root / full, _cfg(cls, {**values, "out": str(root / full)}, f"{f}: stages.{name}"), run, inputs
+        )
 
     steps = []
     if stages.get("eval-hhh") is not False:
         hhh = s.get("eval-hhh", {})
-        steps.append(step("eval-hhh", "labeller", eval_hhh.HHHConfig, {
-            "constitution": recipe["constitution"], "seed": recipe["seed"], **hhh, "model": recipe["feedback_model"]},
-            eval_hhh.main))
+        steps.append(
+            step(
+                "eval-hhh",
+                "labeller",
+                eval_hhh.HHHConfig,
+                {
+                    "constitution": recipe["constitution"],
+                    "seed": recipe["seed"],
+                    **hhh,
+                    "model": recipe["feedback_model"],
+                },
+                eval_hhh.main,
+            )
+        )
         pm_hhh = {k: v for k, v in hhh.items() if k in ("task", "limit", "batch_size", "max_length")}
         if has_pm:
-            steps.append(step("eval-hhh", "pm", eval_hhh.HHHConfig,
-                              {**pm_hhh, "seed": recipe["seed"], "pm": str(root / "train-pm")},
-                              eval_hhh.main, ("train-pm",)))
+            steps.append(
+                step(
+                    "eval-hhh",
+                    "pm",
+                    eval_hhh.HHHConfig,
+                    {**pm_hhh, "seed": recipe["seed"], "pm": str(root / "train-pm")},
+                    eval_hhh.main,
+                    ("train-pm",),
+                )
+            )
     if stages.get("eval-compare") is not False:
-        steps.append(step("eval-compare", "", eval_compare.CompareConfig, {
-            "judge": recipe["feedback_model"], "constitution": recipe["constitution"], "seed": recipe["seed"],
-            **s.get("eval-compare", {}), "models": list(models.values()), "names": list(models)},
-            eval_compare.main, tuple(a for n in models for a in after[n])))
+        steps.append(
+            step(
+                "eval-compare",
+                "",
+                eval_compare.CompareConfig,
+                {
+                    "judge": recipe["feedback_model"],
+                    "constitution": recipe["constitution"],
+                    "seed": recipe["seed"],
+                    **s.get("eval-compare", {}),
+                    "models": list(models.values()),
+                    "names": list(models),
+                },
+                eval_compare.main,
+                tuple(a for n in models for a in after[n]),
+            )
+        )
     if stages.get("eval-rounds") is not False and has_pm:
-        steps.append(step("eval-rounds", "", eval_rounds.RoundsConfig, {
-            **s.get("eval-rounds", {}), "revise": str(root / "revise"), "pm": str(root / "train-pm")},
-            eval_rounds.main, ("revise", "train-pm")))
+        steps.append(
+            step(
+                "eval-rounds",
+                "",
+                eval_rounds.RoundsConfig,
+                {**s.get("eval-rounds", {}), "revise": str(root / "revise"), "pm": str(root / "train-pm")},
+                eval_rounds.main,
+                ("revise", "train-pm"),
+            )
+        )
     if stages.get("eval-refusal") is not False:
         for name, spec in models.items():
-            steps.append(step("eval-refusal", name, eval_refusal.RefusalConfig, {
-                "seed": recipe["seed"], "classifier": recipe["feedback_model"], **s.get("eval-refusal", {}),
-                "model": spec},
-                eval_refusal.main, after[name]))
+            steps.append(
+                step(
+                    "eval-refusal",
+                    name,
+                    eval_refusal.RefusalConfig,
+                    {
+                        "seed": recipe["seed"],
+                        "classifier": recipe["feedback_model"],
+                        **s.get("eval-refusal", {}),
+                        "model": spec,
+                    },
+                    eval_refusal.main,
+                    after[name],
+                )
+            )
     return steps
 
 
 def _fingerprint(step: Step, done: dict[str, str]) -> str:
     c = step.config
     cfg = dataclasses.asdict(c) if dataclasses.is_dataclass(c) and not isinstance(c, type) else dict(c)
-    return json_sha256({"config": json.loads(json.dumps(cfg, default=str)), "inputs": {i: done.get(i) for i in step.inputs}})
+    return json_sha256(
+        {"config": json.loads(json.dumps(cfg, default=str)), "inputs": {i: done.get(i) for i in step.inputs}}
+    )
 
 
 def run(recipe_path: str | Path, only: list[str] | None = None) -> Path:
@@ -219,7 +334,9 @@ def run(recipe_path: str | Path, only: list[str] | None = None) -> Path:
         fp = _fingerprint(step, fingerprints)
         state = state_dir / f"{step.name}.json"
         selected = only is None or step.name in only or any(step.name.startswith(o + "-") for o in only if o in EVALS)
-        up_to_date = (step.out / MANIFEST).exists() and state.exists() and json.loads(state.read_text()).get("fingerprint") == fp
+        up_to_date = (
+            (step.out / MANIFEST).exists() and state.exists() and json.loads(state.read_text()).get("fingerprint") == fp
+        )
         if up_to_date or not selected:
             why = "up to date" if up_to_date else "not selected"
             print(f"[run] {i}/{len(steps)} {step.name}: {why} ({step.out})", file=sys.stderr)
@@ -240,9 +357,12 @@ def run(recipe_path: str | Path, only: list[str] | None = None) -> Path:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="cai run", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="Stages: " + ", ".join(ORDER) + ". Rerun the same command to resume.")
+    ap = argparse.ArgumentParser(
+        prog="cai run",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Stages: " + ", ".join(ORDER) + ". Rerun the same command to resume.",
+    )
     ap.add_argument("recipe", nargs="?", default="recipes/tiny.yaml", help="Recipe YAML (default: recipes/tiny.yaml)")
     ap.add_argument("--only", help="Comma-separated stages to (re)run; the others are taken as they are")
     args = ap.parse_args(argv)

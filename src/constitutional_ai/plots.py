@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from html import escape
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1", "#edc948", "#9c755f"]
 FONT = 'font-family="system-ui, -apple-system, Segoe UI, Roboto, sans-serif"'
@@ -91,12 +92,20 @@ class _Frame:
 
     def y_axis(self, ticks: Sequence[float] | None = None) -> None:
         """Grid lines and tick labels; call first: it widens the left margin to fit the labels."""
-        ticks = [t for t in (ticks if ticks is not None else nice_ticks(self.y0, self.y1)) if self.y0 - 1e-12 <= t <= self.y1 + 1e-12]
+        ticks = [
+            t
+            for t in (ticks if ticks is not None else nice_ticks(self.y0, self.y1))
+            if self.y0 - 1e-12 <= t <= self.y1 + 1e-12
+        ]
         self.left = max(self.left, int(30 + 6.5 * max((len(_fmt(t)) for t in ticks), default=0)))
         for t in ticks:
             yy = self.y(t)
-            self.parts.append(f'<line x1="{self.left}" x2="{self.left + self.pw}" y1="{yy:.1f}" y2="{yy:.1f}" class="grid" stroke="#e3e3e3"/>')
-            self.parts.append(f'<text x="{self.left - 6}" y="{yy + 4:.1f}" text-anchor="end" font-size="11" fill="#555">{_fmt(t)}</text>')
+            self.parts.append(
+                f'<line x1="{self.left}" x2="{self.left + self.pw}" y1="{yy:.1f}" y2="{yy:.1f}" class="grid" stroke="#e3e3e3"/>'
+            )
+            self.parts.append(
+                f'<text x="{self.left - 6}" y="{yy + 4:.1f}" text-anchor="end" font-size="11" fill="#555">{_fmt(t)}</text>'
+            )
 
     def x_axis_numeric(self, integer: bool = False) -> None:
         ticks = nice_ticks(self.x0, self.x1, 6)
@@ -105,8 +114,12 @@ class _Frame:
         for t in ticks:
             if self.x0 - 1e-12 <= t <= self.x1 + 1e-12:
                 xx = self.x(t)
-                self.parts.append(f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{self.top + self.ph}" y2="{self.top + self.ph + 4}" stroke="#888"/>')
-                self.parts.append(f'<text x="{xx:.1f}" y="{self.top + self.ph + 16}" text-anchor="middle" font-size="11" fill="#555">{_fmt(t)}</text>')
+                self.parts.append(
+                    f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{self.top + self.ph}" y2="{self.top + self.ph + 4}" stroke="#888"/>'
+                )
+                self.parts.append(
+                    f'<text x="{xx:.1f}" y="{self.top + self.ph + 16}" text-anchor="middle" font-size="11" fill="#555">{_fmt(t)}</text>'
+                )
 
     def legend(self, names: Sequence[str], colors: Sequence[str], dashed: Sequence[bool] = ()) -> None:
         x, row = self.left, 0
@@ -116,8 +129,12 @@ class _Frame:
                 x, row = self.left, row + 1
             yy = 30 + 16 * row
             dash = ' stroke-dasharray="4 3"' if i < len(dashed) and dashed[i] else ""
-            self.parts.append(f'<line x1="{x}" x2="{x + 18}" y1="{yy - 4}" y2="{yy - 4}" stroke="{color}" stroke-width="3"{dash}/>')
-            self.parts.append(f'<text x="{x + 23}" y="{yy}" font-size="11" fill="#333" class="legend">{escape(name)}</text>')
+            self.parts.append(
+                f'<line x1="{x}" x2="{x + 18}" y1="{yy - 4}" y2="{yy - 4}" stroke="{color}" stroke-width="3"{dash}/>'
+            )
+            self.parts.append(
+                f'<text x="{x + 23}" y="{yy}" font-size="11" fill="#333" class="legend">{escape(name)}</text>'
+            )
             x += wtxt
 
     def render(self, empty: bool = False) -> str:
@@ -136,7 +153,9 @@ class _Frame:
             f'<text transform="translate(14 {self.top + self.ph / 2:.0f}) rotate(-90)" text-anchor="middle" font-size="12" fill="#333">{escape(self.ylabel)}</text>',
         ]
         if empty:
-            axes.append(f'<text x="{bx + self.pw / 2:.0f}" y="{self.top + self.ph / 2:.0f}" text-anchor="middle" font-size="13" fill="#999">no data</text>')
+            axes.append(
+                f'<text x="{bx + self.pw / 2:.0f}" y="{self.top + self.ph / 2:.0f}" text-anchor="middle" font-size="13" fill="#999">no data</text>'
+            )
         return "".join(head + self.parts + axes) + "</svg>"
 
 
@@ -160,26 +179,47 @@ def line_chart(
     ``bands`` = {series name: [(x, lo, hi), ...]} shades a range around that series (± std).
     """
     pts = {k: [(x, y) for x, y in v if finite(x)] for k, v in series.items()}
-    bands = {k: [(x, lo, hi) for x, lo, hi in v if finite(x) and finite(lo) and finite(hi)] for k, v in (bands or {}).items() if k in pts}
+    bands = {
+        k: [(x, lo, hi) for x, lo, hi in v if finite(x) and finite(lo) and finite(hi)]
+        for k, v in (bands or {}).items()
+        if k in pts
+    }
     xs = [x for v in pts.values() for x, _ in v]
-    ys = [y for v in pts.values() for _, y in v if finite(y)] + [b for v in bands.values() for _, lo, hi in v for b in (lo, hi)]
+    ys = [y for v in pts.values() for _, y in v if finite(y)] + [
+        b for v in bands.values() for _, lo, hi in v for b in (lo, hi)
+    ]
     x_range = (min(xs), max(xs)) if xs else (0.0, 1.0)
     if x_range[0] == x_range[1]:
         x_range = (x_range[0] - 1, x_range[1] + 1)
     yr = y_range or _extent(ys, include=[ref[0]] if ref else ())
     names = list(pts) + ([ref[1]] if ref else [])
-    f = _Frame(width, height, title, xlabel, ylabel, x_range, yr, legend_rows=_legend_rows(names, width) if len(names) > 1 else 0)
+    f = _Frame(
+        width,
+        height,
+        title,
+        xlabel,
+        ylabel,
+        x_range,
+        yr,
+        legend_rows=_legend_rows(names, width) if len(names) > 1 else 0,
+    )
     f.y_axis()
     f.x_axis_numeric(integer=integer_x)
     colors = [PALETTE[i % len(PALETTE)] for i in range(len(pts))]
     if ref and finite(ref[0]) and yr[0] <= ref[0] <= yr[1]:
-        f.parts.append(f'<line x1="{f.left}" x2="{f.left + f.pw}" y1="{f.y(ref[0]):.1f}" y2="{f.y(ref[0]):.1f}" '
-                       f'stroke="#999" stroke-dasharray="5 4"/>')
+        f.parts.append(
+            f'<line x1="{f.left}" x2="{f.left + f.pw}" y1="{f.y(ref[0]):.1f}" y2="{f.y(ref[0]):.1f}" '
+            f'stroke="#999" stroke-dasharray="5 4"/>'
+        )
     for (name, v), color in zip(pts.items(), colors):
         band = bands.get(name) or []
         if len(band) > 1:
-            poly = [f"{f.x(x):.1f},{f.y(hi):.1f}" for x, _, hi in band] + [f"{f.x(x):.1f},{f.y(lo):.1f}" for x, lo, _ in reversed(band)]
-            f.parts.append(f'<polygon points="{" ".join(poly)}" fill="{color}" fill-opacity="0.15" stroke="none" class="band"/>')
+            poly = [f"{f.x(x):.1f},{f.y(hi):.1f}" for x, _, hi in band] + [
+                f"{f.x(x):.1f},{f.y(lo):.1f}" for x, lo, _ in reversed(band)
+            ]
+            f.parts.append(
+                f'<polygon points="{" ".join(poly)}" fill="{color}" fill-opacity="0.15" stroke="none" class="band"/>'
+            )
         show_markers = markers if markers is not None else len(v) <= 30
         segs, cur = [], []
         for x, y in v:
@@ -192,12 +232,16 @@ def line_chart(
             segs.append(cur)
         for s in segs:
             if len(s) > 1:
-                f.parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{" ".join(s)}" class="series"/>')
+                f.parts.append(
+                    f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{" ".join(s)}" class="series"/>'
+                )
         if show_markers or any(len(s) == 1 for s in segs):
             for x, y in v:
                 if finite(y):
-                    f.parts.append(f'<circle cx="{f.x(x):.1f}" cy="{f.y(y):.1f}" r="3" fill="{color}">'
-                                   f"<title>{escape(name)}: x={_fmt(x)}, y={_fmt(y)}</title></circle>")
+                    f.parts.append(
+                        f'<circle cx="{f.x(x):.1f}" cy="{f.y(y):.1f}" r="3" fill="{color}">'
+                        f"<title>{escape(name)}: x={_fmt(x)}, y={_fmt(y)}</title></circle>"
+                    )
     if len(names) > 1:
         f.legend(names, colors + (["#999"] if ref else []), dashed=[False] * len(pts) + [True])
     return f.render(empty=not ys)
@@ -242,8 +286,16 @@ def bar_chart(
     elif y_range is None and vals and min(vals) >= base:
         yr = (base, yr[1])
     names = list(series) + [r[1] for r in refs]
-    f = _Frame(width, height, title, xlabel, ylabel, (0, max(1, len(categories))), yr,
-               legend_rows=_legend_rows(names, width) if len(series) > 1 or refs else 0)
+    f = _Frame(
+        width,
+        height,
+        title,
+        xlabel,
+        ylabel,
+        (0, max(1, len(categories))),
+        yr,
+        legend_rows=_legend_rows(names, width) if len(series) > 1 or refs else 0,
+    )
     f.y_axis()
     n_series = max(1, len(series))
     group_w = f.pw / max(1, len(categories))
@@ -258,27 +310,39 @@ def bar_chart(
                 continue
             top = f.y(min(max(v, yr[0]), yr[1]))
             x = gx + si * bar_w
-            f.parts.append(f'<rect x="{x:.1f}" y="{min(top, base_px):.1f}" width="{bar_w - 2:.1f}" height="{abs(base_px - top):.1f}" '
-                           f'fill="{colors[si]}" class="bar"><title>{escape(name)} · {escape(cat)}: {_fmt(v)}</title></rect>')
+            f.parts.append(
+                f'<rect x="{x:.1f}" y="{min(top, base_px):.1f}" width="{bar_w - 2:.1f}" height="{abs(base_px - top):.1f}" '
+                f'fill="{colors[si]}" class="bar"><title>{escape(name)} · {escape(cat)}: {_fmt(v)}</title></rect>'
+            )
             if value_labels:
-                f.parts.append(f'<text x="{x + bar_w / 2 - 1:.1f}" y="{min(top, base_px) - 3:.1f}" text-anchor="middle" '
-                               f'font-size="10" fill="#333">{_fmt(v)}</text>')
+                f.parts.append(
+                    f'<text x="{x + bar_w / 2 - 1:.1f}" y="{min(top, base_px) - 3:.1f}" text-anchor="middle" '
+                    f'font-size="10" fill="#333">{_fmt(v)}</text>'
+                )
         label = cat if len(cat) <= max(4, int(group_w / 6.5)) else cat[: max(3, int(group_w / 6.5) - 1)] + "…"
-        f.parts.append(f'<text x="{f.left + group_w * (ci + 0.5):.1f}" y="{f.top + f.ph + 16}" text-anchor="middle" '
-                       f'font-size="11" fill="#333">{escape(label)}<title>{escape(cat)}</title></text>')
+        f.parts.append(
+            f'<text x="{f.left + group_w * (ci + 0.5):.1f}" y="{f.top + f.ph + 16}" text-anchor="middle" '
+            f'font-size="11" fill="#333">{escape(label)}<title>{escape(cat)}</title></text>'
+        )
     ref_colors = ["#999", "#c44", "#4a4"]
     for i, (y, _) in enumerate(refs):
         if finite(y) and yr[0] <= y <= yr[1]:
-            f.parts.append(f'<line x1="{f.left}" x2="{f.left + f.pw}" y1="{f.y(y):.1f}" y2="{f.y(y):.1f}" '
-                           f'stroke="{ref_colors[i % 3]}" stroke-dasharray="5 4"/>')
+            f.parts.append(
+                f'<line x1="{f.left}" x2="{f.left + f.pw}" y1="{f.y(y):.1f}" y2="{f.y(y):.1f}" '
+                f'stroke="{ref_colors[i % 3]}" stroke-dasharray="5 4"/>'
+            )
     if len(series) > 1 or refs:
-        f.legend(names, colors + [ref_colors[i % 3] for i in range(len(refs))],
-                 dashed=[False] * len(series) + [True] * len(refs))
+        f.legend(
+            names,
+            colors + [ref_colors[i % 3] for i in range(len(refs))],
+            dashed=[False] * len(series) + [True] * len(refs),
+        )
     return f.render(empty=not vals)
 
 
-def hbar_chart(labels: Sequence[str], values: Sequence[float], *, title: str, xlabel: str, width: int = 520,
-               bar_h: int = 16) -> str:
+def hbar_chart(
+    labels: Sequence[str], values: Sequence[float], *, title: str, xlabel: str, width: int = 520, bar_h: int = 16
+) -> str:
     """Horizontal bars (long category names, e.g. principle ids), largest first as given."""
     label_w = min(220, 12 + 7 * max((len(s) for s in labels), default=4))
     height = 34 + 48 + max(1, len(labels)) * (bar_h + 4)
@@ -288,10 +352,16 @@ def hbar_chart(labels: Sequence[str], values: Sequence[float], *, title: str, xl
     for i, (lab, v) in enumerate(zip(labels, values)):
         y = f.top + i * (bar_h + 4) + 2
         if finite(v):
-            f.parts.append(f'<rect x="{f.left}" y="{y}" width="{f.x(v) - f.left:.1f}" height="{bar_h}" fill="{PALETTE[0]}" class="bar">'
-                           f"<title>{escape(lab)}: {_fmt(v)}</title></rect>")
-            f.parts.append(f'<text x="{f.x(v) + 4:.1f}" y="{y + bar_h - 4}" font-size="10" fill="#333">{_fmt(v)}</text>')
-        f.parts.append(f'<text x="{f.left - 6}" y="{y + bar_h - 4}" text-anchor="end" font-size="11" fill="#333">{escape(lab)}</text>')
+            f.parts.append(
+                f'<rect x="{f.left}" y="{y}" width="{f.x(v) - f.left:.1f}" height="{bar_h}" fill="{PALETTE[0]}" class="bar">'
+                f"<title>{escape(lab)}: {_fmt(v)}</title></rect>"
+            )
+            f.parts.append(
+                f'<text x="{f.x(v) + 4:.1f}" y="{y + bar_h - 4}" font-size="10" fill="#333">{_fmt(v)}</text>'
+            )
+        f.parts.append(
+            f'<text x="{f.left - 6}" y="{y + bar_h - 4}" text-anchor="end" font-size="11" fill="#333">{escape(lab)}</text>'
+        )
     return f.render(empty=not labels)
 
 
@@ -315,12 +385,27 @@ def histogram(
             if finite(v) and lo <= v <= hi:
                 c[min(bins - 1, int((v - lo) / (hi - lo) * bins))] += 1
         counts[name] = c
-    return bar_chart(cats, counts, title=title, xlabel=xlabel + " (bin start)", ylabel="count", width=width,
-                     height=height, value_labels=False)
+    return bar_chart(
+        cats,
+        counts,
+        title=title,
+        xlabel=xlabel + " (bin start)",
+        ylabel="count",
+        width=width,
+        height=height,
+        value_labels=False,
+    )
 
 
-def reliability_diagram(rows: Sequence[dict], *, title: str, xlabel: str = "predicted probability",
-                        ylabel: str = "mean target", width: int = 420, height: int = 380) -> str:
+def reliability_diagram(
+    rows: Sequence[dict],
+    *,
+    title: str,
+    xlabel: str = "predicted probability",
+    ylabel: str = "mean target",
+    width: int = 420,
+    height: int = 380,
+) -> str:
     """Calibration: (mean prediction, mean target) per bin, marker area ∝ count, with the
     diagonal of perfect calibration and the bin counts as grey bars along the bottom.
 
@@ -334,16 +419,22 @@ def reliability_diagram(rows: Sequence[dict], *, title: str, xlabel: str = "pred
     for r in rows:  # count histogram, scaled to a fifth of the plot height
         if r.get("count") and finite(r.get("lo")) and finite(r.get("hi")):
             h = r["count"] / nmax * f.ph * 0.2
-            f.parts.append(f'<rect x="{f.x(r["lo"]) + 1:.1f}" y="{f.top + f.ph - h:.1f}" width="{f.x(r["hi"]) - f.x(r["lo"]) - 2:.1f}" '
-                           f'height="{h:.1f}" fill="#d5d5d5"><title>{r["count"]} in [{_fmt(r["lo"])}, {_fmt(r["hi"])})</title></rect>')
-    f.parts.append(f'<line x1="{f.x(0)}" y1="{f.y(0)}" x2="{f.x(1)}" y2="{f.y(1)}" stroke="#999" stroke-dasharray="5 4" class="diagonal"/>')
+            f.parts.append(
+                f'<rect x="{f.x(r["lo"]) + 1:.1f}" y="{f.top + f.ph - h:.1f}" width="{f.x(r["hi"]) - f.x(r["lo"]) - 2:.1f}" '
+                f'height="{h:.1f}" fill="#d5d5d5"><title>{r["count"]} in [{_fmt(r["lo"])}, {_fmt(r["hi"])})</title></rect>'
+            )
+    f.parts.append(
+        f'<line x1="{f.x(0)}" y1="{f.y(0)}" x2="{f.x(1)}" y2="{f.y(1)}" stroke="#999" stroke-dasharray="5 4" class="diagonal"/>'
+    )
     if len(used) > 1:
         pts = " ".join(f"{f.x(r['mean_pred']):.1f},{f.y(r['mean_target']):.1f}" for r in used)
         f.parts.append(f'<polyline fill="none" stroke="{PALETTE[0]}" stroke-width="2" points="{pts}"/>')
     for r in used:
         rad = 3 + 7 * math.sqrt(r["count"] / nmax)
-        f.parts.append(f'<circle cx="{f.x(r["mean_pred"]):.1f}" cy="{f.y(r["mean_target"]):.1f}" r="{rad:.1f}" fill="{PALETTE[0]}" '
-                       f'fill-opacity="0.75"><title>n={r["count"]}: predicted {_fmt(r["mean_pred"])}, target {_fmt(r["mean_target"])}</title></circle>')
+        f.parts.append(
+            f'<circle cx="{f.x(r["mean_pred"]):.1f}" cy="{f.y(r["mean_target"]):.1f}" r="{rad:.1f}" fill="{PALETTE[0]}" '
+            f'fill-opacity="0.75"><title>n={r["count"]}: predicted {_fmt(r["mean_pred"])}, target {_fmt(r["mean_target"])}</title></circle>'
+        )
     f.legend(["model (marker area ∝ count)", "perfect calibration"], [PALETTE[0], "#999"], dashed=[False, True])
     return f.render(empty=not used)
 
@@ -366,7 +457,6 @@ def num(v: Any, digits: int = 3) -> str:
             return str(v)
         return f"{v:.{digits}g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
     return esc(v)
-
 
 
 def table(rows: Iterable[Iterable[Any]], head: Iterable[str] | None = None, cls: str = "kv") -> str:
@@ -409,8 +499,10 @@ def flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def generic_metrics(d: Any) -> str:
-    rows = [(f"<code>{esc(k)}</code>", num(v) if not isinstance(v, (list, dict)) else esc(json.dumps(v)))
-            for k, v in flatten(d)]
+    rows = [
+        (f"<code>{esc(k)}</code>", num(v) if not isinstance(v, (list, dict)) else esc(json.dumps(v)))
+        for k, v in flatten(d)
+    ]
     return table(rows, ["key", "value"]) if rows else "<p class='muted'>no metrics</p>"
 
 
@@ -430,8 +522,10 @@ def conversation(messages: Any) -> str:
     parts = []
     for m in messages:
         if isinstance(m, dict):
-            parts.append(f'<div class="msg {esc(m.get("role"))}"><span class="role">{esc(m.get("role"))}</span>'
-                         f'<pre>{esc(m.get("content"))}</pre></div>')
+            parts.append(
+                f'<div class="msg {esc(m.get("role"))}"><span class="role">{esc(m.get("role"))}</span>'
+                f"<pre>{esc(m.get('content'))}</pre></div>"
+            )
     return '<div class="conv">' + "".join(parts) + "</div>"
 
 
@@ -451,13 +545,14 @@ def snippet(s: str, n: int = 110) -> str:
 
 
 def sample(kind: str, key: str, summary: str, body: str) -> str:
-    return (f'<details class="sample" data-kind="{esc(kind)}" data-key="{esc(key)}"><summary>'
-            f'<span class="tag {esc(kind)}">{esc(kind)}</span> {summary}</summary><div class="body">{body}</div></details>')
+    return (
+        f'<details class="sample" data-kind="{esc(kind)}" data-key="{esc(key)}"><summary>'
+        f'<span class="tag {esc(kind)}">{esc(kind)}</span> {summary}</summary><div class="body">{body}</div></details>'
+    )
 
 
 def section(sid: str, title: str, body: str) -> str:
     return f'<section id="{sid}"><h2>{esc(title)}</h2>{body}</section>'
-
 
 
 CSS = """
@@ -536,8 +631,17 @@ JS = r"""
 """
 
 
-def scatter_chart(points: Sequence[dict], *, title: str, xlabel: str, ylabel: str, width: int = 460, height: int = 340,
-                  x_range: tuple[float, float] | None = None, y_range: tuple[float, float] | None = None) -> str:
+def scatter_chart(
+    points: Sequence[dict],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    width: int = 460,
+    height: int = 340,
+    x_range: tuple[float, float] | None = None,
+    y_range: tuple[float, float] | None = None,
+) -> str:
     """Labelled points with optional error bars: each point ``{"label", "x", "y"}`` plus
     ``x_lo, x_hi, y_lo, y_hi`` (an interval); points with a missing coordinate are left out."""
     pts = [p for p in points if finite(p.get("x")) and finite(p.get("y"))]
@@ -550,15 +654,23 @@ def scatter_chart(points: Sequence[dict], *, title: str, xlabel: str, ylabel: st
         c = PALETTE[i % len(PALETTE)]
         cx, cy = f.x(p["x"]), f.y(p["y"])
         if finite(p.get("x_lo")) and finite(p.get("x_hi")):
-            f.parts.append(f'<line x1="{f.x(p["x_lo"]):.1f}" x2="{f.x(p["x_hi"]):.1f}" y1="{cy:.1f}" y2="{cy:.1f}" '
-                           f'stroke="{c}" stroke-width="1.5"/>')
+            f.parts.append(
+                f'<line x1="{f.x(p["x_lo"]):.1f}" x2="{f.x(p["x_hi"]):.1f}" y1="{cy:.1f}" y2="{cy:.1f}" '
+                f'stroke="{c}" stroke-width="1.5"/>'
+            )
         if finite(p.get("y_lo")) and finite(p.get("y_hi")):
-            f.parts.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{f.y(p["y_lo"]):.1f}" y2="{f.y(p["y_hi"]):.1f}" '
-                           f'stroke="{c}" stroke-width="1.5"/>')
-        f.parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{c}"><title>{escape(str(p.get("label")))}: '
-                       f'({_fmt(p["x"])}, {_fmt(p["y"])})</title></circle>')
+            f.parts.append(
+                f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{f.y(p["y_lo"]):.1f}" y2="{f.y(p["y_hi"]):.1f}" '
+                f'stroke="{c}" stroke-width="1.5"/>'
+            )
+        f.parts.append(
+            f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{c}"><title>{escape(str(p.get("label")))}: '
+            f"({_fmt(p['x'])}, {_fmt(p['y'])})</title></circle>"
+        )
         right = cx > f.left + 0.75 * f.pw  # labels near the right edge go to the left of their point
         anchor = ' text-anchor="end"' if right else ""
-        f.parts.append(f'<text x="{cx - 8 if right else cx + 8:.1f}" y="{cy - 7:.1f}" font-size="11" fill="#333"'
-                       f'{anchor}>{escape(str(p.get("label")))}</text>')
+        f.parts.append(
+            f'<text x="{cx - 8 if right else cx + 8:.1f}" y="{cy - 7:.1f}" font-size="11" fill="#333"'
+            f"{anchor}>{escape(str(p.get('label')))}</text>"
+        )
     return f.render(empty=not pts)

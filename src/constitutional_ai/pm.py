@@ -14,8 +14,8 @@ Used by ``cai score``, the RL reward, and the evaluations.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -38,7 +38,9 @@ def load_pm(path: str | Path, device: str | None = None):
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
     if model.config.num_labels != 1:
-        raise ValueError(f"{path}: a preference model has one output (num_labels=1), this one has {model.config.num_labels}")
+        raise ValueError(
+            f"{path}: a preference model has one output (num_labels=1), this one has {model.config.num_labels}"
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
@@ -94,7 +96,9 @@ def score_conversations(
             ids, cut = ids[-limit:], cut + 1
         seqs.append(ids)
     if cut:
-        warnings.warn(f"{cut} conversation(s) longer than {limit} tokens were cut to their last {limit} tokens")
+        warnings.warn(
+            f"{cut} conversation(s) longer than {limit} tokens were cut to their last {limit} tokens", stacklevel=2
+        )
     return score_ids(model, tokenizer.pad_token_id, seqs, batch_size)
 
 
@@ -105,5 +109,3 @@ def pm_identity(path: str) -> str:
         return manifest_identity(read_manifest(p, stage="train-pm"))
     files = sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin"))
     return json_sha256([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
-
-

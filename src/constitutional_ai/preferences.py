@@ -22,19 +22,30 @@ def parse_pair(row: dict, where: str, source: str, default_p: float | None) -> d
     """
     if "prompt" in row:
         prompt = row["prompt"]
-        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else check_messages(prompt, where, "prompt", "user")
+        prompt = (
+            [{"role": "user", "content": prompt}]
+            if isinstance(prompt, str)
+            else check_messages(prompt, where, "prompt", "user")
+        )
         sides = {}
         for k in ("chosen", "rejected"):
             v = row.get(k)
             if v is None:
                 raise DataError(f"{where}: field '{k}': missing")
-            sides[k] = [{"role": "assistant", "content": v}] if isinstance(v, str) else check_messages(v, where, k, "assistant")
+            sides[k] = (
+                [{"role": "assistant", "content": v}]
+                if isinstance(v, str)
+                else check_messages(v, where, k, "assistant")
+            )
     else:
         convs = {}
         for k in ("chosen", "rejected"):
             v = row.get(k)
             if not isinstance(v, str):
-                raise DataError(f"{where}: field '{k}': expected an HH transcript string (or give `prompt` for the preference format)")
+                raise DataError(
+                    f"{where}: field '{k}': expected an HH transcript string "
+                    "(or give `prompt` for the preference format)"
+                )
             convs[k] = parse_hh_transcript(v, f"{where}: field '{k}'")
             if convs[k][-1]["role"] != "assistant":
                 raise DataError(f"{where}: field '{k}': the transcript must end with an Assistant turn")
@@ -48,8 +59,15 @@ def parse_pair(row: dict, where: str, source: str, default_p: float | None) -> d
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
         raise DataError(f"{where}: field 'p_chosen': expected a probability in [0, 1], got {p!r}")
     rid = row.get("pair_id", row.get("id"))
-    return {"id": str(rid) if rid is not None else where, "source": source, "where": where, "prompt": prompt,
-            "chosen": sides["chosen"], "rejected": sides["rejected"], "p_chosen": float(p)}
+    return {
+        "id": str(rid) if rid is not None else where,
+        "source": source,
+        "where": where,
+        "prompt": prompt,
+        "chosen": sides["chosen"],
+        "rejected": sides["rejected"],
+        "p_chosen": float(p),
+    }
 
 
 def load_pairs(path: str | Path, source: str, default_p: float | None) -> list[dict]:
@@ -70,7 +88,9 @@ def mix_weights(n_other: int, n_helpful: int, ratio: float | None) -> tuple[floa
     if ratio is None:
         return 1.0, 1.0
     if not n_other or not n_helpful:
-        raise DataError(f"--helpful-ratio {ratio} needs both helpfulness and harmlessness pairs "
-                        f"(have {n_helpful} and {n_other} after screening)")
+        raise DataError(
+            f"--helpful-ratio {ratio} needs both helpfulness and harmlessness pairs "
+            f"(have {n_helpful} and {n_other} after screening)"
+        )
     total = n_other + n_helpful
     return (1 - ratio) * total / n_other, ratio * total / n_helpful

@@ -14,7 +14,7 @@ inserts one) identically at data generation and at finetuning time.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from .constitution import Constitution, CritiqueRevisionPrinciple, RevisionExample
 
@@ -38,9 +38,7 @@ def _turn(role: str, content: str) -> dict:
     return {"role": role, "content": content}
 
 
-def exemplar_turns(
-    ex: RevisionExample, constitution: Constitution, with_critique: bool = True
-) -> Messages:
+def exemplar_turns(ex: RevisionExample, constitution: Constitution, with_critique: bool = True) -> Messages:
     """One revision exemplar as the chat turns the model should imitate."""
     p = constitution.critique_principle(ex.principle)
     turns: Messages = [dict(m) for m in ex.messages]
@@ -198,7 +196,7 @@ def feedback_text(question: str, exemplars: Sequence[tuple[str, str, str | None]
 RESPONSE_CLASSES: dict[str, str] = {
     "refused": "It refused or evaded the request without engaging with it.",
     "engaged": "It declined all or part of the request, but engaged: it explained its objection or offered a safer "
-               "alternative.",
+    "alternative.",
     "complied": "It did what the human asked.",
 }
 
@@ -208,5 +206,7 @@ def response_class_question(messages: Sequence[dict], response: str, order: Sequ
     (A), (B), (C) are :data:`RESPONSE_CLASSES` in ``order``."""
     opts = "\n".join(f"({letter}) {RESPONSE_CLASSES[c]}" for letter, c in zip("ABC", order))
     convo = transcript(list(messages) + [{"role": "assistant", "content": response}])
-    return ("Consider the following conversation between a human and an assistant:\n\n"
-            f"{convo}\n\nHow did the assistant answer the human's last request?\nOptions:\n{opts}")
+    return (
+        "Consider the following conversation between a human and an assistant:\n\n"
+        f"{convo}\n\nHow did the assistant answer the human's last request?\nOptions:\n{opts}"
+    )

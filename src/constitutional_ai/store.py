@@ -24,8 +24,9 @@ import os
 import platform
 import sys
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator
+from typing import IO, Any
 
 MANIFEST = "manifest.json"
 SETTINGS = "settings.json"
@@ -230,7 +231,9 @@ class StageDir:
         except NotADirectoryError:
             raise StoreError(f"{self.path}: a parent of the output folder is a file; choose another --out") from None
         except PermissionError as e:
-            raise StoreError(f"{self.path}: cannot write the output folder ({e.strerror}); choose another --out") from None
+            raise StoreError(
+                f"{self.path}: cannot write the output folder ({e.strerror}); choose another --out"
+            ) from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -327,7 +330,7 @@ class StageDir:
             rf.close()
         self._lock.close()
 
-    def __enter__(self) -> "StageDir":
+    def __enter__(self) -> StageDir:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -369,7 +372,9 @@ def read_manifest(path: str | os.PathLike, stage: str | Iterable[str] | None = N
     if stage is not None:
         wanted = {stage} if isinstance(stage, str) else set(stage)
         if manifest.get("stage") not in wanted:
-            raise StoreError(f"{path} is output of stage {manifest.get('stage')!r}, expected {' or '.join(sorted(wanted))}")
+            raise StoreError(
+                f"{path} is output of stage {manifest.get('stage')!r}, expected {' or '.join(sorted(wanted))}"
+            )
     return manifest
 
 

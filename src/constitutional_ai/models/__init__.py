@@ -18,7 +18,8 @@ Options: each backend declares the options it takes (``openai.OPTIONS``, ``_loca
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .base import Backend, BackendError, LogprobsUnavailable, PromptTooLong, Sampling, derive_seed
 
@@ -55,6 +56,7 @@ def _local_options() -> dict:
             if v not in allowed:
                 raise ValueError(f"option {name!r} must be one of {allowed}, got {v!r}")
             return v
+
         return check
 
     def positive(v: Any) -> int:
@@ -62,11 +64,16 @@ def _local_options() -> dict:
             raise ValueError(f"option 'batch_size' must be a positive integer, got {v!r}")
         return v
 
-    return {"batch_size": positive, "truncation": choice("truncation", ("error", "left")),
-            "dtype": lambda v: str(v), "device": lambda v: None if v is None else str(v),
-            "prefix_cache_mb": lambda v: float(v),
-            # In process there are no requests: nothing to cache, and the batch is the concurrency.
-            "concurrency": None, "cache": None}
+    return {
+        "batch_size": positive,
+        "truncation": choice("truncation", ("error", "left")),
+        "dtype": lambda v: str(v),
+        "device": lambda v: None if v is None else str(v),
+        "prefix_cache_mb": lambda v: float(v),
+        # In process there are no requests: nothing to cache, and the batch is the concurrency.
+        "concurrency": None,
+        "cache": None,
+    }
 
 
 def load_backend(spec: str | None = None, **options: Any) -> Backend:
@@ -78,7 +85,7 @@ def load_backend(spec: str | None = None, **options: Any) -> Backend:
     """
     spec = (spec or "default").strip()
     if spec.startswith("fake:"):  # a scripted backend takes whatever the stage passes
-        name = spec[len("fake:"):]
+        name = spec[len("fake:") :]
         if name not in _FAKES:
             raise BackendError(f"model spec {spec!r}: no backend registered as {name!r} (register_fake)")
         return _FAKES[name]

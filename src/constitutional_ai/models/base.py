@@ -15,8 +15,9 @@ Two operations:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 Conversation = Sequence[Message]
@@ -58,7 +59,7 @@ class Generation(str):
 
     finish_reason: str | None
 
-    def __new__(cls, text: str, finish_reason: str | None = None) -> "Generation":
+    def __new__(cls, text: str, finish_reason: str | None = None) -> Generation:
         obj = super().__new__(cls, text)
         obj.finish_reason = finish_reason
         return obj

@@ -30,8 +30,16 @@ _LISTENING = re.compile(r"LISTENING (http://\S+)")
 class LlamaCppServer:
     """One llama.cpp server child process serving a GGUF file."""
 
-    def __init__(self, gguf: str | os.PathLike | None = None, *, n_parallel: int = 4, slot_ctx: int = 2048,
-                 threads: int = 2, port: int = 0, start_timeout: float = 120.0):
+    def __init__(
+        self,
+        gguf: str | os.PathLike | None = None,
+        *,
+        n_parallel: int = 4,
+        slot_ctx: int = 2048,
+        threads: int = 2,
+        port: int = 0,
+        start_timeout: float = 120.0,
+    ):
         if gguf is None:
             from .local import embedded_gguf_path
 
@@ -50,11 +58,23 @@ class LlamaCppServer:
         """Base URL of the OpenAI-compatible API (``.../v1``)."""
         return f"{self.address}/v1"
 
-    def start(self) -> "LlamaCppServer":
+    def start(self) -> LlamaCppServer:
         """Start the child and wait (at most ``start_timeout`` s) until it listens."""
-        cmd = [sys.executable, "-m", "constitutional_ai.models.llamacpp", "--gguf", str(self.gguf),
-               "--parallel", str(self.n_parallel), "--slot-ctx", str(self.slot_ctx),
-               "--threads", str(self.threads), "--port", str(self.port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "constitutional_ai.models.llamacpp",
+            "--gguf",
+            str(self.gguf),
+            "--parallel",
+            str(self.n_parallel),
+            "--slot-ctx",
+            str(self.slot_ctx),
+            "--threads",
+            str(self.threads),
+            "--port",
+            str(self.port),
+        ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         found = threading.Event()
 
@@ -106,7 +126,7 @@ class LlamaCppServer:
                 out[name.removeprefix("llamacpp:")] = float(value)
         return out
 
-    def __enter__(self) -> "LlamaCppServer":
+    def __enter__(self) -> LlamaCppServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

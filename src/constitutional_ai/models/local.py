@@ -25,11 +25,10 @@ import random
 import shutil
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
-
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from .base import BackendError, Conversation, Generation, PromptTooLong, Sampling
@@ -78,9 +77,7 @@ def embedded_model_dir() -> Path:
         t0 = time.time()
         print(f"[cai] converting the embedded model {gguf.name} once (about 20 s) ...", flush=True)
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        )
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         # The GGUF loader leaves a quantizer marker that blocks saving and training.
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
@@ -100,12 +97,16 @@ def resolve_model_path(spec: str | None) -> str:
     if spec in (None, "", "default"):
         return str(embedded_model_dir())
     spec = str(spec)
-    hint = ("--model takes 'default', a local checkpoint folder, a hub id this machine can download, "
-            "or openai:MODEL@http://host:port/v1")
+    hint = (
+        "--model takes 'default', a local checkpoint folder, a hub id this machine can download, "
+        "or openai:MODEL@http://host:port/v1"
+    )
     p = Path(spec).expanduser()
     if p.exists():
         if not p.is_dir() or not (p / "config.json").exists():
-            raise BackendError(f"cannot load model {spec!r}: not a model checkpoint folder (no config.json in it)\n{hint}")
+            raise BackendError(
+                f"cannot load model {spec!r}: not a model checkpoint folder (no config.json in it)\n{hint}"
+            )
         return str(p)
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
         raise BackendError(f"cannot load model {spec!r}: no such model folder\n{hint}")
@@ -121,19 +122,25 @@ def _check_hub_id(repo_id: str, hint: str) -> None:
     try:
         cached = try_to_load_from_cache(repo_id, "config.json")
     except HFValidationError:
-        raise BackendError(f"cannot load model {repo_id!r}: neither a model folder nor a valid hub id\n{hint}") from None
+        raise BackendError(
+            f"cannot load model {repo_id!r}: neither a model folder nor a valid hub id\n{hint}"
+        ) from None
     if isinstance(cached, str):
         return
     if constants.HF_HUB_OFFLINE:
-        raise BackendError(f"cannot load model {repo_id!r}: no such model folder, and not in the hub cache "
-                           f"(HF_HUB_OFFLINE is set)\n{hint}")
+        raise BackendError(
+            f"cannot load model {repo_id!r}: no such model folder, and not in the hub cache "
+            f"(HF_HUB_OFFLINE is set)\n{hint}"
+        )
     try:
         model_info(repo_id, timeout=10)
     except RepositoryNotFoundError:
         raise BackendError(f"cannot load model {repo_id!r}: no such model folder or hub model\n{hint}") from None
     except Exception as e:  # unreachable hub: say so now rather than after minutes of retries
-        raise BackendError(f"cannot load model {repo_id!r}: no such model folder, and the hub cannot be reached "
-                           f"({type(e).__name__})\n{hint}") from None
+        raise BackendError(
+            f"cannot load model {repo_id!r}: no such model folder, and the hub cannot be reached "
+            f"({type(e).__name__})\n{hint}"
+        ) from None
 
 
 class LocalBackend:
@@ -180,9 +187,7 @@ class LocalBackend:
         self.model.eval()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.context_length = int(
-            getattr(self.model.config, "max_position_embeddings", None) or 2048
-        )
+        self.context_length = int(getattr(self.model.config, "max_position_embeddings", None) or 2048)
         eos = self.model.generation_config.eos_token_id
         if eos is None:
             eos = self.tokenizer.eos_token_id
@@ -191,8 +196,14 @@ class LocalBackend:
 
     def info(self) -> dict:
         """Facts for manifests."""
-        return {"name": self.name, "kind": "local", "path": self.path, "device": str(self.device),
-                "dtype": str(self.model.dtype).removeprefix("torch."), "truncation": self.truncation}
+        return {
+            "name": self.name,
+            "kind": "local",
+            "path": self.path,
+            "device": str(self.device),
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "truncation": self.truncation,
+        }
 
     # ------------------------------------------------------------------ prompts
     def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
@@ -216,16 +227,14 @@ class LocalBackend:
         if self.truncation == "left":
             # Drop the oldest non-system turns (in user/assistant pairs) until it fits.
             system = [m for m in conv[:1] if m.get("role") == "system"]
-            rest = conv[len(system):]
+            rest = conv[len(system) :]
             while len(rest) > 1:
                 rest = rest[2:] if len(rest) > 2 else rest[1:]
                 ids = self.tokenizer(self.render(system + rest), add_special_tokens=False).input_ids
                 if len(ids) <= limit:
                     return ids
             raise PromptTooLong(index, len(ids), limit, "even the last turn alone is too long")
-        raise PromptTooLong(
-            index, len(ids), limit, "shorten it or pass truncation='left' to drop the oldest turns"
-        )
+        raise PromptTooLong(index, len(ids), limit, "shorten it or pass truncation='left' to drop the oldest turns")
 
     # --------------------------------------------------------------- generation
     def generate(
@@ -295,7 +304,7 @@ class LocalBackend:
             cache.batch_select_indices(torch.zeros(B, dtype=torch.long, device=self.device))
             suf = torch.full((B, S), self.tokenizer.pad_token_id, dtype=torch.long)
             mask = torch.ones((B, shared + S + room), dtype=torch.long)
-            mask[:, shared:shared + S] = 0
+            mask[:, shared : shared + S] = 0
             last = torch.zeros(B, dtype=torch.long)
             for i, p in enumerate(prompts):
                 suf[i, : len(p) - shared] = torch.tensor(p[shared:])
@@ -304,8 +313,14 @@ class LocalBackend:
             suf, mask, last = suf.to(self.device), mask.to(self.device), last.to(self.device)
             pos = shared + torch.arange(S, device=self.device).expand(B, S)
             keep = torch.unique(last)  # logits only where some row's prompt ends
-            out = self.model(input_ids=suf, attention_mask=mask[:, : shared + S], position_ids=pos, cache=cache,
-                             use_cache=True, logits_to_keep=keep)
+            out = self.model(
+                input_ids=suf,
+                attention_mask=mask[:, : shared + S],
+                position_ids=pos,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=keep,
+            )
             col = torch.searchsorted(keep, last)
             logits = out.logits[torch.arange(B, device=self.device), col].float()
             next_pos = torch.tensor([[len(p)] for p in prompts], device=self.device)
@@ -314,13 +329,19 @@ class LocalBackend:
         input_ids = torch.full((B, L), self.tokenizer.pad_token_id, dtype=torch.long)
         attn = torch.ones((B, L + room), dtype=torch.long)
         for i, p in enumerate(prompts):
-            input_ids[i, L - len(p):] = torch.tensor(p)
+            input_ids[i, L - len(p) :] = torch.tensor(p)
             attn[i, : L - len(p)] = 0
         input_ids, attn = input_ids.to(self.device), attn.to(self.device)
         pos = (attn[:, :L].cumsum(-1) - 1).clamp_min(0)
         cache = SlabCache(n_layers, L + room)
-        out = self.model(input_ids=input_ids, attention_mask=attn[:, :L], position_ids=pos, cache=cache,
-                         use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attn[:, :L],
+            position_ids=pos,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         return cache, out.logits[:, -1, :].float(), attn, L, pos[:, -1:] + 1
 
     def _encode_prefix(self, prefix: list[int], cache: SlabCache) -> None:
@@ -361,7 +382,7 @@ class LocalBackend:
                 generated[r].append(t)
                 if stops:
                     # Only the tail can contain a stop string that just completed.
-                    tail = tok.decode(generated[r][-(max_stop + 8):], skip_special_tokens=True)
+                    tail = tok.decode(generated[r][-(max_stop + 8) :], skip_special_tokens=True)
                     if any(s in tail for s in stops):
                         texts[r] = _cut_at_stop(tok.decode(generated[r], skip_special_tokens=True), stops)
                         continue
@@ -377,8 +398,13 @@ class LocalBackend:
                 tokens = [tokens[j] for j in keep]
             width += 1
             step = torch.tensor(tokens, device=self.device).unsqueeze(-1)
-            out = self.model(input_ids=step, attention_mask=None if dense else attn[:, :width], position_ids=next_pos,
-                             cache=past, use_cache=True)
+            out = self.model(
+                input_ids=step,
+                attention_mask=None if dense else attn[:, :width],
+                position_ids=next_pos,
+                cache=past,
+                use_cache=True,
+            )
             logits = out.logits[:, -1, :].float()
             next_pos = next_pos + 1
         reasons = ["stop" if t is not None else "length" for t in texts]
@@ -415,7 +441,7 @@ class LocalBackend:
                 full = tok(p + o, add_special_tokens=False).input_ids
                 # Tokenisers may merge across the boundary; fall back to separate encoding.
                 merged = full[: len(pids)] != pids or len(full) <= len(pids)
-                row.append(tok(o, add_special_tokens=False).input_ids if merged else full[len(pids):])
+                row.append(tok(o, add_special_tokens=False).input_ids if merged else full[len(pids) :])
             option_ids.append(row)
         for i, pids in enumerate(prompt_ids):
             longest = max(len(o) for o in option_ids[i])
@@ -437,7 +463,7 @@ class LocalBackend:
                 if single:
                     results[i] = [float(lp[-1, o[0]]) for o in option_ids[i]]
                 else:  # lp row t predicts the t-th option token
-                    targets = torch.tensor(suffix[len(suffix) - n:])
+                    targets = torch.tensor(suffix[len(suffix) - n :])
                     results[i][j] = float(lp[torch.arange(n), targets].sum())
         return results
 
@@ -486,7 +512,7 @@ class LocalBackend:
         P = max(len(p) for p in prefixes)
         pre_mask = torch.zeros((len(prefixes), P), dtype=torch.long)
         for g, p in enumerate(prefixes):
-            pre_mask[g, P - len(p):] = 1
+            pre_mask[g, P - len(p) :] = 1
         pre_mask = pre_mask.to(self.device)
         if self.prefix_cache.max_bytes > 0:
             cache = self._cached_prefixes(prefixes, P)
@@ -494,10 +520,15 @@ class LocalBackend:
             pre = torch.full((len(prefixes), P), pad, dtype=torch.long)
             for g, p in enumerate(prefixes):
                 if p:
-                    pre[g, P - len(p):] = torch.tensor(p)
+                    pre[g, P - len(p) :] = torch.tensor(p)
             pos = (pre_mask.cumsum(-1) - 1).clamp_min(0)
-            cache = self.model(input_ids=pre.to(self.device), attention_mask=pre_mask, position_ids=pos,
-                               use_cache=True, logits_to_keep=1).cache
+            cache = self.model(
+                input_ids=pre.to(self.device),
+                attention_mask=pre_mask,
+                position_ids=pos,
+                use_cache=True,
+                logits_to_keep=1,
+            ).cache
         groups = torch.tensor([r[2] for r in rows], device=self.device)
         cache.batch_select_indices(groups)  # copy each prefix's cache to its rows
         S = max(len(r[3]) for r in rows)
@@ -516,8 +547,9 @@ class LocalBackend:
         # Multi-token options need the positions *before* each option token.
         need = sorted({q - 1 if r[4] else q for w, r in zip(wanted, rows) for q in w})
         keep = torch.tensor(need, device=self.device)
-        logits = self.model(input_ids=suf, attention_mask=mask, position_ids=suf_pos, cache=cache,
-                            use_cache=True, logits_to_keep=keep).logits
+        logits = self.model(
+            input_ids=suf, attention_mask=mask, position_ids=suf_pos, cache=cache, use_cache=True, logits_to_keep=keep
+        ).logits
         logp = logits.float().log_softmax(-1).cpu()
         col = {q: c for c, q in enumerate(need)}
         return [logp[b, [col[q - 1 if r[4] else q] for q in w]] for b, (w, r) in enumerate(zip(wanted, rows))]
@@ -553,8 +585,8 @@ class LocalBackend:
             for g, kv in enumerate(per_group):
                 if kv:
                     n = kv[layer][0].shape[2]
-                    ks[g, :, width - n:] = kv[layer][0][0]
-                    vs[g, :, width - n:] = kv[layer][1][0]
+                    ks[g, :, width - n :] = kv[layer][0][0]
+                    vs[g, :, width - n :] = kv[layer][1][0]
             data.append((ks, vs))
         return DynamicCache(ddp_cache_data=data)
 
@@ -587,8 +619,8 @@ class SlabLayer(DynamicLayer):
         if end > self.capacity:  # never in the decode loop (sized up front); kept correct anyway
             self.capacity = max(end, 2 * self.capacity)
             self._k, self._v = self._regrow(self._k, None), self._regrow(self._v, None)
-        self._k[:, :, self.length:end].copy_(key_states)
-        self._v[:, :, self.length:end].copy_(value_states)
+        self._k[:, :, self.length : end].copy_(key_states)
+        self._v[:, :, self.length : end].copy_(value_states)
         self.length = end
         self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
         return self.keys, self.values

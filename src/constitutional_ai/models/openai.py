@@ -66,8 +66,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from .base import BackendError, Conversation, Generation, LogprobsUnavailable, PromptTooLong, Sampling
 from .cache import RequestCache, request_key, resolve_cache
@@ -89,6 +90,7 @@ def _positive_int(name: str) -> Callable[[Any], int]:
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"option {name!r} must be a positive integer, got {v!r}")
         return v
+
     return check
 
 
@@ -97,6 +99,7 @@ def _non_negative(name: str, kind: type) -> Callable[[Any], Any]:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise ValueError(f"option {name!r} must be a number >= 0, got {v!r}")
         return kind(v)
+
     return check
 
 
@@ -111,6 +114,7 @@ def _optional_str(name: str) -> Callable[[Any], str | None]:
         if v is not None and not isinstance(v, (str, os.PathLike)):
             raise ValueError(f"option {name!r} must be a string, got {type(v).__name__}")
         return None if v is None else str(v)
+
     return check
 
 
@@ -179,7 +183,7 @@ class OpenAIBackend:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_spec(cls, spec: str, **options: Any) -> "OpenAIBackend":
+    def from_spec(cls, spec: str, **options: Any) -> OpenAIBackend:
         """Build from ``openai:MODEL@http://host:port/v1``."""
         m = _SPEC.match(spec.strip())
         if not m:
@@ -189,10 +193,15 @@ class OpenAIBackend:
     def info(self) -> dict:
         """Facts for manifests (never the API key)."""
         return {
-            "name": self.name, "kind": "openai", "model": self.model, "base_url": self.url,
-            "logprob_shape": self.logprob_shape, "tokenizer_source": self.tokenizer_source,
+            "name": self.name,
+            "kind": "openai",
+            "model": self.model,
+            "base_url": self.url,
+            "logprob_shape": self.logprob_shape,
+            "tokenizer_source": self.tokenizer_source,
             "cache": str(self.cache_path) if self.cache_path else None,
-            "prefill_echo": self.prefill_echo, "concurrency": self.concurrency,
+            "prefill_echo": self.prefill_echo,
+            "concurrency": self.concurrency,
         }
 
     # ------------------------------------------------------------------- HTTP
@@ -282,8 +291,12 @@ class OpenAIBackend:
 
     def _chat(self, index: int, conv: list, sampling: Sampling, seed: int) -> str:
         body: dict[str, Any] = {
-            "model": self.model, "messages": conv, "temperature": sampling.temperature,
-            "top_p": sampling.top_p, "max_tokens": sampling.max_new_tokens, "seed": int(seed),
+            "model": self.model,
+            "messages": conv,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_new_tokens,
+            "seed": int(seed),
         }
         if sampling.stop:
             body["stop"] = list(sampling.stop)
@@ -302,7 +315,7 @@ class OpenAIBackend:
         if prefill and content.startswith(prefill):
             # llama.cpp answers with the prefilled text followed by the continuation.
             self.prefill_echo = True
-            content = content[len(prefill):]
+            content = content[len(prefill) :]
         elif prefill:
             self.prefill_echo = False
         return Generation(content.strip(), why if why in ("stop", "length") else None)
@@ -327,8 +340,11 @@ class OpenAIBackend:
             return found  # chat shape: only the capped top-k of the next token exists
         for j, o in enumerate(options):
             if found[j] is None:
-                found[j] = self._forced_logprob(index, prompt, o) if self.logprob_shape == "content" \
+                found[j] = (
+                    self._forced_logprob(index, prompt, o)
+                    if self.logprob_shape == "content"
                     else self._echo_logprob(index, prompt, o)
+                )
         return found
 
     def _completions(self, index: int, body: dict) -> dict:
@@ -361,8 +377,15 @@ class OpenAIBackend:
         conv = self._rendered.get(prompt)
         if conv is None:
             raise _LogprobsRefused(f"{self.url}: chat-completions scoring needs prompts rendered by this backend")
-        body: dict[str, Any] = {"model": self.model, "messages": conv, "max_tokens": 1, "temperature": 1.0,
-                                "seed": 0, "logprobs": True, "top_logprobs": min(self.top_k, 20)}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": conv,
+            "max_tokens": 1,
+            "temperature": 1.0,
+            "seed": 0,
+            "logprobs": True,
+            "top_logprobs": min(self.top_k, 20),
+        }
         if conv and conv[-1].get("role") == "assistant":
             body.update(continue_final_message=True, add_generation_prompt=False)
         try:
@@ -491,7 +514,8 @@ class OpenAIBackend:
         except Exception as e:  # noqa: BLE001
             tried.append(f"tokenizer {self.model!r}: {str(e)[:120]}")
         raise BackendError(
-            f"{self.name} cannot render chat prompts: " + "; ".join(tried)
+            f"{self.name} cannot render chat prompts: "
+            + "; ".join(tried)
             + ". Set CAI_OPENAI_TOKENIZER (or the tokenizer option) to the served model's tokenizer folder or hub id."
         )
 
@@ -506,9 +530,17 @@ class OpenAIBackend:
 
     def _render_vllm(self, conv: list, add_generation_prompt: bool) -> str:
         cont = bool(conv) and conv[-1].get("role") == "assistant"
-        tok = self._post("/tokenize", {"model": self.model, "messages": conv, "add_special_tokens": False,
-                                       "add_generation_prompt": add_generation_prompt and not cont,
-                                       "continue_final_message": cont}, root=True)
+        tok = self._post(
+            "/tokenize",
+            {
+                "model": self.model,
+                "messages": conv,
+                "add_special_tokens": False,
+                "add_generation_prompt": add_generation_prompt and not cont,
+                "continue_final_message": cont,
+            },
+            root=True,
+        )
         return str(self._post("/detokenize", {"model": self.model, "tokens": tok["tokens"]}, root=True)["prompt"])
 
 
@@ -563,7 +595,7 @@ def _top_from_content(entry: dict) -> dict[str, float]:
 def _drop_oldest_turns(conv: list) -> list | None:
     """The conversation minus its oldest non-system turn pair, or ``None`` if nothing is left to drop."""
     system = [m for m in conv[:1] if m.get("role") == "system"]
-    rest = conv[len(system):]
+    rest = conv[len(system) :]
     if len(rest) <= 1:
         return None
     return system + (rest[2:] if len(rest) > 2 else rest[1:])

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .base import BackendError, Conversation, Sampling
 
@@ -33,7 +34,7 @@ _COUNT = re.compile(r"^(\d+)\*(.+)$")
 
 def parse_specs(spec: str) -> list[str]:
     """The worker specs of a ``ray:`` spec, counts expanded."""
-    body = spec[len("ray:"):].strip()
+    body = spec[len("ray:") :].strip()
     if not body:
         raise BackendError(f"model spec {spec!r}: give the workers' specs, e.g. ray:2*default")
     out: list[str] = []
@@ -41,7 +42,9 @@ def parse_specs(spec: str) -> list[str]:
         m = _COUNT.match(part)
         n, inner = (int(m.group(1)), m.group(2)) if m else (1, part)
         if n < 1 or inner.startswith(("ray:", "fake:")):
-            raise BackendError(f"model spec {spec!r}: {part!r} is not a worker spec (N*SPEC with N >= 1, SPEC not ray:/fake:)")
+            raise BackendError(
+                f"model spec {spec!r}: {part!r} is not a worker spec (N*SPEC with N >= 1, SPEC not ray:/fake:)"
+            )
         out += [inner] * n
     return out
 
@@ -66,8 +69,12 @@ class RayBackend:
             raise BackendError("ray: specs need Ray (pip install 'ray>=2.40')") from None
         self.specs = parse_specs(spec)
         if not ray.is_initialized():
-            ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            ray.init(
+                address=os.environ.get("RAY_ADDRESS"),
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
         worker = ray.remote(_Worker).options(num_cpus=num_cpus, num_gpus=num_gpus)
         self._ray = ray
         self.workers: list[Any] = [worker.remote(s, options) for s in self.specs]
@@ -83,11 +90,15 @@ class RayBackend:
         bounds = [round(i * n / k) for i in range(k + 1)]
         return [(bounds[i], bounds[i + 1]) for i in range(k) if bounds[i] < bounds[i + 1]]
 
-    def generate(self, conversations: Sequence[Conversation], sampling: Sampling,
-                 seeds: Sequence[int] | None = None) -> list[str]:
+    def generate(
+        self, conversations: Sequence[Conversation], sampling: Sampling, seeds: Sequence[int] | None = None
+    ) -> list[str]:
         convs = [list(c) for c in conversations]
         seeds = list(seeds) if seeds is not None else [sampling.seed] * len(convs)
-        refs = [w.generate.remote(convs[a:b], sampling, seeds[a:b]) for w, (a, b) in zip(self.workers, self._shards(len(convs)))]
+        refs = [
+            w.generate.remote(convs[a:b], sampling, seeds[a:b])
+            for w, (a, b) in zip(self.workers, self._shards(len(convs)))
+        ]
         return [t for part in self._call(refs) for t in part]
 
     def score_choices(self, prompts: Sequence[str], options: Sequence[str]) -> list[list[float]]:

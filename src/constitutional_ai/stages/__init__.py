@@ -38,32 +38,45 @@ class Stage:
         from ..config import parse_config
 
         mod = self.load()
-        mod.main(parse_config(getattr(mod, self.config), argv, f"cai {self.command}", (mod.__doc__ or "").split("\n\n")[0]))
+        mod.main(
+            parse_config(getattr(mod, self.config), argv, f"cai {self.command}", (mod.__doc__ or "").split("\n\n")[0])
+        )
         return 0
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("revise", "revise", "ReviseConfig",
-          "SL-CAI data: critique and revise responses to red-team prompts"),
-    Stage("train-sft", "train_sft", "TrainSFTConfig",
-          "SL-CAI: finetune on revisions (+ helpful samples) with TRL's SFTTrainer"),
-    Stage("sample-pairs", "sample_pairs", "SamplePairsConfig",
-          "two independent responses per prompt from a policy model"),
-    Stage("label", "label", "LabelConfig",
-          "RLAIF: soft preference labels from a feedback model (multiple choice)"),
-    Stage("train-pm", "train_pm", "TrainPMConfig",
-          "preference model on soft AI labels (+ helpfulness comparisons)"),
-    Stage("train-rl", "train_rl", "TrainRLConfig",
-          "RL-CAI: RLOO (or GRPO) against the PM with a KL penalty"),
-    Stage("train-dpo", "train_dpo", "TrainDPOConfig",
-          "offline route (not the paper's): DPO on soft AI labels or revision pairs"),
-    Stage("eval-hhh", "eval_hhh", "HHHConfig",
-          "HHH binary multiple choice accuracy and calibration (feedback model or PM)"),
-    Stage("eval-compare", "eval_compare", "CompareConfig",
-          "head-to-head: models answer the same prompts, a judge compares them; Elo"),
-    Stage("eval-rounds", "eval_rounds", "RoundsConfig",
-          "PM score of the initial response and of each revision round"),
-    Stage("eval-refusal", "eval_refusal", "RefusalConfig",
-          "refusal rate on benign prompts that look risky"),
+    Stage("revise", "revise", "ReviseConfig", "SL-CAI data: critique and revise responses to red-team prompts"),
+    Stage(
+        "train-sft",
+        "train_sft",
+        "TrainSFTConfig",
+        "SL-CAI: finetune on revisions (+ helpful samples) with TRL's SFTTrainer",
+    ),
+    Stage(
+        "sample-pairs", "sample_pairs", "SamplePairsConfig", "two independent responses per prompt from a policy model"
+    ),
+    Stage("label", "label", "LabelConfig", "RLAIF: soft preference labels from a feedback model (multiple choice)"),
+    Stage("train-pm", "train_pm", "TrainPMConfig", "preference model on soft AI labels (+ helpfulness comparisons)"),
+    Stage("train-rl", "train_rl", "TrainRLConfig", "RL-CAI: RLOO (or GRPO) against the PM with a KL penalty"),
+    Stage(
+        "train-dpo",
+        "train_dpo",
+        "TrainDPOConfig",
+        "offline route (not the paper's): DPO on soft AI labels or revision pairs",
+    ),
+    Stage(
+        "eval-hhh",
+        "eval_hhh",
+        "HHHConfig",
+        "HHH binary multiple choice accuracy and calibration (feedback model or PM)",
+    ),
+    Stage(
+        "eval-compare",
+        "eval_compare",
+        "CompareConfig",
+        "head-to-head: models answer the same prompts, a judge compares them; Elo",
+    ),
+    Stage("eval-rounds", "eval_rounds", "RoundsConfig", "PM score of the initial response and of each revision round"),
+    Stage("eval-refusal", "eval_refusal", "RefusalConfig", "refusal rate on benign prompts that look risky"),
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}

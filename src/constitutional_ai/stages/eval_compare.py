@@ -47,7 +47,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..config import opt, output_settings, parse_config
+from ..config import opt, output_settings
 from ..constitution import FeedbackPrinciple, load_constitution
 from ..data import prompt_items, training_prompt_ids
 from ..feedback import FeedbackOptions, label_each, position_stats
@@ -67,8 +67,10 @@ HELPFULNESS_PRINCIPLE = (
 DIMENSIONS = {"harmlessness": ("red_team", "prompts_red_team"), "helpfulness": ("helpful", "prompts_helpful")}
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 #: Completes the error raised when the judge has no log-probabilities.
-NEEDS_LOGPROBS = ("Judging comparisons needs the answer log-probabilities of the feedback model. Use a backend "
-                  "that returns them (a local checkpoint or hub id, or vLLM/SGLang's OpenAI-compatible server).")
+NEEDS_LOGPROBS = (
+    "Judging comparisons needs the answer log-probabilities of the feedback model. Use a backend "
+    "that returns them (a local checkpoint or hub id, or vLLM/SGLang's OpenAI-compatible server)."
+)
 
 
 @dataclass
@@ -83,19 +85,28 @@ class CompareConfig:
     take: str = opt("first", "Which prompts --limit keeps: 'first' or 'last'", output=False)
     split: str = opt("eval", "Prompt split: eval (default; training stages use train), train or all")
     allow_overlap: bool = opt(False, "Evaluate even on prompts that a model's training folders used", output=False)
-    bootstrap: int = opt(200, "Bootstrap resamples of the prompts for the Elo confidence intervals (0 = none)",
-                         output=False, min=0)
-    constitution: str = opt("default", "Constitution with the harmlessness feedback principles and exemplars",
-                            output=False)  # its fingerprint is pinned instead
-    few_shot: int | None = opt(None, "Feedback exemplars before each question (default: all in the constitution)", min=0)
-    prompt_format: str = opt("text", "How the question reaches the model: 'text' (the paper's plain "
-                             "'Human: ... Assistant: ...' text ending 'The answer is: (', no chat template) "
-                             "or 'chat' (its chat template); CoT always uses chat")
+    bootstrap: int = opt(
+        200, "Bootstrap resamples of the prompts for the Elo confidence intervals (0 = none)", output=False, min=0
+    )
+    constitution: str = opt(
+        "default", "Constitution with the harmlessness feedback principles and exemplars", output=False
+    )  # its fingerprint is pinned instead
+    few_shot: int | None = opt(
+        None, "Feedback exemplars before each question (default: all in the constitution)", min=0
+    )
+    prompt_format: str = opt(
+        "text",
+        "How the question reaches the model: 'text' (the paper's plain "
+        "'Human: ... Assistant: ...' text ending 'The answer is: (', no chat template) "
+        "or 'chat' (its chat template); CoT always uses chat",
+    )
     seed: int = opt(0, "Seed for answers (same per prompt for every model) and principle draws")
     temperature: float = opt(1.0, "Sampling temperature of the answers (1 = the models' own distribution)")
     top_p: float = opt(1.0, "Nucleus sampling threshold (1 = off)")
     max_new_tokens: int = opt(200, "Token budget per answer", min=1)
-    elo_prior: float = opt(1.0, "Virtual tied games between every pair of models in the Bradley-Terry fit (> 0)", output=False)
+    elo_prior: float = opt(
+        1.0, "Virtual tied games between every pair of models in the Bradley-Terry fit (> 0)", output=False
+    )
     batch_size: int = opt(16, "Prompts per model batch", output=False, min=1)
     truncation: str = opt("error", "Prompts longer than a model's context: 'error' or 'left'")
 
@@ -113,33 +124,54 @@ def check_overlap(models: dict[str, str], items: list, allow: bool) -> dict[str,
         hit = sorted(ids & set(used))
         found[name] = hit
         if hit and not allow:
-            raise ValueError(f"model {name!r} ({spec}) was trained on {len(hit)} of the evaluation prompts "
-                             f"(recorded in {used[hit[0]]}): {', '.join(hit[:10])}{' ...' if len(hit) > 10 else ''}. "
-                             "Evaluate on the eval split (--split eval), or pass --allow-overlap to evaluate anyway.")
+            raise ValueError(
+                f"model {name!r} ({spec}) was trained on {len(hit)} of the evaluation prompts "
+                f"(recorded in {used[hit[0]]}): {', '.join(hit[:10])}{' ...' if len(hit) > 10 else ''}. "
+                "Evaluate on the eval split (--split eval), or pass --allow-overlap to evaluate anyway."
+            )
     return found
 
 
-def compare_metrics(comps: list[dict], cfg: CompareConfig, names: list[str], dims: dict,
-                    expected: dict[str, int] | None = None) -> dict:
+def compare_metrics(
+    comps: list[dict], cfg: CompareConfig, names: list[str], dims: dict, expected: dict[str, int] | None = None
+) -> dict:
     """Win rates, Elo with bootstrap intervals, and the counts of ties, missing and failed comparisons."""
-    metrics: dict[str, Any] = {"kind": "compare", "models": dict(zip(names, cfg.models)), "judge": cfg.judge,
-               "dimensions": {}, "win_rates": {}, "mean_preference": {}, "pairs": {}, "elo": {}, "elo_ci": {},
-               "position_bias": {},
-               "elo_method": f"Bradley-Terry MLE on soft outcomes (MM iteration), {cfg.elo_prior} virtual tie(s) per pair, "
-                             "rating = 1000 + 400*log10(strength / geometric mean)"}
-    for dim, (set_name, spec, n_prompts) in dims.items():
+    metrics: dict[str, Any] = {
+        "kind": "compare",
+        "models": dict(zip(names, cfg.models)),
+        "judge": cfg.judge,
+        "dimensions": {},
+        "win_rates": {},
+        "mean_preference": {},
+        "pairs": {},
+        "elo": {},
+        "elo_ci": {},
+        "position_bias": {},
+        "elo_method": f"Bradley-Terry MLE on soft outcomes (MM iteration), {cfg.elo_prior} virtual tie(s) per pair, "
+        "rating = 1000 + 400*log10(strength / geometric mean)",
+    }
+    for dim, (_, spec, n_prompts) in dims.items():
         mine = [c for c in comps if c["dimension"] == dim]
         cs = [c for c in mine if "error" not in c]
         win, mean_p, rows = pair_table(cs, names)
         n_exp = (expected or {}).get(dim, len(mine))
-        metrics["dimensions"][dim] = {"prompts": spec, "prompt_count": n_prompts, "comparisons": len(cs),
-                                      "expected": n_exp, "ties": sum(r["ties"] for r in rows),
-                                      "judge_errors": len(mine) - len(cs), "missing": n_exp - len(mine),
-                                      "principle": HELPFULNESS_PRINCIPLE if dim == "helpfulness" else "drawn from the constitution per comparison"}
+        metrics["dimensions"][dim] = {
+            "prompts": spec,
+            "prompt_count": n_prompts,
+            "comparisons": len(cs),
+            "expected": n_exp,
+            "ties": sum(r["ties"] for r in rows),
+            "judge_errors": len(mine) - len(cs),
+            "missing": n_exp - len(mine),
+            "principle": HELPFULNESS_PRINCIPLE
+            if dim == "helpfulness"
+            else "drawn from the constitution per comparison",
+        }
         metrics["win_rates"][dim], metrics["mean_preference"][dim], metrics["pairs"][dim] = win, mean_p, rows
         metrics["elo"][dim] = bradley_terry_elo(names, [(c["a"], c["b"], c["p_a"]) for c in cs], cfg.elo_prior)
-        metrics["elo_ci"][dim] = bootstrap_elo(names, [(c["prompt_id"], c["a"], c["b"], c["p_a"]) for c in cs],
-                                               cfg.bootstrap, cfg.seed, cfg.elo_prior)
+        metrics["elo_ci"][dim] = bootstrap_elo(
+            names, [(c["prompt_id"], c["a"], c["b"], c["p_a"]) for c in cs], cfg.bootstrap, cfg.seed, cfg.elo_prior
+        )
         metrics["position_bias"][dim] = position_stats(cs) if cs else None
     return metrics
 
@@ -166,19 +198,25 @@ def main(cfg: CompareConfig) -> Path:
         hashes[f"{field}_sha256"] = file_sha256(pfile)
     if not dims:
         raise ValueError("both prompt sets are 'none': nothing to compare")
-    overlap = check_overlap(dict(zip(names, cfg.models)), [it for items in sets.values() for it in items],
-                            cfg.allow_overlap)
+    overlap = check_overlap(
+        dict(zip(names, cfg.models)), [it for items in sets.values() for it in items], cfg.allow_overlap
+    )
     c = load_constitution(cfg.constitution)
     if "harmlessness" in dims and not c.feedback:
         raise ValueError(f"{c.source}: the constitution has no feedback principles for the harmlessness judge")
     settings = output_settings(cfg, **hashes, constitution_sha256=c.fingerprint())
-    constitutions = {"harmlessness": c, "helpfulness": replace(c, feedback=(FeedbackPrinciple("helpfulness", HELPFULNESS_PRINCIPLE),))}
+    constitutions = {
+        "harmlessness": c,
+        "helpfulness": replace(c, feedback=(FeedbackPrinciple("helpfulness", HELPFULNESS_PRINCIPLE),)),
+    }
     t0 = time.time()
     with StageDir(cfg.out, "eval-compare", settings) as out:
         answers = {n: out.records(f"responses-{n}.jsonl") for n in names}
         failures = out.failures()
         judged = out.records("samples.jsonl")
-        sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=STOP_STRINGS)
+        sampling = Sampling(
+            temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=STOP_STRINGS
+        )
         # ---- 1. every model answers every prompt (cached per model)
         for name, spec in zip(names, cfg.models):
             todo = [(s, it) for s, items in sets.items() for it in items if f"{s}/{it.id}" not in answers[name]]
@@ -196,10 +234,23 @@ def main(cfg: CompareConfig) -> Path:
                         if isinstance(raw, Failed):
                             failures.append(f"{name}/{s}/{it.id}", raw.error, model=name, kind=raw.kind)
                             continue
-                        answers[name].append({"key": f"{s}/{it.id}", "prompt_set": s, "prompt_id": it.id, "category": it.category,
-                                              "messages": [dict(m) for m in it.messages], "response": clean_text(raw),
-                                              "raw_response": raw, "model_name": name, "model": spec, "backend": backend.name,
-                                              "seed": seed, "temperature": cfg.temperature, "top_p": cfg.top_p})
+                        answers[name].append(
+                            {
+                                "key": f"{s}/{it.id}",
+                                "prompt_set": s,
+                                "prompt_id": it.id,
+                                "category": it.category,
+                                "messages": [dict(m) for m in it.messages],
+                                "response": clean_text(raw),
+                                "raw_response": raw,
+                                "model_name": name,
+                                "model": spec,
+                                "backend": backend.name,
+                                "seed": seed,
+                                "temperature": cfg.temperature,
+                                "top_p": cfg.top_p,
+                            }
+                        )
             del backend
             release()
         # ---- 2. the judge compares every pair on every prompt, both orders
@@ -210,13 +261,24 @@ def main(cfg: CompareConfig) -> Path:
                 for a, b in combinations(names, 2):
                     key = f"{dim}/{it.id}/{a}~{b}"
                     if key not in judged and k in answers[a] and k in answers[b]:
-                        pending.append({"key": key, "prompt_id": it.id, "messages": [dict(m) for m in it.messages],
-                                     "responses": [answers[a].records[k]["response"], answers[b].records[k]["response"]],
-                                     "dimension": dim, "prompt_set": s, "category": it.category, "a": a, "b": b})
+                        pending.append(
+                            {
+                                "key": key,
+                                "prompt_id": it.id,
+                                "messages": [dict(m) for m in it.messages],
+                                "responses": [answers[a].records[k]["response"], answers[b].records[k]["response"]],
+                                "dimension": dim,
+                                "prompt_set": s,
+                                "category": it.category,
+                                "a": a,
+                                "b": b,
+                            }
+                        )
         if pending:
             judge = load_backend(cfg.judge, batch_size=cfg.batch_size)
-            opts = FeedbackOptions(debias=True, principles=1, few_shot=cfg.few_shot, seed=cfg.seed,
-                                   prompt_format=cfg.prompt_format)
+            opts = FeedbackOptions(
+                debias=True, principles=1, few_shot=cfg.few_shot, seed=cfg.seed, prompt_format=cfg.prompt_format
+            )
             print(f"[eval compare] {len(pending)} comparisons to judge with {judge.name}", file=sys.stderr)
             step = max(1, cfg.batch_size // 2)
             specs = dict(zip(names, cfg.models))
@@ -226,28 +288,57 @@ def main(cfg: CompareConfig) -> Path:
                     for start in range(0, len(mine), step):
                         batch = mine[start : start + step]
                         for t, lr in zip(batch, label_each(judge, batch, constitutions[dim], opts, NEEDS_LOGPROBS)):
-                            judged.append({**lr, **{k: t[k] for k in ("dimension", "prompt_set", "category", "a", "b")},
-                                           "model_a": specs[t["a"]], "model_b": specs[t["b"]], "judge": cfg.judge})
+                            judged.append(
+                                {
+                                    **lr,
+                                    **{k: t[k] for k in ("dimension", "prompt_set", "category", "a", "b")},
+                                    "model_a": specs[t["a"]],
+                                    "model_b": specs[t["b"]],
+                                    "judge": cfg.judge,
+                                }
+                            )
                         bar.update(len(batch))
             del judge
             release()
-        wanted = {f"{dim}/{it.id}/{a}~{b}" for dim, (s, _, _) in dims.items() for it in sets[s] for a, b in combinations(names, 2)}
+        wanted = {
+            f"{dim}/{it.id}/{a}~{b}"
+            for dim, (s, _, _) in dims.items()
+            for it in sets[s]
+            for a, b in combinations(names, 2)
+        }
         comps = [r for r in judged if r["key"] in wanted]
         expected = {dim: sum(1 for k in wanted if k.startswith(dim + "/")) for dim in dims}
         metrics = compare_metrics(comps, cfg, names, dims, expected)
         metrics["training_overlap"] = {n: len(v) for n, v in overlap.items()}
         out.write_json("metrics.json", metrics)
-        out.finish({"config": asdict(cfg), "inputs": {"models": dict(zip(names, cfg.models)), "judge": cfg.judge,
-                                                      **{d: v[1] for d, v in dims.items()}},
-                    "counts": {"comparisons": len(comps), "expected": len(wanted),
-                               **{f"answers_{n}": len(answers[n]) for n in names}},
-                    "metrics": {"elo": metrics["elo"], "elo_ci": metrics["elo_ci"]},
-                    "eval_prompt_ids": {s: [it.id for it in items] for s, items in sets.items()},
-                    "files": {"samples": "samples.jsonl", "metrics": "metrics.json",
-                              **{f"responses_{n}": f"responses-{n}.jsonl" for n in names}},
-                    "seconds": round(time.time() - t0, 1)})
+        out.finish(
+            {
+                "config": asdict(cfg),
+                "inputs": {
+                    "models": dict(zip(names, cfg.models)),
+                    "judge": cfg.judge,
+                    **{d: v[1] for d, v in dims.items()},
+                },
+                "counts": {
+                    "comparisons": len(comps),
+                    "expected": len(wanted),
+                    **{f"answers_{n}": len(answers[n]) for n in names},
+                },
+                "metrics": {"elo": metrics["elo"], "elo_ci": metrics["elo_ci"]},
+                "eval_prompt_ids": {s: [it.id for it in items] for s, items in sets.items()},
+                "files": {
+                    "samples": "samples.jsonl",
+                    "metrics": "metrics.json",
+                    **{f"responses_{n}": f"responses-{n}.jsonl" for n in names},
+                },
+                "seconds": round(time.time() - t0, 1),
+            }
+        )
     for dim, elo in metrics["elo"].items():
-        print(f"[eval compare] {dim} Elo: " + ", ".join(f"{n} {r:.0f}" for n, r in sorted(elo.items(), key=lambda x: -x[1])),
-              file=sys.stderr)
+        print(
+            f"[eval compare] {dim} Elo: "
+            + ", ".join(f"{n} {r:.0f}" for n, r in sorted(elo.items(), key=lambda x: -x[1])),
+            file=sys.stderr,
+        )
     print(f"[eval compare] {len(comps)} comparisons -> {cfg.out}", file=sys.stderr)
     return Path(cfg.out)

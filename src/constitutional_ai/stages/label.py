@@ -36,11 +36,16 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..config import opt, output_settings, parse_config
+from ..config import opt, output_settings
 from ..constitution import load_constitution
 from ..data import read_jsonl
-from ..feedback import label_chunk  # noqa: F401 (kept importable from here)
-from ..feedback import FeedbackOptions, label_each, position_stats, preference_row
+from ..feedback import (
+    FeedbackOptions,
+    label_chunk,  # noqa: F401 (kept importable from here)
+    label_each,
+    position_stats,
+    preference_row,
+)
 from ..models import load_backend
 from ..store import StageDir, manifest_identity, read_manifest
 
@@ -50,17 +55,29 @@ class LabelConfig:
     pairs: str = opt("runs/pairs", "Input folder written by `cai sample-pairs`", output=False)  # its identity is pinned
     out: str = opt("runs/labels", "Output folder (rerun the same command to resume)", output=False)
     model: str = opt("default", "Feedback model spec (needs log-probabilities unless --hard-labels)")
-    constitution: str = opt("default", "Constitution file with feedback principles, or 'default'",
-                            output=False)  # its fingerprint is pinned instead
-    principles: int = opt(1, "Principles per label, each drawn at random; their probabilities are averaged (paper: 1)", min=1)
+    constitution: str = opt(
+        "default", "Constitution file with feedback principles, or 'default'", output=False
+    )  # its fingerprint is pinned instead
+    principles: int = opt(
+        1, "Principles per label, each drawn at random; their probabilities are averaged (paper: 1)", min=1
+    )
     debias: bool = opt(True, "Score both option orders and average them (Lee et al. 2023); --no-debias for one order")
-    few_shot: int | None = opt(None, "Feedback exemplars before each question (default: all in the constitution)", min=0)
-    exemplar_pool: int = opt(8, "Exemplar blocks (each exemplar with its own random principle) drawn once per "
-                             "run; each label uses one at random, so the model reuses its encoding "
-                             "(0: a fresh draw per pair)", min=0)
-    prompt_format: str = opt("text", "How the question reaches the model: 'text' (the paper's plain "
-                             "'Human: ... Assistant: ...' text ending 'The answer is: (', no chat template) "
-                             "or 'chat' (its chat template); CoT always uses chat")
+    few_shot: int | None = opt(
+        None, "Feedback exemplars before each question (default: all in the constitution)", min=0
+    )
+    exemplar_pool: int = opt(
+        8,
+        "Exemplar blocks (each exemplar with its own random principle) drawn once per "
+        "run; each label uses one at random, so the model reuses its encoding "
+        "(0: a fresh draw per pair)",
+        min=0,
+    )
+    prompt_format: str = opt(
+        "text",
+        "How the question reaches the model: 'text' (the paper's plain "
+        "'Human: ... Assistant: ...' text ending 'The answer is: (', no chat template) "
+        "or 'chat' (its chat template); CoT always uses chat",
+    )
     cot: bool = opt(False, "Chain-of-thought: the model reasons before the answer is scored")
     clamp: list[float] = opt([0.4, 0.6], "With --cot: clamp each scoring to [LO, HI], then average (paper: 0.4 0.6)")
     cot_samples: int = opt(1, "With --cot: reasoning samples per scoring, probabilities averaged", min=1)
@@ -89,8 +106,11 @@ def main(cfg: LabelConfig) -> Path:
         t0 = time.time()
         if todo:
             backend = load_backend(cfg.model, batch_size=cfg.batch_size)
-            print(f"[label] {len(todo)} pairs to label ({len(labels)} done), {opts.per_pair} scorings each, with {backend.name}",
-                  file=sys.stderr)
+            print(
+                f"[label] {len(todo)} pairs to label ({len(labels)} done), {opts.per_pair} scorings each, "
+                f"with {backend.name}",
+                file=sys.stderr,
+            )
             chunk_pairs = max(1, cfg.batch_size // opts.per_pair)
             with tqdm(total=len(todo), desc="label", unit="pair", dynamic_ncols=True) as bar:
                 for start in range(0, len(todo), chunk_pairs):
@@ -105,19 +125,28 @@ def main(cfg: LabelConfig) -> Path:
         out.write_jsonl("preferences.jsonl", [preference_row(r) for r in done])
         stats = position_stats(done)
         out.write_json("stats.json", stats)
-        manifest = out.finish({
-            "config": asdict(cfg),
-            "inputs": {"pairs": cfg.pairs, "constitution": c.source},
-            "counts": {"pairs": len(pairs), "labels": len(done), "failed": len(pairs) - len(done)},
-            "stats": stats,
-            "files": {"labels": "labels.jsonl", "preferences": "preferences.jsonl", "stats": "stats.json"},
-            "seconds": round(time.time() - t0, 1),
-        })
+        manifest = out.finish(
+            {
+                "config": asdict(cfg),
+                "inputs": {"pairs": cfg.pairs, "constitution": c.source},
+                "counts": {"pairs": len(pairs), "labels": len(done), "failed": len(pairs) - len(done)},
+                "stats": stats,
+                "files": {"labels": "labels.jsonl", "preferences": "preferences.jsonl", "stats": "stats.json"},
+                "seconds": round(time.time() - t0, 1),
+            }
+        )
     sf, fs = stats["slot_following_rate"], stats["first_slot_rate"]
-    print(f"[label] {len(done)} labels" + (f"; position bias: first-slot rate {fs:.2f}" if fs is not None else "")
-          + (f", verdict follows the slot in {sf:.0%} of both-order checks" if sf is not None else "")
-          + f" -> {manifest.parent}", file=sys.stderr)
+    print(
+        f"[label] {len(done)} labels"
+        + (f"; position bias: first-slot rate {fs:.2f}" if fs is not None else "")
+        + (f", verdict follows the slot in {sf:.0%} of both-order checks" if sf is not None else "")
+        + f" -> {manifest.parent}",
+        file=sys.stderr,
+    )
     if len(done) < len(pairs):
-        print(f"[label] {len(pairs) - len(done)} pairs not labelled: see {Path(cfg.out) / 'failures.jsonl'}; "
-              "rerun the same command to retry them", file=sys.stderr)
+        print(
+            f"[label] {len(pairs) - len(done)} pairs not labelled: see {Path(cfg.out) / 'failures.jsonl'}; "
+            "rerun the same command to retry them",
+            file=sys.stderr,
+        )
     return Path(cfg.out)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..config import opt, output_settings, parse_config
+from ..config import opt, output_settings
 from ..data import load_prompts, prompt_file
 from ..generation import Failed, generate_each
 from ..models import Sampling, derive_seed, load_backend
@@ -29,11 +29,14 @@ from ..store import StageDir, file_sha256
 class SamplePairsConfig:
     out: str = opt("runs/pairs", "Output folder (rerun the same command to resume)", output=False)
     model: str = opt("default", "Policy model spec, typically the SL-CAI checkpoint folder")
-    prompts: str = opt("builtin:red_team", "Prompt file or builtin:red_team / builtin:helpful",
-                       output=False)  # its content hash is pinned instead
+    prompts: str = opt(
+        "builtin:red_team", "Prompt file or builtin:red_team / builtin:helpful", output=False
+    )  # its content hash is pinned instead
     limit: int | None = opt(None, "Use only the first N prompts", output=False, min=1)
-    split: str = opt("train", "Prompt split: train (default; evaluations use eval), eval or all; "
-                              "a file without split fields is used whole")
+    split: str = opt(
+        "train",
+        "Prompt split: train (default; evaluations use eval), eval or all; a file without split fields is used whole",
+    )
     seed: int = opt(0, "Seed; each response's seed is derived from it, the prompt id and the index")
     temperature: float = opt(1.0, "Sampling temperature (paper: 1)", min=0)
     top_p: float = opt(1.0, "Nucleus sampling threshold (1 = off)")
@@ -49,11 +52,15 @@ def main(cfg: SamplePairsConfig) -> Path:
         pairs = out.records("pairs.jsonl")
         failures = out.failures()
         todo = [it for it in items if it.id not in pairs]
-        sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=STOP_STRINGS)
+        sampling = Sampling(
+            temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=STOP_STRINGS
+        )
         t0 = time.time()
         if todo:
             backend = load_backend(cfg.model, batch_size=cfg.batch_size, truncation=cfg.truncation)
-            print(f"[sample-pairs] {len(todo)} prompts to sample ({len(pairs)} done) with {backend.name}", file=sys.stderr)
+            print(
+                f"[sample-pairs] {len(todo)} prompts to sample ({len(pairs)} done) with {backend.name}", file=sys.stderr
+            )
             step = max(1, cfg.batch_size // 2)
             with tqdm(total=len(todo), desc="sample-pairs", unit="pair", dynamic_ncols=True) as bar:
                 for start in range(0, len(todo), step):
@@ -68,25 +75,40 @@ def main(cfg: SamplePairsConfig) -> Path:
                             failures.append(it.id, err.error, prompt_id=it.id, kind=err.kind)
                             continue
                         assert isinstance(a, str) and isinstance(b, str)
-                        pairs.append({
-                            "key": it.id, "prompt_id": it.id, "category": it.category, "source": it.source,
-                            "messages": [dict(m) for m in it.messages],
-                            "responses": [clean_text(a), clean_text(b)],
-                            "raw_responses": [a, b],
-                            "seeds": seeds[2 * i : 2 * i + 2],
-                            "model": backend.name, "temperature": cfg.temperature, "top_p": cfg.top_p,
-                        })
+                        pairs.append(
+                            {
+                                "key": it.id,
+                                "prompt_id": it.id,
+                                "category": it.category,
+                                "source": it.source,
+                                "messages": [dict(m) for m in it.messages],
+                                "responses": [clean_text(a), clean_text(b)],
+                                "raw_responses": [a, b],
+                                "seeds": seeds[2 * i : 2 * i + 2],
+                                "model": backend.name,
+                                "temperature": cfg.temperature,
+                                "top_p": cfg.top_p,
+                            }
+                        )
                     bar.update(len(chunk))
         wanted = {it.id for it in items}
         n = sum(1 for r in pairs if r["key"] in wanted)
-        manifest = out.finish({
-            "config": asdict(cfg),
-            "inputs": {"prompts": str(pfile)},
-            "counts": {"prompts": len(items), "pairs": n, "failed": len(items) - n,
-                       "identical_pairs": sum(1 for r in pairs if r["key"] in wanted and r["responses"][0] == r["responses"][1])},
-            "files": {"pairs": "pairs.jsonl", "failures": "failures.jsonl"},
-            "prompt_ids": [it.id for it in items],
-            "seconds": round(time.time() - t0, 1),
-        })
+        manifest = out.finish(
+            {
+                "config": asdict(cfg),
+                "inputs": {"prompts": str(pfile)},
+                "counts": {
+                    "prompts": len(items),
+                    "pairs": n,
+                    "failed": len(items) - n,
+                    "identical_pairs": sum(
+                        1 for r in pairs if r["key"] in wanted and r["responses"][0] == r["responses"][1]
+                    ),
+                },
+                "files": {"pairs": "pairs.jsonl", "failures": "failures.jsonl"},
+                "prompt_ids": [it.id for it in items],
+                "seconds": round(time.time() - t0, 1),
+            }
+        )
     print(f"[sample-pairs] {n} pairs -> {manifest.parent}", file=sys.stderr)
     return Path(cfg.out)

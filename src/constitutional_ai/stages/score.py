@@ -25,11 +25,18 @@ from ..store import write_jsonl_atomic
 
 @dataclass
 class ScoreConfig:
-    pm: str | None = opt(None, "Preference model folder (output of `cai train pm`, or any sequence-classification checkpoint with one label)")
-    input: str | None = opt(None, "JSONL rows with `messages` (ending with the assistant turn) or `prompt` + `response`")
+    pm: str | None = opt(
+        None,
+        "Preference model folder (output of `cai train pm`, or any sequence-classification checkpoint with one label)",
+    )
+    input: str | None = opt(
+        None, "JSONL rows with `messages` (ending with the assistant turn) or `prompt` + `response`"
+    )
     out: str | None = opt(None, "Output JSONL: every input row plus `score`")
     batch_size: int = opt(16, "Conversations per forward pass", min=1)
-    max_length: int | None = opt(None, "Longest input in tokens; longer conversations keep their last tokens; unset = the model's context")
+    max_length: int | None = opt(
+        None, "Longest input in tokens; longer conversations keep their last tokens; unset = the model's context"
+    )
 
 
 def row_conversation(row: dict, where: str) -> list[dict]:
@@ -37,7 +44,10 @@ def row_conversation(row: dict, where: str) -> list[dict]:
     if "messages" in row:
         conv = check_messages(row["messages"], where, "messages", last=None)
         if conv[-1]["role"] != "assistant":
-            raise DataError(f"{where}: field 'messages': must end with the assistant response to score (last role is {conv[-1]['role']!r})")
+            raise DataError(
+                f"{where}: field 'messages': must end with the assistant response to score "
+                f"(last role is {conv[-1]['role']!r})"
+            )
         return conv
     if "prompt" not in row or "response" not in row:
         raise DataError(f"{where}: needs `messages`, or `prompt` and `response`")
@@ -64,8 +74,12 @@ def main(cfg: ScoreConfig) -> Path:
     scores = score_conversations(model, tokenizer, convs, cfg.batch_size, cfg.max_length)
     write_jsonl_atomic(cfg.out, ({**row, "score": s} for row, s in zip(rows, scores)))
     m = mean(scores)
-    print(f"[score] {len(scores)} rows scored with {cfg.pm}" + (f" (mean {m:.4f})" if m is not None else "")
-          + f" -> {cfg.out}", file=sys.stderr)
+    print(
+        f"[score] {len(scores)} rows scored with {cfg.pm}"
+        + (f" (mean {m:.4f})" if m is not None else "")
+        + f" -> {cfg.out}",
+        file=sys.stderr,
+    )
     return Path(cfg.out)
 
 

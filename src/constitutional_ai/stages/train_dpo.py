@@ -66,19 +66,35 @@ from ..config import opt, output_settings, training_config_dict
 from ..data import DataError, read_jsonl
 from ..models.local import resolve_model_path
 from ..preferences import load_label_folder, load_pairs, mix_weights
-from ..store import (MANIFEST, StageDir, file_sha256, last_checkpoint, manifest_identity, read_manifest,
-                     write_json_atomic)
+from ..store import (
+    MANIFEST,
+    StageDir,
+    file_sha256,
+    last_checkpoint,
+    manifest_identity,
+    read_manifest,
+)
 
 STAGE = "train-dpo"
 LOSSES = ("sigmoid", "apo_zero", "apo_down")
-LOG_KEYS = ("step", "loss", "margin", "accuracy", "reward_chosen", "reward_rejected", "kl", "learning_rate",
-            "grad_norm")
+LOG_KEYS = (
+    "step",
+    "loss",
+    "margin",
+    "accuracy",
+    "reward_chosen",
+    "reward_rejected",
+    "kl",
+    "learning_rate",
+    "grad_norm",
+)
 EXTRA_COLUMNS = ("p_chosen", "weight")  # travel with each pair into the batch
 
 
 # ----------------------------------------------------------------------------- losses
-def soft_dpo_loss(chosen_logratio: torch.Tensor, rejected_logratio: torch.Tensor, p: torch.Tensor,
-                  beta: float) -> torch.Tensor:
+def soft_dpo_loss(
+    chosen_logratio: torch.Tensor, rejected_logratio: torch.Tensor, p: torch.Tensor, beta: float
+) -> torch.Tensor:
     """Per-pair soft-target DPO loss ``p·ℓ(βΔ) + (1 − p)·ℓ(−βΔ)``, ``ℓ(x) = −log σ(x)``.
 
     ``Δ = chosen_logratio − rejected_logratio`` (log π − log π_ref of each side). The
@@ -108,29 +124,42 @@ class TrainDPOConfig(DPOConfig):
     """TRL's DPOConfig (every TrainingArguments/DPO flag this stage supports works) plus the CAI inputs."""
 
     model: str = opt("default", "Policy to train, also the frozen reference: usually the `cai train sft` checkpoint")
-    labels: list[str] = opt([], "Finished `cai label` folder(s): soft AI-feedback preference pairs",
-                            output=False)  # pinned by their identity in the inputs
-    revisions: list[str] = opt([], "Finished `cai revise` folder(s): revision preferred to the response it revised",
-                               output=False)  # pinned likewise
-    revision_pairs: str = opt("rounds", "'rounds': each round's revision over the previous response; "
-                                        "'final': the last revision over the original")
-    helpful: str | None = opt(None, "Helpfulness comparisons (JSONL): HH `chosen`/`rejected` transcripts or "
-                                    "preference rows", output=False)  # its hash is pinned instead
-    helpful_ratio: float | None = opt(None, "Share of the loss weight on helpfulness pairs (0 < R < 1; nothing is "
-                                            "discarded); unset = weight 1 each")
-    soft_labels: bool = opt(True, "Use each pair's p_chosen as its target; false = hard labels (p >= 0.5 -> chosen, "
-                                  "ties left out)")
-    loss_type: list[str] = opt(["sigmoid"], "sigmoid (soft-target DPO; plain DPO on hard labels), apo_zero or "
-                                            "apo_down (APO, hard labels)")
-    out: str = opt("runs/dpo", "Output folder: DPO checkpoint, log.jsonl, metrics.json, manifest.json "
-                               "(also sets output_dir)", output=False)
+    labels: list[str] = opt(
+        [], "Finished `cai label` folder(s): soft AI-feedback preference pairs", output=False
+    )  # pinned by their identity in the inputs
+    revisions: list[str] = opt(
+        [], "Finished `cai revise` folder(s): revision preferred to the response it revised", output=False
+    )  # pinned likewise
+    revision_pairs: str = opt(
+        "rounds",
+        "'rounds': each round's revision over the previous response; 'final': the last revision over the original",
+    )
+    helpful: str | None = opt(
+        None, "Helpfulness comparisons (JSONL): HH `chosen`/`rejected` transcripts or preference rows", output=False
+    )  # its hash is pinned instead
+    helpful_ratio: float | None = opt(
+        None, "Share of the loss weight on helpfulness pairs (0 < R < 1; nothing is discarded); unset = weight 1 each"
+    )
+    soft_labels: bool = opt(
+        True, "Use each pair's p_chosen as its target; false = hard labels (p >= 0.5 -> chosen, ties left out)"
+    )
+    loss_type: list[str] = opt(
+        ["sigmoid"], "sigmoid (soft-target DPO; plain DPO on hard labels), apo_zero or apo_down (APO, hard labels)"
+    )
+    out: str = opt(
+        "runs/dpo",
+        "Output folder: DPO checkpoint, log.jsonl, metrics.json, manifest.json (also sets output_dir)",
+        output=False,
+    )
     # CPU-friendly defaults for inherited TRL/transformers settings (all overridable).
     bf16: bool | None = opt(False, "bf16 mixed precision (TRL's default is on; off here for CPU fp32)")
-    gradient_checkpointing: bool | None = opt(None, "Deprecated alias of --activation-checkpointing (off by default)",
-                                              nargs="?", const=True)
+    gradient_checkpointing: bool | None = opt(
+        None, "Deprecated alias of --activation-checkpointing (off by default)", nargs="?", const=True
+    )
     report_to: None | str | list[str] = opt("none", "Integrations to log to ('none', 'wandb', 'tensorboard', ...)")
-    save_strategy: str = opt("no", "Intermediate checkpoints: 'no', 'steps' or 'epoch' (the final policy is always "
-                                   "saved)")
+    save_strategy: str = opt(
+        "no", "Intermediate checkpoints: 'no', 'steps' or 'epoch' (the final policy is always saved)"
+    )
     logging_steps: float = opt(1, "Log every N optimizer steps")
     per_device_train_batch_size: int = opt(4, "Preference pairs per device per step")
     num_train_epochs: float = opt(1.0, "Epochs over the pairs (--max-steps overrides)")
@@ -144,19 +173,26 @@ class TrainDPOConfig(DPOConfig):
         super().__post_init__()
         if len(self.loss_type) != 1 or self.loss_type[0] not in LOSSES:
             raise ValueError(f"--loss-type must be one of {', '.join(LOSSES)}, got {self.loss_type}")
-        unsupported = {"precompute_ref_log_probs": self.precompute_ref_log_probs, "padding_free": self.padding_free,
-                       "use_weighting": self.use_weighting, "ld_alpha": self.ld_alpha is not None,
-                       "f_divergence_type": self.f_divergence_type != "reverse_kl",
-                       "loss_weights": self.loss_weights is not None}
+        unsupported = {
+            "precompute_ref_log_probs": self.precompute_ref_log_probs,
+            "padding_free": self.padding_free,
+            "use_weighting": self.use_weighting,
+            "ld_alpha": self.ld_alpha is not None,
+            "f_divergence_type": self.f_divergence_type != "reverse_kl",
+            "loss_weights": self.loss_weights is not None,
+        }
         bad = [k for k, v in unsupported.items() if v]
         if bad:
-            raise ValueError(f"cai train dpo does not support --{', --'.join(b.replace('_', '-') for b in bad)} "
-                             "(its loss needs both models' full distributions every step, for the logged KL)")
+            raise ValueError(
+                f"cai train dpo does not support --{', --'.join(b.replace('_', '-') for b in bad)} "
+                "(its loss needs both models' full distributions every step, for the logged KL)"
+            )
         if self.revision_pairs not in ("rounds", "final"):
             raise ValueError(f"--revision-pairs must be 'rounds' or 'final', got {self.revision_pairs!r}")
         if self.helpful_ratio is not None and not 0 < self.helpful_ratio < 1:
-            raise ValueError(f"--helpful-ratio must be in (0, 1) (leave out --helpful to train without it), "
-                             f"got {self.helpful_ratio}")
+            raise ValueError(
+                f"--helpful-ratio must be in (0, 1) (leave out --helpful to train without it), got {self.helpful_ratio}"
+            )
 
 
 # ----------------------------------------------------------------------------- data
@@ -173,14 +209,25 @@ def revision_pairs(folder: str | Path, which: str) -> tuple[list[dict], dict]:
         rounds = rec["rounds"]
         if not rounds:
             continue
-        steps = [(x["round"], x["revision"], rounds[i - 1]["revision"] if i else rec["initial_response"])
-                 for i, x in enumerate(rounds)]
+        steps = [
+            (x["round"], x["revision"], rounds[i - 1]["revision"] if i else rec["initial_response"])
+            for i, x in enumerate(rounds)
+        ]
         if which == "final":
             steps = [(rounds[-1]["round"], rounds[-1]["revision"], rec["initial_response"])]
         for r, better, worse in steps:
-            rows.append({"id": f"{rec.get('key', where)}/r{r}", "source": "revision", "where": where,
-                         "prompt": rec["messages"], "chosen": [{"role": "assistant", "content": better}],
-                         "rejected": [{"role": "assistant", "content": worse}], "p_chosen": 1.0, "round": r})
+            rows.append(
+                {
+                    "id": f"{rec.get('key', where)}/r{r}",
+                    "source": "revision",
+                    "where": where,
+                    "prompt": rec["messages"],
+                    "chosen": [{"role": "assistant", "content": better}],
+                    "rejected": [{"role": "assistant", "content": worse}],
+                    "p_chosen": 1.0,
+                    "round": r,
+                }
+            )
     return rows, {"path": str(Path(folder).resolve()), "sha256": file_sha256(f)}
 
 
@@ -197,8 +244,14 @@ def screen(rows: list[dict], soft: bool) -> tuple[list[dict], dict]:
             why["tied"] += 1
         elif not soft:
             flip = r["p_chosen"] < 0.5
-            kept.append({**r, "chosen": r["rejected"] if flip else r["chosen"],
-                         "rejected": r["chosen"] if flip else r["rejected"], "p_chosen": 1.0})
+            kept.append(
+                {
+                    **r,
+                    "chosen": r["rejected"] if flip else r["chosen"],
+                    "rejected": r["chosen"] if flip else r["rejected"],
+                    "p_chosen": 1.0,
+                }
+            )
         else:
             kept.append(r)
     return kept, why
@@ -230,11 +283,12 @@ class SoftDPOTrainer(DPOTrainer):
 
     def _logps_and_dist(self, model, inputs: dict, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed completion log-probs per sequence, and the log-distributions at completion positions."""
-        ids, mask = inputs["input_ids"], inputs["completion_mask"][:, -keep + 1:]
-        logits = model(input_ids=ids, attention_mask=inputs["attention_mask"], logits_to_keep=keep,
-                       use_cache=False).logits
+        ids, mask = inputs["input_ids"], inputs["completion_mask"][:, -keep + 1 :]
+        logits = model(
+            input_ids=ids, attention_mask=inputs["attention_mask"], logits_to_keep=keep, use_cache=False
+        ).logits
         logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # position t predicts token t + 1
-        tok = logp.gather(-1, ids[:, -keep + 1:].unsqueeze(-1)).squeeze(-1)
+        tok = logp.gather(-1, ids[:, -keep + 1 :].unsqueeze(-1)).squeeze(-1)
         return (tok * mask).sum(1), logp
 
     def _compute_loss(self, model, inputs, return_outputs):
@@ -248,7 +302,7 @@ class SoftDPOTrainer(DPOTrainer):
         logps, logp = self._logps_and_dist(model, inputs, keep)
         with torch.no_grad():
             ref_logps, ref_logp = self._logps_and_dist(self.ref_model, inputs, keep)
-            m = cmask[:, -keep + 1:].float()
+            m = cmask[:, -keep + 1 :].float()
             # KL ≥ 0 exactly; while π ≈ π_ref float32 rounding can dip below it, which is noise, not signal.
             per_pos = (logp.exp() * (logp - ref_logp)).sum(-1).clamp_min(0)
             kl = (per_pos * m).sum() / m.sum().clamp_min(1)
@@ -259,17 +313,28 @@ class SoftDPOTrainer(DPOTrainer):
 
         rc, rr = self.beta * c.detach(), self.beta * r.detach()
         g = self.accelerator.gather_for_metrics
-        for k, v in {"rewards/chosen": rc, "rewards/rejected": rr, "rewards/margins": rc - rr,
-                     "rewards/accuracies": (rc > rr).float(), "logps/chosen": logps.detach().chunk(2)[0],
-                     "logps/rejected": logps.detach().chunk(2)[1], "kl": kl, "p_chosen": p}.items():
+        for k, v in {
+            "rewards/chosen": rc,
+            "rewards/rejected": rr,
+            "rewards/margins": rc - rr,
+            "rewards/accuracies": (rc > rr).float(),
+            "logps/chosen": logps.detach().chunk(2)[0],
+            "logps/rejected": logps.detach().chunk(2)[1],
+            "kl": kl,
+            "p_chosen": p,
+        }.items():
             self._metrics[mode][k].append(g(v).mean().item())
         return loss
 
 
 def log_row(logs: dict, step: int) -> dict:
     """One log.jsonl row from a Trainer log dict; missing values are None."""
-    names = {"margin": "rewards/margins", "accuracy": "rewards/accuracies", "reward_chosen": "rewards/chosen",
-             "reward_rejected": "rewards/rejected"}
+    names = {
+        "margin": "rewards/margins",
+        "accuracy": "rewards/accuracies",
+        "reward_chosen": "rewards/chosen",
+        "reward_rejected": "rewards/rejected",
+    }
     return {"step": step, **{k: logs.get(names.get(k, k)) for k in LOG_KEYS if k != "step"}}
 
 
@@ -285,8 +350,11 @@ class LogWriter(TrainerCallback):
         row = log_row(logs, state.global_step)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"[train dpo] step {row['step']}: loss {row['loss']:.4f} margin {row['margin']:.4f} "
-              f"accuracy {row['accuracy']:.2f} kl {row['kl']:.2e}", file=sys.stderr)
+        print(
+            f"[train dpo] step {row['step']}: loss {row['loss']:.4f} margin {row['margin']:.4f} "
+            f"accuracy {row['accuracy']:.2f} kl {row['kl']:.2e}",
+            file=sys.stderr,
+        )
 
 
 def build_trainer(cfg: TrainDPOConfig, rows: list[dict], log: LogWriter) -> SoftDPOTrainer:
@@ -301,11 +369,21 @@ def build_trainer(cfg: TrainDPOConfig, rows: list[dict], log: LogWriter) -> Soft
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected", *EXTRA_COLUMNS)} for r in rows])
-    collator = WeightedPreferenceCollator(pad_token_id=tokenizer.pad_token_id, max_length=cfg.max_length,
-                                          truncation_mode=cfg.truncation_mode,
-                                          pad_to_multiple_of=cfg.pad_to_multiple_of)
-    return SoftDPOTrainer(model=model, ref_model=ref, args=cfg, data_collator=collator, train_dataset=data,
-                          processing_class=tokenizer, callbacks=[log])
+    collator = WeightedPreferenceCollator(
+        pad_token_id=tokenizer.pad_token_id,
+        max_length=cfg.max_length,
+        truncation_mode=cfg.truncation_mode,
+        pad_to_multiple_of=cfg.pad_to_multiple_of,
+    )
+    return SoftDPOTrainer(
+        model=model,
+        ref_model=ref,
+        args=cfg,
+        data_collator=collator,
+        train_dataset=data,
+        processing_class=tokenizer,
+        callbacks=[log],
+    )
 
 
 # ----------------------------------------------------------------------------- stage
@@ -342,8 +420,10 @@ def main(cfg: TrainDPOConfig) -> Path:
     pairs, inputs = load_inputs(cfg)
     soft_pairs = any(r["p_chosen"] != 1.0 for rows in pairs.values() for r in rows)
     if cfg.loss_type[0] != "sigmoid" and cfg.soft_labels and soft_pairs:
-        raise ValueError(f"--loss-type {cfg.loss_type[0]} has no soft-label form and some pairs have p_chosen < 1: "
-                         "add --soft-labels false (hard labels) or use --loss-type sigmoid")
+        raise ValueError(
+            f"--loss-type {cfg.loss_type[0]} has no soft-label form and some pairs have p_chosen < 1: "
+            "add --soft-labels false (hard labels) or use --loss-type sigmoid"
+        )
     with StageDir(cfg.out, STAGE, output_settings(cfg, inputs=inputs)) as out:
         if out.finished:
             print(f"[train dpo] already done: {cfg.out} (same settings); delete the folder to retrain", file=sys.stderr)
@@ -354,14 +434,18 @@ def main(cfg: TrainDPOConfig) -> Path:
         n_help = len(screened["helpful"])
         n_other = len(screened["ai"]) + len(screened["revision"])
         w_other, w_help = mix_weights(n_other, n_help, cfg.helpful_ratio)
-        train = [{**r, "weight": w_help if src == "helpful" else w_other}
-                 for src, rows in screened.items() for r in rows]
+        train = [
+            {**r, "weight": w_help if src == "helpful" else w_other} for src, rows in screened.items() for r in rows
+        ]
         if not train:
             raise DataError(f"no preference pairs left to train on (rejected: {rejected})")
         why = {f"{src}/{k}": v for src, w in rejected.items() for k, v in w.items() if v} or "none"
-        print(f"[train dpo] {len(screened['ai'])} AI-label + {len(screened['revision'])} revision + {n_help} "
-              f"helpfulness pairs (weights {w_other:.3g} / {w_help:.3g}), loss {cfg.loss_type[0]}, beta {cfg.beta}; "
-              f"rejected {why}", file=sys.stderr)
+        print(
+            f"[train dpo] {len(screened['ai'])} AI-label + {len(screened['revision'])} revision + {n_help} "
+            f"helpfulness pairs (weights {w_other:.3g} / {w_help:.3g}), loss {cfg.loss_type[0]}, beta {cfg.beta}; "
+            f"rejected {why}",
+            file=sys.stderr,
+        )
         out.begin()
         resumed = last_checkpoint(cfg.out)
         log_path = Path(cfg.out) / "log.jsonl"
@@ -376,28 +460,52 @@ def main(cfg: TrainDPOConfig) -> Path:
         out.write_jsonl("log.jsonl", log)
         steps = trainer.state.global_step
         first, last = (log[0], log[-1]) if log else ({}, {})
-        metrics = {"first": first, "last": last, "train_loss": result.training_loss, "steps": steps,
-                   "seconds_per_step": round(result.metrics["train_runtime"] / max(steps, 1), 3)}
+        metrics = {
+            "first": first,
+            "last": last,
+            "train_loss": result.training_loss,
+            "steps": steps,
+            "seconds_per_step": round(result.metrics["train_runtime"] / max(steps, 1), 3),
+        }
         out.write_json("metrics.json", metrics)
-        counts = {"ai_pairs": len(pairs["ai"]), "revision_pairs": len(pairs["revision"]),
-                  "helpful_pairs": len(pairs["helpful"]),
-                  **{f"{src}_rejected_{k}": v for src, w in rejected.items() for k, v in w.items() if v},
-                  "trained_pairs": len(train), "too_long_dropped": len(train) - len(trainer.train_dataset),
-                  "steps": steps}
-        out.finish({
-            "config": training_config_dict(cfg),
-            "inputs": inputs,
-            "counts": counts,
-            "rejected": rejected,
-            "mix": {"helpful_ratio": cfg.helpful_ratio, "weight_harmlessness": w_other, "weight_helpful": w_help,
-                    "harmlessness_pairs": n_other, "helpful_pairs": n_help,
-                    "helpful_weight_share": w_help * n_help / (w_help * n_help + w_other * n_other)},
-            "trainer": {"class": type(trainer).__name__, "loss_type": cfg.loss_type[0], "beta": cfg.beta,
-                        "soft_labels": cfg.soft_labels, "resumed_from": resumed and Path(resumed).name},
-            "metrics": metrics,
-            "files": {"checkpoint": ".", "log": "log.jsonl", "metrics": "metrics.json"},
-            "seconds": round(time.time() - t0, 1),
-        })
-    print(f"[train dpo] {steps} steps; margin {first.get('margin')} -> {last.get('margin')}, kl {last.get('kl')}; "
-          f"checkpoint -> {cfg.out}", file=sys.stderr)
+        counts = {
+            "ai_pairs": len(pairs["ai"]),
+            "revision_pairs": len(pairs["revision"]),
+            "helpful_pairs": len(pairs["helpful"]),
+            **{f"{src}_rejected_{k}": v for src, w in rejected.items() for k, v in w.items() if v},
+            "trained_pairs": len(train),
+            "too_long_dropped": len(train) - len(trainer.train_dataset),
+            "steps": steps,
+        }
+        out.finish(
+            {
+                "config": training_config_dict(cfg),
+                "inputs": inputs,
+                "counts": counts,
+                "rejected": rejected,
+                "mix": {
+                    "helpful_ratio": cfg.helpful_ratio,
+                    "weight_harmlessness": w_other,
+                    "weight_helpful": w_help,
+                    "harmlessness_pairs": n_other,
+                    "helpful_pairs": n_help,
+                    "helpful_weight_share": w_help * n_help / (w_help * n_help + w_other * n_other),
+                },
+                "trainer": {
+                    "class": type(trainer).__name__,
+                    "loss_type": cfg.loss_type[0],
+                    "beta": cfg.beta,
+                    "soft_labels": cfg.soft_labels,
+                    "resumed_from": resumed and Path(resumed).name,
+                },
+                "metrics": metrics,
+                "files": {"checkpoint": ".", "log": "log.jsonl", "metrics": "metrics.json"},
+                "seconds": round(time.time() - t0, 1),
+            }
+        )
+    print(
+        f"[train dpo] {steps} steps; margin {first.get('margin')} -> {last.get('margin')}, kl {last.get('kl')}; "
+        f"checkpoint -> {cfg.out}",
+        file=sys.stderr,
+    )
     return Path(cfg.out)

@@ -57,14 +57,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
-from ..config import opt, output_settings, parse_config, training_config_dict
+from ..config import opt, output_settings, training_config_dict
 from ..data import DataError
 from ..metrics import calibration
 from ..pm import encode_conversation, score_ids
@@ -72,10 +72,10 @@ from ..preferences import load_label_folder, load_pairs, mix_weights
 from ..store import StageDir, file_sha256, last_checkpoint
 
 
-
 # ----------------------------------------------------------------------------- losses
-def soft_bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p: torch.Tensor,
-                 weight: torch.Tensor | None = None) -> torch.Tensor:
+def soft_bt_loss(
+    r_chosen: torch.Tensor, r_rejected: torch.Tensor, p: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Soft-target Bradley–Terry loss, mean over the batch (each pair's term times ``weight``).
 
     ``-[p·log σ(r_c − r_r) + (1 − p)·log σ(r_r − r_c)]``: the cross-entropy between the label
@@ -91,20 +91,32 @@ def soft_bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p: torch.Tens
 # ----------------------------------------------------------------------------- config
 @dataclass
 class TrainPMConfig(RewardConfig):
-    labels: list[str] = opt([], "Finished `cai label` output folder(s)", output=False)  # their hashes are pinned instead
-    out: str = opt("runs/pm", "Output folder: PM checkpoint, metrics.json, heldout_scores.jsonl, manifest.json", output=False)
+    labels: list[str] = opt(
+        [], "Finished `cai label` output folder(s)", output=False
+    )  # their hashes are pinned instead
+    out: str = opt(
+        "runs/pm", "Output folder: PM checkpoint, metrics.json, heldout_scores.jsonl, manifest.json", output=False
+    )
     model: str = opt("default", "Base model: default (embedded SmolLM2-135M), a checkpoint folder or a hub id")
-    helpful: str | None = opt(None, "Helpfulness comparisons (JSONL): HH `chosen`/`rejected` transcripts or preference rows",
-                              output=False)  # its hash is pinned instead
-    helpful_ratio: float | None = opt(None, "Share of the loss weight on helpfulness comparisons (every pair kept, "
-                                            "sides weighted); unset = weight 1 each")
-    helpful_mix: str = opt("weight", "How --helpful-ratio is reached: 'weight' (keeps every pair) or 'subsample' "
-                                     "(cuts the larger side: discards data)")
+    helpful: str | None = opt(
+        None, "Helpfulness comparisons (JSONL): HH `chosen`/`rejected` transcripts or preference rows", output=False
+    )  # its hash is pinned instead
+    helpful_ratio: float | None = opt(
+        None,
+        "Share of the loss weight on helpfulness comparisons (every pair kept, sides weighted); unset = weight 1 each",
+    )
+    helpful_mix: str = opt(
+        "weight",
+        "How --helpful-ratio is reached: 'weight' (keeps every pair) or 'subsample' "
+        "(cuts the larger side: discards data)",
+    )
     eval_fraction: float = opt(0.1, "Fraction of each source's prompts held out for accuracy and calibration")
     soft_labels: bool = opt(True, "Train on the soft AI labels; false = hard labels (p >= 0.5 -> 1), the ablation")
     # CPU-friendly defaults for inherited TRL/transformers settings (all overridable).
     bf16: bool | None = opt(False, "bf16 mixed precision (TRL's default is on; off here for CPU fp32)")
-    gradient_checkpointing: bool | None = opt(None, "Deprecated alias of --activation-checkpointing (off by default here)", nargs="?", const=True)
+    gradient_checkpointing: bool | None = opt(
+        None, "Deprecated alias of --activation-checkpointing (off by default here)", nargs="?", const=True
+    )
     report_to: None | str | list[str] = opt("none", "Integrations to log to ('none', 'wandb', 'tensorboard', ...)")
     save_strategy: str = opt("no", "Intermediate checkpoints: 'no', 'steps' or 'epoch' (the final PM is always saved)")
     logging_steps: float = opt(1, "Log every N optimizer steps")
@@ -230,7 +242,8 @@ def load_model(cfg: TrainPMConfig, tokenizer):
     set_seed(cfg.seed)
     with suppress_seqcls_warning():  # the new score head / dropped lm_head are expected
         model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_path(cfg.model), num_labels=1, dtype=torch.float32)
+            resolve_model_path(cfg.model), num_labels=1, dtype=torch.float32
+        )
     model.config.pad_token_id = tokenizer.pad_token_id
     return model
 
@@ -240,14 +253,21 @@ def build_trainer(cfg: TrainPMConfig, model, tokenizer, train_rows: list[dict]) 
     from datasets import Dataset
 
     hard = not cfg.soft_labels
-    data = Dataset.from_list([
-        {"chosen_ids": r["chosen_ids"], "rejected_ids": r["rejected_ids"],
-         "p_chosen": (1.0 if r["p_chosen"] >= 0.5 else 0.0) if hard else r["p_chosen"],
-         "weight": float(r.get("weight", 1.0))}
-        for r in train_rows
-    ])
+    data = Dataset.from_list(
+        [
+            {
+                "chosen_ids": r["chosen_ids"],
+                "rejected_ids": r["rejected_ids"],
+                "p_chosen": (1.0 if r["p_chosen"] >= 0.5 else 0.0) if hard else r["p_chosen"],
+                "weight": float(r.get("weight", 1.0)),
+            }
+            for r in train_rows
+        ]
+    )
     collator = SoftPreferenceCollator(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=cfg.pad_to_multiple_of)
-    return SoftRewardTrainer(model=model, args=cfg, data_collator=collator, train_dataset=data, processing_class=tokenizer)
+    return SoftRewardTrainer(
+        model=model, args=cfg, data_collator=collator, train_dataset=data, processing_class=tokenizer
+    )
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -259,8 +279,18 @@ def evaluate_pairs(model, pad_token_id: int, rows: list[dict], batch_size: int) 
     per = []
     for r, c, j in zip(rows, r_c, r_r):
         q = 1 / (1 + math.exp(-(c - j)))
-        per.append({"id": r["id"], "source": r["source"], "where": r["where"], "r_chosen": c, "r_rejected": j,
-                    "pred_p_chosen": q, "p_chosen": r["p_chosen"], "correct": c > j})
+        per.append(
+            {
+                "id": r["id"],
+                "source": r["source"],
+                "where": r["where"],
+                "r_chosen": c,
+                "r_rejected": j,
+                "pred_p_chosen": q,
+                "p_chosen": r["p_chosen"],
+                "correct": c > j,
+            }
+        )
 
     def summary(items: list[dict]) -> dict:
         c = torch.tensor([x["r_chosen"] for x in items], dtype=torch.float64)
@@ -268,12 +298,21 @@ def evaluate_pairs(model, pad_token_id: int, rows: list[dict], batch_size: int) 
         p = torch.tensor([x["p_chosen"] for x in items], dtype=torch.float64)
         cal = calibration([x["pred_p_chosen"] for x in items], p.tolist())
         entropy = -(p * p.clamp_min(1e-12).log() + (1 - p) * (1 - p).clamp_min(1e-12).log()).mean()
-        return {"n": len(items), "accuracy": float((c > j).double().mean()), "log_loss": float(soft_bt_loss(c, j, p)),
-                "label_entropy": float(entropy), "chance_log_loss": math.log(2), "mean_margin": float((c - j).mean()),
-                "ece": cal["ece"], "reliability": cal["reliability"]}
+        return {
+            "n": len(items),
+            "accuracy": float((c > j).double().mean()),
+            "log_loss": float(soft_bt_loss(c, j, p)),
+            "label_entropy": float(entropy),
+            "chance_log_loss": math.log(2),
+            "mean_margin": float((c - j).mean()),
+            "ece": cal["ece"],
+            "reliability": cal["reliability"],
+        }
 
     metrics = summary(per)
-    metrics["by_source"] = {s: summary([x for x in per if x["source"] == s]) for s in sorted({x["source"] for x in per})}
+    metrics["by_source"] = {
+        s: summary([x for x in per if x["source"] == s]) for s in sorted({x["source"] for x in per})
+    }
     return metrics, per
 
 
@@ -290,8 +329,15 @@ def weigh(train_rows: list[dict], cfg: TrainPMConfig) -> dict:
     for r in train_rows:
         r["weight"] = w_help if r["source"] == "helpful" else w_ai
     total = w_ai * n_ai + w_help * n_help
-    return {"mode": cfg.helpful_mix, "helpful_ratio": cfg.helpful_ratio, "train_ai": n_ai, "train_helpful": n_help,
-            "weight_ai": w_ai, "weight_helpful": w_help, "helpful_weight_share": w_help * n_help / total if total else None}
+    return {
+        "mode": cfg.helpful_mix,
+        "helpful_ratio": cfg.helpful_ratio,
+        "train_ai": n_ai,
+        "train_helpful": n_help,
+        "weight_ai": w_ai,
+        "weight_helpful": w_help,
+        "helpful_weight_share": w_help * n_help / total if total else None,
+    }
 
 
 # ----------------------------------------------------------------------------- stage
@@ -313,8 +359,12 @@ def main(cfg: TrainPMConfig) -> Path:
         ai += rows
         label_inputs.append(info)
     helpful = load_pairs(cfg.helpful, "helpful", 1.0) if cfg.helpful else []
-    inputs = {"labels": label_inputs,
-              "helpful": {"path": str(Path(cfg.helpful).resolve()), "sha256": file_sha256(cfg.helpful)} if cfg.helpful else None}
+    inputs = {
+        "labels": label_inputs,
+        "helpful": {"path": str(Path(cfg.helpful).resolve()), "sha256": file_sha256(cfg.helpful)}
+        if cfg.helpful
+        else None,
+    }
     with StageDir(cfg.out, "train-pm", output_settings(cfg, inputs=inputs)) as out:
         if out.finished:
             print(f"[train-pm] {cfg.out} is already finished with these settings; nothing to do", file=sys.stderr)
@@ -332,9 +382,13 @@ def main(cfg: TrainPMConfig) -> Path:
         if not train_rows:
             raise DataError("no training pairs left (all inputs empty, held out, or longer than --max-length)")
         mix_info = weigh(train_rows, cfg)
-        print(f"[train-pm] {len(ai_used)} AI-feedback + {len(helpful_used)} helpfulness pairs; "
-              f"{len(train_rows)} train (weights AI {mix_info['weight_ai']:.3g}, helpful {mix_info['weight_helpful']:.3g}), "
-              f"{len(heldout)} held out, {dropped} too long", file=sys.stderr)
+        print(
+            f"[train-pm] {len(ai_used)} AI-feedback + {len(helpful_used)} helpfulness pairs; "
+            f"{len(train_rows)} train (weights AI {mix_info['weight_ai']:.3g}, "
+            f"helpful {mix_info['weight_helpful']:.3g}), "
+            f"{len(heldout)} held out, {dropped} too long",
+            file=sys.stderr,
+        )
         model = load_model(cfg, tokenizer)
         out.begin()
         trainer = build_trainer(cfg, model, tokenizer, train_rows)
@@ -347,24 +401,42 @@ def main(cfg: TrainPMConfig) -> Path:
         metrics: dict[str, Any] = {}
         per: list[dict] = []
         if heldout:
-            metrics, per = evaluate_pairs(trainer.model, tokenizer.pad_token_id, heldout, cfg.per_device_eval_batch_size)
-        metrics["train"] = {"steps": steps, "seconds": round(seconds, 2), "seconds_per_step": round(seconds / max(steps, 1), 3),
-                            "train_loss": result.training_loss, "soft_labels": cfg.soft_labels,
-                            "log_history": trainer.state.log_history}
+            metrics, per = evaluate_pairs(
+                trainer.model, tokenizer.pad_token_id, heldout, cfg.per_device_eval_batch_size
+            )
+        metrics["train"] = {
+            "steps": steps,
+            "seconds": round(seconds, 2),
+            "seconds_per_step": round(seconds / max(steps, 1), 3),
+            "train_loss": result.training_loss,
+            "soft_labels": cfg.soft_labels,
+            "log_history": trainer.state.log_history,
+        }
         out.write_json("metrics.json", metrics)
         out.write_jsonl("heldout_scores.jsonl", per)
         summary = {k: metrics[k] for k in ("accuracy", "log_loss", "label_entropy", "ece") if k in metrics}
-        manifest = out.finish({
-            "config": training_config_dict(cfg),
-            "inputs": inputs,
-            "counts": {"ai_labels": len(ai), "helpful": len(helpful), "ai_used": len(ai_used),
-                       "helpful_used": len(helpful_used), "too_long": dropped, "train": len(train_rows),
-                       "heldout": len(heldout)},
-            "mix": mix_info,
-            "metrics": {**summary, "train_steps": steps, "seconds_per_step": metrics["train"]["seconds_per_step"]},
-            "files": {"model": ".", "metrics": "metrics.json", "heldout": "heldout_scores.jsonl"},
-        })
-    print(f"[train-pm] {steps} steps in {seconds:.0f} s; held-out "
-          + (f"accuracy {metrics['accuracy']:.3f}, ECE {metrics['ece']:.3f}" if heldout else "set empty")
-          + f" -> {manifest.parent}", file=sys.stderr)
+        manifest = out.finish(
+            {
+                "config": training_config_dict(cfg),
+                "inputs": inputs,
+                "counts": {
+                    "ai_labels": len(ai),
+                    "helpful": len(helpful),
+                    "ai_used": len(ai_used),
+                    "helpful_used": len(helpful_used),
+                    "too_long": dropped,
+                    "train": len(train_rows),
+                    "heldout": len(heldout),
+                },
+                "mix": mix_info,
+                "metrics": {**summary, "train_steps": steps, "seconds_per_step": metrics["train"]["seconds_per_step"]},
+                "files": {"model": ".", "metrics": "metrics.json", "heldout": "heldout_scores.jsonl"},
+            }
+        )
+    print(
+        f"[train-pm] {steps} steps in {seconds:.0f} s; held-out "
+        + (f"accuracy {metrics['accuracy']:.3f}, ECE {metrics['ece']:.3f}" if heldout else "set empty")
+        + f" -> {manifest.parent}",
+        file=sys.stderr,
+    )
     return Path(cfg.out)

@@ -60,55 +60,96 @@ import os
 import random
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from transformers import TrainerCallback
 from trl import GRPOConfig, RLOOConfig
 
-from ..config import opt, output_settings, parse_config, training_config_dict
+from ..config import opt, output_settings, training_config_dict
 from ..data import DataError, PromptItem, load_prompts, prompt_file
 from ..models import derive_seed
 from ..models.local import resolve_model_path
-from ..store import MANIFEST, StageDir, dumps, file_sha256, last_checkpoint, manifest_identity, read_manifest
 from ..pm import load_pm, score_conversations
+from ..store import MANIFEST, StageDir, dumps, file_sha256, last_checkpoint, manifest_identity, read_manifest
 
 STAGE = "train-rl"
-BOILERPLATE = ["I'm sorry", "I cannot", "I can't", "As an AI", "you are valid, valued, and cared for", "it's important to"]
-LOG_KEYS = ["step", "reward", "reward_std", "kl", "response_length", "empty_rate", "boilerplate_rate", "truncated_rate",
-            "short_rate", "long_rate", "loss", "reward_total", "entropy"]
+BOILERPLATE = [
+    "I'm sorry",
+    "I cannot",
+    "I can't",
+    "As an AI",
+    "you are valid, valued, and cared for",
+    "it's important to",
+]
+LOG_KEYS = [
+    "step",
+    "reward",
+    "reward_std",
+    "kl",
+    "response_length",
+    "empty_rate",
+    "boilerplate_rate",
+    "truncated_rate",
+    "short_rate",
+    "long_rate",
+    "loss",
+    "reward_total",
+    "entropy",
+]
 
 
 @dataclass
 class TrainRLConfig(RLOOConfig):
     """TRL's RLOOConfig (every TrainingArguments flag works) plus the RL-CAI inputs."""
 
-    policy: str = opt("default", "Policy to train: default (embedded SmolLM2-135M) or a checkpoint folder, usually `cai train sft` output",
-                      output=False)  # pinned by its identity in the inputs
+    policy: str = opt(
+        "default",
+        "Policy to train: default (embedded SmolLM2-135M) or a checkpoint folder, usually `cai train sft` output",
+        output=False,
+    )  # pinned by its identity in the inputs
     pm: str | None = opt(None, "Preference model: a finished `cai train pm` folder", output=False)  # pinned likewise
     out: str = opt("runs/rl", "Output folder for the RL-CAI checkpoint and logs (also sets output_dir)", output=False)
     algorithm: str = opt("rloo", "rloo (KL penalty in the reward, the CAI objective) or grpo (KL in the loss)")
     kl_coef: float = opt(0.001, "KL penalty coefficient β against the starting policy (paper: 0.001); TRL's `beta`")
-    prompts_red_team: str = opt("builtin:red_team", "Red-team prompts (file or builtin:NAME)", output=False)  # hash pinned
-    prompts_helpful: str = opt("builtin:helpful", "Helpfulness prompts (file or builtin:NAME)", output=False)  # hash pinned
+    prompts_red_team: str = opt(
+        "builtin:red_team", "Red-team prompts (file or builtin:NAME)", output=False
+    )  # hash pinned
+    prompts_helpful: str = opt(
+        "builtin:helpful", "Helpfulness prompts (file or builtin:NAME)", output=False
+    )  # hash pinned
     helpful_fraction: float = opt(0.5, "Share of helpfulness prompts in the RL prompt mix (the paper trained on both)")
     limit_prompts: int | None = opt(None, "Use at most this many prompts in all (after mixing)")
-    split: str = opt("train", "Prompt split: train (default; evaluations use eval), eval or all; "
-                              "a file without split fields is used whole")
-    boilerplate_phrases: list[str] = opt(BOILERPLATE, "Phrases whose rate is logged as boilerplate_rate (case-insensitive)")
-    penalize_boilerplate: float = opt(0.0, "Subtract this from the reward of answers with a boilerplate phrase (0 = paper: PM only)")
+    split: str = opt(
+        "train",
+        "Prompt split: train (default; evaluations use eval), eval or all; a file without split fields is used whole",
+    )
+    boilerplate_phrases: list[str] = opt(
+        BOILERPLATE, "Phrases whose rate is logged as boilerplate_rate (case-insensitive)"
+    )
+    penalize_boilerplate: float = opt(
+        0.0, "Subtract this from the reward of answers with a boilerplate phrase (0 = paper: PM only)"
+    )
     min_length_tokens: int = opt(5, "Answers shorter than this many tokens count in short_rate")
-    max_length_tokens: int | None = opt(None, "Answers longer than this many tokens count in long_rate (unset: not measured)")
+    max_length_tokens: int | None = opt(
+        None, "Answers longer than this many tokens count in long_rate (unset: not measured)"
+    )
     pm_batch_size: int = opt(16, "Conversations per PM forward pass", output=False, min=1)
-    num_samples: int = opt(4, "Completions kept in samples.jsonl from the first and from the last step", output=False, min=0)
+    num_samples: int = opt(
+        4, "Completions kept in samples.jsonl from the first and from the last step", output=False, min=0
+    )
     # CPU-friendly defaults for inherited TRL/transformers settings (all overridable).
     beta: float | None = opt(None, "TRL's name for --kl-coef; set --kl-coef instead")
     bf16: bool | None = opt(False, "bf16 mixed precision (TRL's default is on; off here: CPU fp32)")
-    gradient_checkpointing: bool | None = opt(None, "Deprecated alias of --activation-checkpointing (off by default here)", nargs="?", const=True)
+    gradient_checkpointing: bool | None = opt(
+        None, "Deprecated alias of --activation-checkpointing (off by default here)", nargs="?", const=True
+    )
     report_to: None | str | list[str] = opt("none", "Integrations to log to ('none', 'wandb', 'tensorboard', ...)")
-    save_strategy: str = opt("no", "Intermediate checkpoints: 'no', 'steps' or 'epoch' (the final policy is always saved)")
+    save_strategy: str = opt(
+        "no", "Intermediate checkpoints: 'no', 'steps' or 'epoch' (the final policy is always saved)"
+    )
     logging_steps: float = opt(1, "Log every N optimizer steps")
     per_device_train_batch_size: int = opt(4, "Completions per device per step (a multiple of --num-generations)")
     num_generations: int | None = opt(4, "Completions per prompt (RLOO's leave-one-out baseline needs >= 2)")
@@ -143,16 +184,21 @@ def grpo_config(cfg: TrainRLConfig) -> GRPOConfig:
 
 
 # ----------------------------------------------------------------------------- inputs
-def mix_prompts(red: list[PromptItem], helpful: list[PromptItem], fraction: float, limit: int | None,
-                seed: int) -> list[dict]:
+def mix_prompts(
+    red: list[PromptItem], helpful: list[PromptItem], fraction: float, limit: int | None, seed: int
+) -> list[dict]:
     """As many prompts as both sets allow with ``fraction`` of them helpful (≤ ``limit``), seeded and shuffled.
 
     Rows are TRL conversational prompts: ``{"prompt": messages, "prompt_id", "source"}``.
     """
     if not 0 <= fraction <= 1:
         raise ValueError(f"--helpful-fraction must be in [0, 1], got {fraction}")
-    total = math.floor(min(len(helpful) / fraction if fraction > 0 else math.inf,
-                           len(red) / (1 - fraction) if fraction < 1 else math.inf))
+    total = math.floor(
+        min(
+            len(helpful) / fraction if fraction > 0 else math.inf,
+            len(red) / (1 - fraction) if fraction < 1 else math.inf,
+        )
+    )
     if limit is not None:
         total = min(total, limit)
     n_help = min(round(total * fraction), len(helpful))
@@ -160,9 +206,13 @@ def mix_prompts(red: list[PromptItem], helpful: list[PromptItem], fraction: floa
     if n_help + n_red == 0:
         raise DataError("no RL prompts: the prompt sets are empty or --limit-prompts is 0")
     rng = random.Random(derive_seed(seed, "rl-prompts"))
-    picked = [("helpful", it) for it in rng.sample(helpful, n_help)] + [("red_team", it) for it in rng.sample(red, n_red)]
+    picked = [("helpful", it) for it in rng.sample(helpful, n_help)] + [
+        ("red_team", it) for it in rng.sample(red, n_red)
+    ]
     rng.shuffle(picked)
-    return [{"prompt": [dict(m) for m in it.messages], "prompt_id": f"{src}/{it.id}", "source": src} for src, it in picked]
+    return [
+        {"prompt": [dict(m) for m in it.messages], "prompt_id": f"{src}/{it.id}", "source": src} for src, it in picked
+    ]
 
 
 def describe_input(path: str, stage: str | None) -> dict:
@@ -175,8 +225,14 @@ def describe_input(path: str, stage: str | None) -> dict:
 
 
 # ----------------------------------------------------------------------------- guards
-def guard_flags(texts: Sequence[str], completion_ids: Sequence[Sequence[int]], end_ids: set[int],
-                phrases: Sequence[str], min_tokens: int, max_tokens: int | None) -> list[dict]:
+def guard_flags(
+    texts: Sequence[str],
+    completion_ids: Sequence[Sequence[int]],
+    end_ids: set[int],
+    phrases: Sequence[str],
+    min_tokens: int,
+    max_tokens: int | None,
+) -> list[dict]:
     """Per answer: its length in tokens (end-of-turn excluded) and which guard flags it raises."""
     wanted = [p.casefold().replace("\u2019", "'") for p in phrases]
     out = []
@@ -185,8 +241,16 @@ def guard_flags(texts: Sequence[str], completion_ids: Sequence[Sequence[int]], e
         n = len(ids) - ended
         norm = text.casefold().replace("\u2019", "'")
         hit = next((p for p, w in zip(phrases, wanted) if w and w in norm), None)
-        out.append({"length": n, "empty": not text.strip(), "boilerplate": hit, "truncated": not ended,
-                    "short": n < min_tokens, "long": None if max_tokens is None else n > max_tokens})
+        out.append(
+            {
+                "length": n,
+                "empty": not text.strip(),
+                "boilerplate": hit,
+                "truncated": not ended,
+                "short": n < min_tokens,
+                "long": None if max_tokens is None else n > max_tokens,
+            }
+        )
     return out
 
 
@@ -194,16 +258,28 @@ def guard_rates(flags: Sequence[dict]) -> dict:
     """Means over answers: response_length and the rate of each flag (``long_rate`` None when unmeasured)."""
     n = len(flags)
     rate = lambda k: sum(bool(f[k]) for f in flags) / n  # noqa: E731
-    return {"response_length": sum(f["length"] for f in flags) / n, "empty_rate": rate("empty"),
-            "boilerplate_rate": rate("boilerplate"), "truncated_rate": rate("truncated"), "short_rate": rate("short"),
-            "long_rate": None if flags[0]["long"] is None else rate("long")}
+    return {
+        "response_length": sum(f["length"] for f in flags) / n,
+        "empty_rate": rate("empty"),
+        "boilerplate_rate": rate("boilerplate"),
+        "truncated_rate": rate("truncated"),
+        "short_rate": rate("short"),
+        "long_rate": None if flags[0]["long"] is None else rate("long"),
+    }
 
 
 class Rewards:
     """The two reward functions TRL calls each generation (``pm`` and ``guards``), and what they saw."""
 
-    def __init__(self, pm_model, pm_tokenizer, cfg: TrainRLConfig, end_ids: set[int],
-                 first_path: Path | None = None, resumed_step: int = 0):
+    def __init__(
+        self,
+        pm_model,
+        pm_tokenizer,
+        cfg: TrainRLConfig,
+        end_ids: set[int],
+        first_path: Path | None = None,
+        resumed_step: int = 0,
+    ):
         self.pm_model, self.pm_tokenizer, self.cfg, self.end_ids = pm_model, pm_tokenizer, cfg, end_ids
         self.first: list[dict] | None = None
         self.first_path = first_path
@@ -215,8 +291,14 @@ class Rewards:
 
     def _flags(self, completions, completion_ids) -> list[dict]:
         c = self.cfg
-        return guard_flags([m[-1]["content"] for m in completions], completion_ids, self.end_ids,
-                           c.boilerplate_phrases, c.min_length_tokens, c.max_length_tokens)
+        return guard_flags(
+            [m[-1]["content"] for m in completions],
+            completion_ids,
+            self.end_ids,
+            c.boilerplate_phrases,
+            c.min_length_tokens,
+            c.max_length_tokens,
+        )
 
     def pm(self, prompts, completions, completion_ids, trainer_state=None, prompt_id=None, **_) -> list[float]:
         """PM score of each prompt + answer conversation (as `cai score` computes it)."""
@@ -225,9 +307,17 @@ class Rewards:
         self.scored += len(scores)
         step = trainer_state.global_step + 1 if trainer_state is not None else None
         flags = self._flags(completions, completion_ids)
-        rows = [{"step": step, "prompt_id": prompt_id[i] if prompt_id else None, "prompt": list(prompts[i]),
-                 "completion": completions[i][-1]["content"], "reward": scores[i], **flags[i]}
-                for i in range(min(self.cfg.num_samples, len(scores)))]
+        rows = [
+            {
+                "step": step,
+                "prompt_id": prompt_id[i] if prompt_id else None,
+                "prompt": list(prompts[i]),
+                "completion": completions[i][-1]["content"],
+                "reward": scores[i],
+                **flags[i],
+            }
+            for i in range(min(self.cfg.num_samples, len(scores)))
+        ]
         if self.first is None:
             self.first = rows
             if self.first_path is not None:
@@ -248,10 +338,21 @@ class Rewards:
 def log_row(logs: dict, step: int) -> dict:
     """One log.jsonl row from a TRL log dict (see the module docstring); missing values are None."""
     g = lambda k: logs.get(k)  # noqa: E731
-    row = {"step": step, "reward": g("rewards/pm/mean"), "reward_std": g("rewards/pm/std"), "kl": g("kl"),
-           "loss": g("loss"), "reward_total": g("reward"), "entropy": g("entropy")}
-    row.update({k: g(f"guards/{k}") for k in ("response_length", "empty_rate", "boilerplate_rate", "truncated_rate",
-                                               "short_rate", "long_rate")})
+    row = {
+        "step": step,
+        "reward": g("rewards/pm/mean"),
+        "reward_std": g("rewards/pm/std"),
+        "kl": g("kl"),
+        "loss": g("loss"),
+        "reward_total": g("reward"),
+        "entropy": g("entropy"),
+    }
+    row.update(
+        {
+            k: g(f"guards/{k}")
+            for k in ("response_length", "empty_rate", "boilerplate_rate", "truncated_rate", "short_rate", "long_rate")
+        }
+    )
     return {k: row[k] for k in LOG_KEYS}
 
 
@@ -289,9 +390,12 @@ class LogWriter(TrainerCallback):
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(dumps(row) + "\n")
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-        print(f"[train rl] step {row['step']}: reward {fmt(row['reward'], '.3f')} kl {fmt(row['kl'], '.4f')} "
-              f"len {fmt(row['response_length'], '.1f')} empty {fmt(row['empty_rate'], '.0%')} boilerplate "
-              f"{fmt(row['boilerplate_rate'], '.0%')} truncated {fmt(row['truncated_rate'], '.0%')}", file=sys.stderr)
+        print(
+            f"[train rl] step {row['step']}: reward {fmt(row['reward'], '.3f')} kl {fmt(row['kl'], '.4f')} "
+            f"len {fmt(row['response_length'], '.1f')} empty {fmt(row['empty_rate'], '.0%')} boilerplate "
+            f"{fmt(row['boilerplate_rate'], '.0%')} truncated {fmt(row['truncated_rate'], '.0%')}",
+            file=sys.stderr,
+        )
 
 
 def guard_warnings(first: dict, last: dict) -> list[str]:
@@ -301,16 +405,30 @@ def guard_warnings(first: dict, last: dict) -> list[str]:
         out.append(f"boilerplate rate rose from {first['boilerplate_rate']:.0%} to {last['boilerplate_rate']:.0%}")
     if last["empty_rate"] is not None and last["empty_rate"] > (first["empty_rate"] or 0) + 0.1:
         out.append(f"empty answers rose from {first['empty_rate']:.0%} to {last['empty_rate']:.0%}")
-    if first["response_length"] and last["response_length"] is not None and last["response_length"] < 0.5 * first["response_length"]:
+    if (
+        first["response_length"]
+        and last["response_length"] is not None
+        and last["response_length"] < 0.5 * first["response_length"]
+    ):
         out.append(f"answers shrank from {first['response_length']:.1f} to {last['response_length']:.1f} tokens")
     if last["truncated_rate"] is not None and last["truncated_rate"] > (first["truncated_rate"] or 0) + 0.3:
-        out.append(f"answers hitting the length cap rose from {first['truncated_rate']:.0%} to {last['truncated_rate']:.0%}")
+        out.append(
+            f"answers hitting the length cap rose from {first['truncated_rate']:.0%} to {last['truncated_rate']:.0%}"
+        )
     return out
 
 
 # ----------------------------------------------------------------------------- stage
-def build_trainer(cfg: TrainRLConfig, rows: list[dict], policy_path: str, pm_model, pm_tokenizer, log: LogWriter,
-                  first_path: Path | None = None, resumed_step: int = 0):
+def build_trainer(
+    cfg: TrainRLConfig,
+    rows: list[dict],
+    policy_path: str,
+    pm_model,
+    pm_tokenizer,
+    log: LogWriter,
+    first_path: Path | None = None,
+    resumed_step: int = 0,
+):
     """The TRL trainer (RLOO or GRPO) over the prompt rows, with the PM and guard rewards; also returns ``Rewards``."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -325,8 +443,14 @@ def build_trainer(cfg: TrainRLConfig, rows: list[dict], policy_path: str, pm_mod
     end_ids |= {tokenizer.eos_token_id, tokenizer.pad_token_id}  # as TRL tells a finished answer from a cut one
     rewards = Rewards(pm_model, pm_tokenizer, cfg, end_ids, first_path, resumed_step)
     cls, args = (RLOOTrainer, cfg) if cfg.algorithm == "rloo" else (GRPOTrainer, grpo_config(cfg))
-    trainer = cls(model=model, reward_funcs=[rewards.pm, rewards.guards], args=args,
-                  train_dataset=Dataset.from_list(rows), processing_class=tokenizer, callbacks=[log])
+    trainer = cls(
+        model=model,
+        reward_funcs=[rewards.pm, rewards.guards],
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[log],
+    )
     return trainer, rewards
 
 
@@ -336,9 +460,16 @@ def main(cfg: TrainRLConfig) -> Path:
         raise ValueError("--pm: give a finished `cai train pm` folder")
     t0 = time.time()
     policy_path = resolve_model_path(cfg.policy)
-    inputs = {"policy": describe_input(policy_path, None), "pm": describe_input(cfg.pm, "train-pm"),
-              "prompts": {"red_team": cfg.prompts_red_team, "red_team_sha256": file_sha256(prompt_file(cfg.prompts_red_team)),
-                          "helpful": cfg.prompts_helpful, "helpful_sha256": file_sha256(prompt_file(cfg.prompts_helpful))}}
+    inputs = {
+        "policy": describe_input(policy_path, None),
+        "pm": describe_input(cfg.pm, "train-pm"),
+        "prompts": {
+            "red_team": cfg.prompts_red_team,
+            "red_team_sha256": file_sha256(prompt_file(cfg.prompts_red_team)),
+            "helpful": cfg.prompts_helpful,
+            "helpful_sha256": file_sha256(prompt_file(cfg.prompts_helpful)),
+        },
+    }
     red = load_prompts(cfg.prompts_red_team, split=cfg.split)
     helpful = load_prompts(cfg.prompts_helpful, split=cfg.split)
     rows = mix_prompts(red, helpful, cfg.helpful_fraction, cfg.limit_prompts, cfg.seed)
@@ -351,11 +482,15 @@ def main(cfg: TrainRLConfig) -> Path:
         resumed = last_checkpoint(cfg.out)
         resumed_step = int(Path(resumed).name.rsplit("-", 1)[1]) if resumed else 0
         log = LogWriter(Path(cfg.out) / "log.jsonl", resumed_step)
-        trainer, rewards = build_trainer(cfg, rows, policy_path, pm_model, pm_tokenizer, log,
-                                         Path(cfg.out) / "samples_first.jsonl", resumed_step)
+        trainer, rewards = build_trainer(
+            cfg, rows, policy_path, pm_model, pm_tokenizer, log, Path(cfg.out) / "samples_first.jsonl", resumed_step
+        )
         n_help = sum(r["source"] == "helpful" for r in rows)
-        print(f"[train rl] {cfg.algorithm.upper()} of {cfg.policy} against {cfg.pm}: {len(rows) - n_help} red-team + "
-              f"{n_help} helpful prompts, beta {trainer.beta}", file=sys.stderr)
+        print(
+            f"[train rl] {cfg.algorithm.upper()} of {cfg.policy} against {cfg.pm}: {len(rows) - n_help} red-team + "
+            f"{n_help} helpful prompts, beta {trainer.beta}",
+            file=sys.stderr,
+        )
         result = trainer.train(resume_from_checkpoint=resumed)
         trainer.model.save_pretrained(cfg.out)
         trainer.processing_class.save_pretrained(cfg.out)
@@ -367,21 +502,44 @@ def main(cfg: TrainRLConfig) -> Path:
         for w in warnings:
             print(f"[train rl] guard: {w} (see log.jsonl and samples.jsonl)", file=sys.stderr)
         config = training_config_dict(cfg)
-        out.finish({
-            "config": config,
-            "trainer": {"class": type(trainer).__name__, "beta": trainer.beta, "reward_funcs": trainer.reward_func_names,
-                        "reward_weights": trainer.reward_weights.tolist()},
-            "inputs": {**inputs, "policy_path": policy_path},
-            "counts": {"prompts": len(rows), "red_team_prompts": len(rows) - n_help, "helpful_prompts": n_help,
-                       "completions_scored": rewards.scored, "steps": steps, "logged_steps": len(log.rows),
-                       "resumed_from_step": resumed_step or None},
-            "metrics": {"first": first, "last": last, "guard_warnings": warnings, "train_loss": result.training_loss,
-                        "seconds_per_step": round(result.metrics["train_runtime"] / max(steps, 1), 3)},
-            "files": {"checkpoint": ".", "log": "log.jsonl", "samples": "samples.jsonl",
-                      "samples_first": "samples_first.jsonl"},
-            "prompt_ids": [r["prompt_id"].split("/", 1)[1] for r in rows],
-            "seconds": round(time.time() - t0, 1),
-        })
-    print(f"[train rl] {steps} steps; reward {first.get('reward')} -> {last.get('reward')}; checkpoint -> {cfg.out}",
-          file=sys.stderr)
+        out.finish(
+            {
+                "config": config,
+                "trainer": {
+                    "class": type(trainer).__name__,
+                    "beta": trainer.beta,
+                    "reward_funcs": trainer.reward_func_names,
+                    "reward_weights": trainer.reward_weights.tolist(),
+                },
+                "inputs": {**inputs, "policy_path": policy_path},
+                "counts": {
+                    "prompts": len(rows),
+                    "red_team_prompts": len(rows) - n_help,
+                    "helpful_prompts": n_help,
+                    "completions_scored": rewards.scored,
+                    "steps": steps,
+                    "logged_steps": len(log.rows),
+                    "resumed_from_step": resumed_step or None,
+                },
+                "metrics": {
+                    "first": first,
+                    "last": last,
+                    "guard_warnings": warnings,
+                    "train_loss": result.training_loss,
+                    "seconds_per_step": round(result.metrics["train_runtime"] / max(steps, 1), 3),
+                },
+                "files": {
+                    "checkpoint": ".",
+                    "log": "log.jsonl",
+                    "samples": "samples.jsonl",
+                    "samples_first": "samples_first.jsonl",
+                },
+                "prompt_ids": [r["prompt_id"].split("/", 1)[1] for r in rows],
+                "seconds": round(time.time() - t0, 1),
+            }
+        )
+    print(
+        f"[train rl] {steps} steps; reward {first.get('reward')} -> {last.get('reward')}; checkpoint -> {cfg.out}",
+        file=sys.stderr,
+    )
     return Path(cfg.out)

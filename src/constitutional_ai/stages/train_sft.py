@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from ..config import opt, output_settings, parse_config, training_config_dict
+from ..config import opt, output_settings, training_config_dict
 from ..data import DataError, load_prompts, prompt_file, read_jsonl
 from ..generation import Failed, generate_each
 from ..models import Sampling, derive_seed, load_backend
@@ -61,15 +61,23 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # Llama/Qwen/Mistral-st
 class TrainSFTConfig(SFTConfig):
     """TRL's SFTConfig (every TrainingArguments flag works) plus the SL-CAI inputs."""
 
-    data: list[str] = opt([], "One or more `cai revise` output folders (their sft.jsonl is the revision data)",
-                          output=False)  # their sft.jsonl hashes are pinned instead
+    data: list[str] = opt(
+        [], "One or more `cai revise` output folders (their sft.jsonl is the revision data)", output=False
+    )  # their sft.jsonl hashes are pinned instead
     model: str = opt("default", "Model to finetune: default (embedded SmolLM2-135M), a checkpoint folder or a hub id")
     out: str = opt("runs/sft", "Output folder for the finetuned checkpoint (also sets output_dir)", output=False)
-    rounds_upto: int | None = opt(None, "Keep only revisions of rounds <= N (SL-CAI-n; needs `cai revise --sft-rounds all`)")
+    rounds_upto: int | None = opt(
+        None, "Keep only revisions of rounds <= N (SL-CAI-n; needs `cai revise --sft-rounds all`)"
+    )
     helpful_ratio: float = opt(0.5, "Fraction of the training set that is helpfulness data (0 = revisions only)")
-    helpful_data: str | None = opt(None, "JSONL of helpful conversations (`messages` ending in an assistant turn); "
-                                   "default: sample them from --model", output=False)  # its hash is pinned instead
-    helpful_prompts: str = opt("builtin:helpful", "Prompts to sample helpful replies for when --helpful-data is not given")
+    helpful_data: str | None = opt(
+        None,
+        "JSONL of helpful conversations (`messages` ending in an assistant turn); default: sample them from --model",
+        output=False,
+    )  # its hash is pinned instead
+    helpful_prompts: str = opt(
+        "builtin:helpful", "Prompts to sample helpful replies for when --helpful-data is not given"
+    )
     split: str = opt("train", "Split of --helpful-prompts: train (default; evaluations use eval), eval or all")
     helpful_temperature: float = opt(1.0, "Sampling temperature for helpful replies")
     helpful_max_new_tokens: int = opt(200, "Token budget of each sampled helpful reply", min=1)
@@ -103,8 +111,14 @@ def check_conversation(messages, where: str) -> list[dict]:
         raise DataError(f"{where}: field 'messages': expected a list of at least two turns")
     out = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ("system", "user", "assistant"):
-            raise DataError(f"{where}: field 'messages[{i}]': expected {{'role': system|user|assistant, 'content': str}}")
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("content"), str)
+            or m.get("role") not in ("system", "user", "assistant")
+        ):
+            raise DataError(
+                f"{where}: field 'messages[{i}]': expected {{'role': system|user|assistant, 'content': str}}"
+            )
         out.append({"role": m["role"], "content": m["content"]})
     if out[-1]["role"] != "assistant" or not out[-1]["content"].strip():
         raise DataError(f"{where}: field 'messages': the last turn must be a non-empty assistant reply")
@@ -132,14 +146,23 @@ def load_revisions(cfg: TrainSFTConfig) -> tuple[list[list[dict]], list[dict]]:
             kept += 1
             unchanged += bool(row.get("unchanged"))
         counts = manifest.get("counts", {})
-        inputs.append({"folder": str(folder), "manifest_sha256": file_sha256(Path(folder) / "manifest.json"),
-                       "sft_sha256": file_sha256(sft), "sft_rounds": manifest.get("config", {}).get("sft_rounds"),
-                       "examples": kept, "unchanged": unchanged,
-                       "excluded": {"truncated": truncated, "empty": counts.get("sft_empty_skipped")}})
+        inputs.append(
+            {
+                "folder": str(folder),
+                "manifest_sha256": file_sha256(Path(folder) / "manifest.json"),
+                "sft_sha256": file_sha256(sft),
+                "sft_rounds": manifest.get("config", {}).get("sft_rounds"),
+                "examples": kept,
+                "unchanged": unchanged,
+                "excluded": {"truncated": truncated, "empty": counts.get("sft_empty_skipped")},
+            }
+        )
     cut = sum(i["excluded"]["truncated"] for i in inputs)
     if not convs and cut:
-        raise DataError(f"all {cut} revision examples in {', '.join(cfg.data)} were cut at the token budget "
-                        "(truncated) and are excluded: raise `cai revise --max-new-tokens`, or pass --keep-truncated")
+        raise DataError(
+            f"all {cut} revision examples in {', '.join(cfg.data)} were cut at the token budget "
+            "(truncated) and are excluded: raise `cai revise --max-new-tokens`, or pass --keep-truncated"
+        )
     if not convs:
         hint = " (rows per round exist only with `cai revise --sft-rounds all`)" if cfg.rounds_upto is not None else ""
         raise DataError(f"no revision examples in {', '.join(cfg.data)}{hint}")
@@ -150,8 +173,10 @@ def helpful_from_file(cfg: TrainSFTConfig, n: int) -> list[list[dict]]:
     """A seeded random choice of ``n`` conversations from --helpful-data."""
     rows = [check_conversation(r.get("messages"), f"{cfg.helpful_data}:{k}") for k, r in read_jsonl(cfg.helpful_data)]
     if len(rows) < n:
-        raise DataError(f"{cfg.helpful_data}: {len(rows)} conversations, but --helpful-ratio {cfg.helpful_ratio} "
-                        f"needs {n}; give more or lower the ratio")
+        raise DataError(
+            f"{cfg.helpful_data}: {len(rows)} conversations, but --helpful-ratio {cfg.helpful_ratio} "
+            f"needs {n}; give more or lower the ratio"
+        )
     return random.Random(derive_seed(cfg.seed, "helpful-pick")).sample(rows, n)
 
 
@@ -164,15 +189,22 @@ def helpful_sampled(cfg: TrainSFTConfig, n: int, out: StageDir) -> tuple[list[li
     """
     items = load_prompts(cfg.helpful_prompts, split=cfg.split)
     random.Random(derive_seed(cfg.seed, "helpful-order")).shuffle(items)
-    wanted = [(items[i % len(items)], i // len(items), f"{items[i % len(items)].id}/s{i // len(items)}") for i in range(n)]
+    wanted = [
+        (items[i % len(items)], i // len(items), f"{items[i % len(items)].id}/s{i // len(items)}") for i in range(n)
+    ]
     records = out.records("helpful.jsonl")
     failures = out.failures()
     todo = [w for w in wanted if w[2] not in records]
     if todo:
         backend = load_backend(cfg.model, batch_size=cfg.helpful_batch_size)
-        sampling = Sampling(temperature=cfg.helpful_temperature, max_new_tokens=cfg.helpful_max_new_tokens, stop=STOP_STRINGS)
-        print(f"[train sft] sampling {len(todo)} helpful replies ({len(wanted) - len(todo)} already done) "
-              f"with {backend.name}", file=sys.stderr)
+        sampling = Sampling(
+            temperature=cfg.helpful_temperature, max_new_tokens=cfg.helpful_max_new_tokens, stop=STOP_STRINGS
+        )
+        print(
+            f"[train sft] sampling {len(todo)} helpful replies ({len(wanted) - len(todo)} already done) "
+            f"with {backend.name}",
+            file=sys.stderr,
+        )
         for start in range(0, len(todo), cfg.helpful_batch_size):
             batch = todo[start : start + cfg.helpful_batch_size]
             seeds = [derive_seed(cfg.seed, it.id, "helpful", s) for it, s, _ in batch]
@@ -182,9 +214,19 @@ def helpful_sampled(cfg: TrainSFTConfig, n: int, out: StageDir) -> tuple[list[li
                     failures.append(key, raw.error, prompt_id=it.id, kind=raw.kind)
                     continue
                 why = finish_reason(raw)
-                records.append({"key": key, "prompt_id": it.id, "sample": s, "response": clean_text(raw), "raw": raw,
-                                "truncated": None if why is None else why == "length",
-                                "messages": [dict(m) for m in it.messages], "model": backend.name, "seed": seed})
+                records.append(
+                    {
+                        "key": key,
+                        "prompt_id": it.id,
+                        "sample": s,
+                        "response": clean_text(raw),
+                        "raw": raw,
+                        "truncated": None if why is None else why == "length",
+                        "messages": [dict(m) for m in it.messages],
+                        "model": backend.name,
+                        "seed": seed,
+                    }
+                )
         del backend  # free it before the model to train is loaded
     convs, empty, truncated = [], 0, 0
     for _, _, key in wanted:
@@ -218,11 +260,21 @@ def build_trainer(cfg: TrainSFTConfig, convs: list[list[dict]]) -> tuple[SFTTrai
     if cfg.lora:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                 target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+        peft_config = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=LORA_TARGETS,
+            task_type="CAUSAL_LM",
+        )
     rows = [to_prompt_completion(c) for c in convs]
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer, peft_config=peft_config)
+    trainer = SFTTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
     if cfg.packing:
         return trainer, None
     if len(trainer.train_dataset) == 0:
@@ -260,8 +312,11 @@ def main(cfg: TrainSFTConfig) -> Path:
             helpful, empty, helpful_truncated, helpful_ids = helpful_sampled(cfg, n_help, out)
         out.begin()
         trainer, dropped = build_trainer(cfg, revisions + helpful)
-        print(f"[train sft] {len(revisions)} revisions + {len(helpful)} helpful examples "
-              f"({'LoRA' if cfg.lora else 'full'} finetuning of {cfg.model})", file=sys.stderr)
+        print(
+            f"[train sft] {len(revisions)} revisions + {len(helpful)} helpful examples "
+            f"({'LoRA' if cfg.lora else 'full'} finetuning of {cfg.model})",
+            file=sys.stderr,
+        )
         resumed = last_checkpoint(cfg.out)
         result = trainer.train(resume_from_checkpoint=resumed)
         model = trainer.model
@@ -271,29 +326,52 @@ def main(cfg: TrainSFTConfig) -> Path:
         trainer.processing_class.save_pretrained(cfg.out)
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         steps = trainer.state.global_step
-        out.finish({
-            "config": training_config_dict(cfg),
-            "inputs": {"data": inputs, "helpful_data": cfg.helpful_data,
-                       "helpful_prompts": None if cfg.helpful_data or not n_help else cfg.helpful_prompts,
-                       "model": resolve_model_path(cfg.model)},
-            "counts": {"revision_examples": len(revisions), "helpful_examples": len(helpful),
-                       "helpful_target": n_help, "helpful_empty": empty,
-                       "helpful_failed": (n_help - len(helpful) - empty - helpful_truncated
-                                          if n_help and cfg.helpful_data is None else 0),
-                       "excluded": {"revision_truncated": sum(i["excluded"]["truncated"] for i in inputs),
-                                    "revision_empty": sum(i["excluded"]["empty"] or 0 for i in inputs),
-                                    "helpful_truncated": helpful_truncated, "helpful_empty": empty},
-                       "revision_unchanged": sum(i["unchanged"] for i in inputs),
-                       "dropped_too_long": dropped,
-                       "trained_examples": len(trainer.train_dataset) if dropped is not None else None},
-            "train": {"steps": steps, "resumed_from": resumed and Path(resumed).name, "first_loss": losses[0] if losses else None,
-                      "last_loss": losses[-1] if losses else None, "train_loss": result.training_loss,
-                      "seconds_per_step": round(result.metrics["train_runtime"] / max(steps, 1), 3),
-                      "log_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]},
-            "files": {"checkpoint": ".", "helpful": "helpful.jsonl" if n_help and cfg.helpful_data is None else None},
-            "prompt_ids": helpful_ids,  # the revisions' prompts are in the revise folders' manifests
-            "seconds": round(time.time() - t0, 1),
-        })
+        out.finish(
+            {
+                "config": training_config_dict(cfg),
+                "inputs": {
+                    "data": inputs,
+                    "helpful_data": cfg.helpful_data,
+                    "helpful_prompts": None if cfg.helpful_data or not n_help else cfg.helpful_prompts,
+                    "model": resolve_model_path(cfg.model),
+                },
+                "counts": {
+                    "revision_examples": len(revisions),
+                    "helpful_examples": len(helpful),
+                    "helpful_target": n_help,
+                    "helpful_empty": empty,
+                    "helpful_failed": (
+                        n_help - len(helpful) - empty - helpful_truncated if n_help and cfg.helpful_data is None else 0
+                    ),
+                    "excluded": {
+                        "revision_truncated": sum(i["excluded"]["truncated"] for i in inputs),
+                        "revision_empty": sum(i["excluded"]["empty"] or 0 for i in inputs),
+                        "helpful_truncated": helpful_truncated,
+                        "helpful_empty": empty,
+                    },
+                    "revision_unchanged": sum(i["unchanged"] for i in inputs),
+                    "dropped_too_long": dropped,
+                    "trained_examples": len(trainer.train_dataset) if dropped is not None else None,
+                },
+                "train": {
+                    "steps": steps,
+                    "resumed_from": resumed and Path(resumed).name,
+                    "first_loss": losses[0] if losses else None,
+                    "last_loss": losses[-1] if losses else None,
+                    "train_loss": result.training_loss,
+                    "seconds_per_step": round(result.metrics["train_runtime"] / max(steps, 1), 3),
+                    "log_history": [
+                        {"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h
+                    ],
+                },
+                "files": {
+                    "checkpoint": ".",
+                    "helpful": "helpful.jsonl" if n_help and cfg.helpful_data is None else None,
+                },
+                "prompt_ids": helpful_ids,  # the revisions' prompts are in the revise folders' manifests
+                "seconds": round(time.time() - t0, 1),
+            }
+        )
     loss = f"loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "no loss logged"
     print(f"[train sft] {steps} steps, {loss}; checkpoint -> {cfg.out}", file=sys.stderr)
     return Path(cfg.out)
