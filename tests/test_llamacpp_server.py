@@ -322,3 +322,29 @@ def test_killed_server_rerun_completes_like_an_uninterrupted_run(
     total = len(sqlite3.connect(cache).execute("SELECT key FROM responses").fetchall())
     assert proxy.count() == total - answered
     assert not math.isnan(sum(r["p_a"] for r in got))
+
+
+# ---------------------------------------------------------------- the whole pipeline
+def test_cai_run_with_served_generating_and_feedback_models(proxy, tiny_model, tmp_path, monkeypatch):
+    """`cai run` where the starting model generates through llama.cpp (model_server) and the
+    feedback model is served too; the training stages finetune the weights named by `model`."""
+    import yaml
+
+    from constitutional_ai.pipeline import run
+    from test_pipeline import tiny_recipe
+
+    monkeypatch.setenv("CAI_REQUEST_CACHE", str(tmp_path / "requests.sqlite"))
+    path = tiny_recipe(tmp_path, tiny_model)
+    recipe = yaml.safe_load(path.read_text())
+    recipe.update(model_server=spec(proxy), feedback_model=spec(proxy), pm_model=tiny_model)
+    path.write_text(yaml.safe_dump(recipe))
+    report = run(path)
+    root = tmp_path / "run"
+    assert all(r["model"].startswith("openai:") for r in read(root / "revise" / "records.jsonl"))
+    labels = read(root / "label" / "labels.jsonl")
+    assert labels and all(r["model"].startswith("openai:") and 0 < r["p_a"] < 1 for r in labels)
+    sft = json.loads((root / "train-sft" / "manifest.json").read_text())
+    assert sft["inputs"]["model"] == tiny_model  # the weights, not the endpoint, were finetuned
+    cmp = json.loads((root / "eval-compare" / "manifest.json").read_text())
+    assert cmp["config"]["models"][0] == spec(proxy) and cmp["config"]["judge"] == spec(proxy)
+    assert report.exists() and proxy.count() > 0

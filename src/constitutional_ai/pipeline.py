@@ -6,7 +6,8 @@
 A recipe is YAML::
 
     out: runs/tiny                 # every stage writes a sub-folder here, named after the stage
-    model: default                 # the helpful-only starting model
+    model: default                 # the helpful-only starting model (weights: train-sft finetunes them)
+    model_server: openai:M@URL     # optional: a server of those weights, used wherever they only generate
     feedback_model: default        # labels, judges (a real run uses a large model here)
     pm_model: default              # base of the preference model
     constitution: default
@@ -57,6 +58,7 @@ TOP_KEYS = {
     "description",
     "out",
     "model",
+    "model_server",
     "feedback_model",
     "pm_model",
     "constitution",
@@ -106,7 +108,20 @@ def load_recipe(path: str | Path) -> dict:
     recipe.setdefault("out", f"runs/{path.stem}")
     recipe.setdefault("model", "default")
     recipe.setdefault("feedback_model", "default")
-    recipe.setdefault("pm_model", recipe["feedback_model"])
+    served = ("openai:", "ray:", "fake:")
+    if str(recipe["model"]).startswith(served):
+        raise RecipeError(
+            f"{path}: model: {recipe['model']!r} is an endpoint, and the training stages finetune "
+            "`model`: give its weights (a folder or hub id) as model, and the endpoint as model_server"
+        )
+    # the PM is trained from weights: a served feedback model cannot be its base
+    fb = str(recipe["feedback_model"])
+    recipe.setdefault("pm_model", recipe["model"] if fb.startswith(served) else fb)
+    if str(recipe["pm_model"]).startswith(served):
+        raise RecipeError(f"{path}: pm_model: {recipe['pm_model']!r} is an endpoint; the PM is trained from weights")
+    # what generates with the starting model (revise, the base model in the evaluations): the weights
+    # in process, or a server that serves them
+    recipe.setdefault("model_server", None)
     recipe.setdefault("constitution", "default")
     recipe.setdefault("seed", 0)
     recipe["_file"] = str(path)
@@ -147,7 +162,12 @@ def plan(recipe: dict) -> list[Step]:
         step(
             "revise",
             revise.ReviseConfig,
-            {"model": recipe["model"], "constitution": recipe["constitution"], "seed": seed, **s.get("revise", {})},
+            {
+                "model": recipe["model_server"] or recipe["model"],
+                "constitution": recipe["constitution"],
+                "seed": seed,
+                **s.get("revise", {}),
+            },
             revise.main,
         ),
         step(
@@ -220,7 +240,7 @@ def eval_steps(recipe: dict, root: Path, s: dict, f: str) -> list[Step]:
     PM score vs revision round, and refusal rate of each checkpoint on benign prompts."""
     from .stages import eval_compare, eval_hhh, eval_refusal, eval_rounds
 
-    models = {"base": recipe["model"], "sl-cai": str(root / "train-sft")}
+    models = {"base": recipe["model_server"] or recipe["model"], "sl-cai": str(root / "train-sft")}
     after = {"base": (), "sl-cai": ("train-sft",)}  # the step each checkpoint comes from
     for route, (ks, name) in ROUTES.items():
         if route in recipe["routes"]:
