@@ -241,3 +241,13 @@ def test_pair_too_long_is_a_failure_and_rerun_retries_it(tmp_path, monkeypatch):
     assert sorted(r["key"] for r in recs) == ["q0", "q1", "q2"]
     assert fb.score_calls and all("question 1?" in p for call in fb.score_calls for p in call)
     assert json.loads((out / "manifest.json").read_text())["counts"]["failed"] == 0
+
+
+def test_manifest_records_the_backends_the_stage_loaded(tmp_path, monkeypatch):
+    class Described(FakeBackend):
+        def info(self):
+            return {"name": "fake", "kind": "fake", "logprob_shape": "scripted"}
+
+    out, _, _ = run_label(tmp_path, monkeypatch, Described(choice_logprobs=BIASED))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["backends"] == [{"name": "fake", "kind": "fake", "logprob_shape": "scripted"}]

@@ -241,6 +241,9 @@ class StageDir:
             raise StoreError(f"{self.path} is in use by another cai process") from None
         self._files: list[RecordFile | FailureLog] = []
         self._begun = False
+        from .models import LOADED
+
+        self._loaded_before = len(LOADED)  # backends loaded from here on are this stage's
         try:
             self._check_settings()
         except BaseException:
@@ -315,10 +318,14 @@ class StageDir:
         self.begin()
         for rf in self._files:
             rf.close()
+        from .models import LOADED, backend_info
+
+        backends = [backend_info(ref()) if ref() is not None else info for ref, info in LOADED[self._loaded_before :]]
         full = {
             "stage": self.stage,
             "settings": self.settings,
             **manifest,
+            **({"backends": backends} if backends else {}),
             "versions": versions(),
             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }

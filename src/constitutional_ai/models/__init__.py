@@ -36,6 +36,17 @@ __all__ = [
 ]
 
 _FAKES: dict[str, Backend] = {}
+#: Every backend this process has loaded, in order, as (weak reference, ``info()`` at load): a
+#: stage's manifest records the ``info()`` of those it loaded — asked again at the end while the
+#: backend is alive, so what it detected on first use (a server's log-probability shape) is in it.
+#: Weak, so that a stage can free a model it is done with.
+LOADED: list[tuple[Any, dict]] = []
+
+
+def backend_info(backend: Any) -> dict:
+    """A backend's facts for manifests (``info()`` where it has one)."""
+    info = getattr(backend, "info", None)
+    return info() if callable(info) else {"name": getattr(backend, "name", type(backend).__name__)}
 
 
 def register_fake(name: str, backend: Backend) -> str:
@@ -77,6 +88,19 @@ def _local_options() -> dict:
 
 
 def load_backend(spec: str | None = None, **options: Any) -> Backend:
+    """Build the backend named by a model spec string (see :func:`_load`) and remember it in :data:`LOADED`."""
+    import weakref
+
+    backend = _load(spec, **options)
+    try:
+        ref: Any = weakref.ref(backend)
+    except TypeError:  # an object that takes no weak references (a test double): keep it
+        ref = lambda b=backend: b  # noqa: E731
+    LOADED.append((ref, backend_info(backend)))
+    return backend
+
+
+def _load(spec: str | None = None, **options: Any) -> Backend:
     """Build the backend named by a model spec string (see module docstring).
 
     Every backend declares the options it takes; :data:`COMMON_OPTIONS` are accepted by all
