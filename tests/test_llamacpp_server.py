@@ -223,7 +223,7 @@ def test_stages_end_to_end_over_http(proxy, tmp_path, monkeypatch):
     ref = eval_refusal.main(
         eval_refusal.RefusalConfig(model=m, out=str(tmp_path / "refusal"), limit=2, max_new_tokens=12)
     )
-    assert len(read(ref / "samples.jsonl")) == 2
+    assert len(read(ref / "samples.jsonl")) == 4  # --limit 2 benign look-alikes + 2 harmful prompts
     hhh = eval_hhh.main(eval_hhh.HHHConfig(model=m, out=str(tmp_path / "hhh"), limit=2, few_shot=1))
     samples = read(hhh / "samples.jsonl")
     assert len(samples) == 2 and all(s["model"] == m for s in samples)
