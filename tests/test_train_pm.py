@@ -10,6 +10,7 @@ import torch
 
 from constitutional_ai import pm as pm_lib
 from constitutional_ai import preferences
+from constitutional_ai.config import parse_config
 from constitutional_ai.data import DataError
 from constitutional_ai.stages import score, train_pm
 from constitutional_ai.store import StageDir, StoreError
@@ -336,7 +337,7 @@ def test_rerun_is_a_no_op_and_changed_settings_are_refused(trained, capsys):
 
 
 def test_cli_parses_label_lists(tmp_path):
-    cfg = train_pm.parse_config(
+    cfg = parse_config(
         train_pm.TrainPMConfig,
         ["--labels", "a", "b", "--helpful-ratio", "0.3", "--soft-labels", "false", "--out", str(tmp_path)],
         "t",

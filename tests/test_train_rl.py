@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from constitutional_ai import pm as pm_lib
+from constitutional_ai.config import parse_config
 from constitutional_ai.data import DataError, PromptItem
 from constitutional_ai.stages import score, train_rl
 from constitutional_ai.store import StageDir, StoreError
@@ -132,13 +133,13 @@ def test_guard_warnings_report_drift():
 
 # ------------------------------------------------------------------------- config and prompts
 def test_config_defaults_and_kl_mapping():
-    cfg = train_rl.parse_config(train_rl.TrainRLConfig, ["--pm", "x", "--out", "o"], "t", "d")
+    cfg = parse_config(train_rl.TrainRLConfig, ["--pm", "x", "--out", "o"], "t", "d")
     assert cfg.kl_coef == 0.001 and cfg.beta == 0.001  # the paper's KL coefficient reaches TRL's beta
     assert cfg.bf16 is False and cfg.activation_checkpointing is False and cfg.gradient_checkpointing is False
     assert (cfg.num_generations, cfg.max_completion_length, cfg.temperature) == (4, 128, 1.0)
     assert cfg.report_to == [] and cfg.save_strategy == "no" and cfg.logging_steps == 1  # "none" → no integrations
     assert cfg.output_dir == "o" and cfg.algorithm == "rloo" and cfg.helpful_fraction == 0.5
-    cfg = train_rl.parse_config(
+    cfg = parse_config(
         train_rl.TrainRLConfig,
         ["--kl-coef", "0.02", "--max-completion-length", "16", "--num-generations", "2"],
         "t",

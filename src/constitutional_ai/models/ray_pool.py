@@ -70,7 +70,7 @@ class RayBackend:
         self.specs = parse_specs(spec)
         if not ray.is_initialized():
             ray.init(
-                address=os.environ.get("RAY_ADDRESS"),
+                address=os.environ.get("RAY_ADDRESS") or None,
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,
