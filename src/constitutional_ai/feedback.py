@@ -39,6 +39,12 @@ from .models.base import RequestFailed
 from .prompts import COT_STOP, FEEDBACK_FORMATS, feedback_messages, feedback_question, feedback_text
 
 #: Completes the error raised when a labeller has no log-probabilities.
+#: ``--prompt-format`` help, the same for every stage that asks the feedback question.
+PROMPT_FORMAT_HELP = (
+    "How the question reaches the model: 'text' (the paper's plain "
+    "'Human: ... Assistant: ...' text ending 'The answer is: (', no chat template) "
+    "or 'chat' (its chat template); CoT always uses chat"
+)
 LABEL_HINT = (
     "Soft labels need the answer log-probabilities. Use a backend that returns them "
     "(local transformers, or vLLM/SGLang's OpenAI server), or pass --hard-labels to record "

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from ..config import opt, output_settings
 from ..constitution import FeedbackPrinciple, load_constitution
 from ..data import prompt_items, training_prompt_ids
-from ..feedback import FeedbackOptions, label_each, position_stats
+from ..feedback import PROMPT_FORMAT_HELP, FeedbackOptions, label_each, position_stats
 from ..generation import Failed, generate_each, release
 from ..metrics import bootstrap_elo, bradley_terry_elo, pair_table
 from ..models import Sampling, derive_seed, load_backend
@@ -96,9 +96,7 @@ class CompareConfig:
     )
     prompt_format: str = opt(
         "text",
-        "How the question reaches the model: 'text' (the paper's plain "
-        "'Human: ... Assistant: ...' text ending 'The answer is: (', no chat template) "
-        "or 'chat' (its chat template); CoT always uses chat",
+        PROMPT_FORMAT_HELP,
     )
     seed: int = opt(0, "Seed for answers (same per prompt for every model) and principle draws")
     temperature: float = opt(1.0, "Sampling temperature of the answers (1 = the models' own distribution)")

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from ..config import opt, output_settings
 from ..constitution import FeedbackPrinciple, load_constitution
 from ..data import DataError
-from ..feedback import FeedbackOptions, label_each, position_stats
+from ..feedback import PROMPT_FORMAT_HELP, FeedbackOptions, label_each, position_stats
 from ..metrics import calibration, graded, mean, sigmoid
 from ..models import derive_seed, load_backend
 from ..pm import load_pm, pm_identity, score_conversations
@@ -94,9 +94,7 @@ class HHHConfig:
     )
     prompt_format: str = opt(
         "text",
-        "How the question reaches the model: 'text' (the paper's plain "
-        "'Human: ... Assistant: ...' text ending 'The answer is: (', no chat template) "
-        "or 'chat' (its chat template); CoT always uses chat",
+        PROMPT_FORMAT_HELP,
     )
     seed: int = opt(0, "Seed of the single-order slot assignment and the reasoning samples")
     limit: int | None = opt(None, "Evaluate only the first N examples", output=False, min=1)

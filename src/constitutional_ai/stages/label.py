@@ -40,6 +40,7 @@ from ..config import opt, output_settings
 from ..constitution import load_constitution
 from ..data import read_jsonl
 from ..feedback import (
+    PROMPT_FORMAT_HELP,
     FeedbackOptions,
     label_chunk,  # noqa: F401 (kept importable from here)
     label_each,
@@ -74,9 +75,7 @@ class LabelConfig:
     )
     prompt_format: str = opt(
         "text",
-        "How the question reaches the model: 'text' (the paper's plain "
-        "'Human: ... Assistant: ...' text ending 'The answer is: (', no chat template) "
-        "or 'chat' (its chat template); CoT always uses chat",
+        PROMPT_FORMAT_HELP,
     )
     cot: bool = opt(False, "Chain-of-thought: the model reasons before the answer is scored")
     clamp: list[float] = opt([0.4, 0.6], "With --cot: clamp each scoring to [LO, HI], then average (paper: 0.4 0.6)")
