@@ -30,23 +30,24 @@ from pathlib import Path
 
 from constitutional_ai.constitution import load_constitution
 from constitutional_ai.data import load_prompts
+from constitutional_ai.feedback import FeedbackOptions, normalise, scoring_units
 from constitutional_ai.models import Sampling, load_backend
 from constitutional_ai.models.llamacpp import LlamaCppServer
 from constitutional_ai.models.local import LocalBackend
 from constitutional_ai.prompts import feedback_messages
-from constitutional_ai.stages import label
+from constitutional_ai.stages.label import LabelConfig
 
 
 def label_conversations(n_pairs: int) -> list[list[dict]]:
     """The `cai label` feedback conversations (both orders) for the first comparison pairs."""
     text = files("constitutional_ai").joinpath("data/helpful_comparisons.jsonl").read_text()
     rows = [json.loads(x) for x in text.splitlines()][:n_pairs]
-    c, cfg = load_constitution("default"), label.LabelConfig(pairs="-", out="-")
+    c, cfg = load_constitution("default"), FeedbackOptions.of(LabelConfig(pairs="-", out="-"))
     convs = []
     for r in rows:
         responses = [r["chosen"][0]["content"], r["rejected"][0]["content"]]
         rec = {"key": r["id"], "messages": r["prompt"], "responses": responses}
-        convs += [feedback_messages(u["question"], u["exemplars"]) for u in label.scoring_units(rec, c, cfg)]
+        convs += [feedback_messages(u["question"], u["exemplars"]) for u in scoring_units(rec, c, cfg)]
     return convs
 
 
@@ -93,7 +94,7 @@ def main() -> None:
         print(rows[-1], flush=True)
 
     def score_row(name: str, scores: list, secs: float, ref: list | None) -> None:
-        pa = [label.normalise(*s) for s in scores]
+        pa = [normalise(*s) for s in scores]
         diff = max(abs(a - b) for a, b in zip(pa, ref)) if ref else 0.0
         rows.append(
             {
@@ -114,7 +115,7 @@ def main() -> None:
         gen_row(f"LocalBackend batch {bs}", texts, secs)
     local.batch_size = 16
     ref_scores, secs = timed(lambda: local.score_choices(prompts, ["A", "B"]))
-    ref = [label.normalise(*s) for s in ref_scores]
+    ref = [normalise(*s) for s in ref_scores]
     score_row("LocalBackend batch 16", ref_scores, secs, None)
 
     metrics = {}

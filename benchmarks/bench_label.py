@@ -31,14 +31,15 @@ import torch
 
 from constitutional_ai.constitution import load_constitution
 from constitutional_ai.data import HELPFUL_COMPARISONS
+from constitutional_ai.feedback import FeedbackOptions, normalise, scoring_units
 from constitutional_ai.models.local import LocalBackend
-from constitutional_ai.prompts import feedback_messages
-from constitutional_ai.stages.label import LabelConfig, normalise, scoring_units
+from constitutional_ai.prompts import feedback_messages, feedback_text
+from constitutional_ai.stages.label import LabelConfig
 
 
 def build_prompts(backend: LocalBackend, n: int, principles: int, exemplar_pool: int = 8) -> list[str]:
     c = load_constitution()
-    cfg = LabelConfig(principles=principles, exemplar_pool=exemplar_pool)
+    cfg = FeedbackOptions.of(LabelConfig(principles=principles, exemplar_pool=exemplar_pool))
     prompts = []
     with open(HELPFUL_COMPARISONS) as f:
         rows = [json.loads(x) for x in f][:n]
@@ -49,7 +50,10 @@ def build_prompts(backend: LocalBackend, n: int, principles: int, exemplar_pool:
             "responses": [r["chosen"][0]["content"], r["rejected"][0]["content"]],
         }
         for u in scoring_units(rec, c, cfg):
-            prompts.append(backend.render(feedback_messages(u["question"], u["exemplars"])))
+            if cfg.effective_format == "text":  # rendered as `cai label` renders them
+                prompts.append(feedback_text(u["question"], u["exemplars"]))
+            else:
+                prompts.append(backend.render(feedback_messages(u["question"], u["exemplars"])))
     return prompts
 
 

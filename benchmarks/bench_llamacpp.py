@@ -165,7 +165,7 @@ def main() -> None:
     for name, dt in label_rows:
         print(f"| {name} | {dt:.1f} | {args.pairs / dt:.2f} | {n_tok / dt:.0f} |")
     if not args.skip_local:
-        from constitutional_ai.stages.label import normalise
+        from constitutional_ai.feedback import normalise
 
         pa = [normalise(*lp) for lp in local]
         both = [(x, y) for x, y in zip(pa, probs) if y is not None]
