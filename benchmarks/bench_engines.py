@@ -121,7 +121,7 @@ def main() -> None:
     metrics = {}
     for conc in (1, 8, 32):
         # A fresh server per level, so no level reuses prompts another one left in llama.cpp's slot cache.
-        with LlamaCppServer(n_parallel=32, slot_ctx=1024, threads=args.threads) as server:
+        with LlamaCppServer(n_parallel=32, slot_ctx=2048, threads=args.threads) as server:
             http = load_backend(f"openai:smollm2@{server.url}", concurrency=conc, cache=False)
             http.generate(convs[:1], Sampling(max_new_tokens=4))  # warm-up (not timed)
             texts, secs = timed(lambda: http.generate(convs, sampling, seeds=seeds))
