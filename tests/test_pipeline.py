@@ -131,6 +131,77 @@ def test_recipe_errors_name_file_and_key(tmp_path):
         load_recipe(bad)
 
 
+def test_launch_key_runs_training_steps_under_accelerate_launch(tmp_path, monkeypatch):
+    from constitutional_ai import pipeline
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"out: {tmp_path / 'run'}\nlaunch: {ROOT / 'launch' / 'fsdp.yaml'}\n")
+    r = load_recipe(recipe)
+    assert r["launch"] == {"config": str(ROOT / "launch" / "fsdp.yaml"), "args": [], "stages": list(pipeline.TRAINING)}
+    steps = {s.name: s for s in plan(r)}
+    calls: list[list[str]] = []
+    ok = lambda cmd: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0)  # noqa: E731
+    monkeypatch.setattr(pipeline.subprocess, "run", ok)
+    steps["train-sft"].run(steps["train-sft"].config)
+    cmd = calls[0]
+    assert cmd[1:5] == ["-m", "accelerate.commands.launch", "--config_file", str(ROOT / "launch" / "fsdp.yaml")]
+    assert cmd[-3:-1] == ["-m", "constitutional_ai.launched"]
+    job = json.loads(Path(cmd[-1]).read_text())
+    assert job["stage"] == "train-sft" and job["values"] == steps["train-sft"].values
+    assert job["values"]["data"] == [str(tmp_path / "run" / "revise")]
+    assert steps["revise"].run is not steps["train-sft"].run  # only training steps are launched
+    monkeypatch.setattr(pipeline.subprocess, "run", lambda cmd: subprocess.CompletedProcess(cmd, 3))
+    with pytest.raises(pipeline.StepFailed, match="exited with status 3; rerun"):
+        steps["train-pm"].run(steps["train-pm"].config)
+    recipe.write_text(
+        f"launch: {{config: {ROOT / 'launch' / 'ddp.yaml'}, args: [--num_processes, 2], stages: [train_pm]}}\n"
+    )
+    r = load_recipe(recipe)
+    assert r["launch"]["args"] == ["--num_processes", "2"] and r["launch"]["stages"] == ["train-pm"]
+    for bad, msg in [
+        ("launch: nope.yaml", "no such file"),
+        (f"launch: {{config: {ROOT / 'launch' / 'ddp.yaml'}, stages: [label]}}", "do not train"),
+        (f"launch: {{config: {ROOT / 'launch' / 'ddp.yaml'}, nodes: 2}}", "unknown key"),
+    ]:
+        recipe.write_text(bad + "\n")
+        with pytest.raises(RecipeError, match=msg):
+            load_recipe(recipe)
+
+
+def test_launched_job_rebuilds_the_validated_config(tmp_path, monkeypatch):
+    from constitutional_ai import launched
+    from constitutional_ai.stages import train_pm
+
+    seen = []
+    monkeypatch.setattr(train_pm, "main", seen.append)
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"stage": "train-pm", "values": {"labels": ["l"], "max_steps": 7}, "where": "r.yaml"}))
+    assert launched.run(str(job)) == 0
+    assert isinstance(seen[0], train_pm.TrainPMConfig) and seen[0].max_steps == 7 and seen[0].labels == ["l"]
+    job.write_text(json.dumps({"stage": "train-pm", "values": {"max_stepz": 7}, "where": "r.yaml: stages.train-pm"}))
+    with pytest.raises(ValueError, match="r.yaml: stages.train-pm: unknown setting"):
+        launched.run(str(job))
+
+
+def test_shipped_launch_configs_load_with_accelerate():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    configs = sorted((ROOT / "launch").rglob("*.yaml"))
+    assert len(configs) == 8
+    for path in configs:
+        c = load_config_from_file(str(path))
+        multi = path.parent.name == "multi-node"
+        assert (c.num_machines, c.num_processes) == ((2, 16) if multi else (1, 8)), path
+        assert c.mixed_precision == "bf16"
+        kind = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED"}[path.stem]
+        assert str(c.distributed_type).endswith(kind), (path, c.distributed_type)
+        if path.stem == "fsdp":
+            assert c.fsdp_config["fsdp_reshard_after_forward"] is True  # full shard
+            assert c.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+        if path.stem.startswith("zero"):
+            assert c.deepspeed_config["zero_stage"] == int(path.stem[-1])
+
+
 def test_bundled_recipes_resolve():
     for name in ("tiny", "paper"):
         steps = plan(load_recipe(ROOT / "recipes" / f"{name}.yaml"))

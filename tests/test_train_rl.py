@@ -285,3 +285,54 @@ def test_pm_folder_without_manifest_is_refused(tmp_path, tiny_model):
     assert not (tmp_path / "rl").exists()
     with pytest.raises(ValueError, match="--pm"):
         train_rl.main(train_rl.TrainRLConfig())
+
+
+# ------------------------------------------------------------------------- vLLM generation
+def test_use_vllm_without_vllm_is_a_clear_error_before_any_work(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(ValueError, match="--use-vllm needs vLLM"):
+        parse_config(train_rl.TrainRLConfig, ["--pm", "x", "--use-vllm", "true"], "t", "d")
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
+def test_vllm_options_reach_the_trainer_and_the_manifest(monkeypatch, tmp_path, tiny_model, algorithm):
+    import importlib.util
+
+    import trl
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+    argv = ["--pm", "x", "--algorithm", algorithm, "--use-vllm", "true", "--vllm-mode", "server"]
+    argv += ["--vllm-server-host", "10.0.0.5", "--vllm-server-port", "8123"]
+    cfg = parse_config(train_rl.TrainRLConfig, argv, "t", "d")
+    assert train_rl.generation_info(cfg) == {"engine": "vllm", "vllm_mode": "server", "server": "http://10.0.0.5:8123"}
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    def capture(*a, args=None, **k):
+        seen["args"] = args
+        raise Captured
+
+    monkeypatch.setattr(trl, "RLOOTrainer" if algorithm == "rloo" else "GRPOTrainer", capture)
+    log = train_rl.LogWriter(None)
+    with pytest.raises(Captured):
+        train_rl.build_trainer(cfg, [{"prompt": [{"role": "user", "content": "hi"}]}], tiny_model, None, None, log)
+    args = seen["args"]
+    assert (args.use_vllm, args.vllm_mode, args.vllm_server_host, args.vllm_server_port) == (
+        True,
+        "server",
+        "10.0.0.5",
+        8123,
+    )
+    colocate = parse_config(train_rl.TrainRLConfig, ["--pm", "x", "--use-vllm", "true"], "t", "d")
+    info = train_rl.generation_info(colocate)
+    assert info["engine"] == "vllm" and info["vllm_mode"] == "colocate" and "gpu_memory_utilization" in info
+    with pytest.raises(ValueError, match="colocate or server"):
+        parse_config(train_rl.TrainRLConfig, ["--pm", "x", "--use-vllm", "true", "--vllm-mode", "remote"], "t", "d")
+    plain = parse_config(train_rl.TrainRLConfig, ["--pm", "x"], "t", "d")
+    assert train_rl.generation_info(plain) == {"engine": "transformers"}

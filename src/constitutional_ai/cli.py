@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Callable
 
 from .stages import BY_NAME, STAGES
 
@@ -92,15 +93,28 @@ def main(argv: list[str] | None = None) -> int:
     if cmd not in COMMANDS:
         print(f"cai: unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    quiet_libraries()
+    module, func, _ = COMMANDS[cmd]
+    fn = BY_NAME[func].cli if func in BY_NAME else getattr(importlib.import_module(module), func)
+    return guarded(f"cai {cmd}", lambda: fn(rest))
+
+
+def quiet_libraries() -> None:
+    """No progress bars or info chatter from transformers; no tokenizer thread pools in workers."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    module, func, _ = COMMANDS[cmd]
-    fn = BY_NAME[func].cli if func in BY_NAME else getattr(importlib.import_module(module), func)
+
+
+def guarded(label: str, fn: Callable[[], int | None]) -> int:
+    """Run a command: our own errors print as one line (exit 2), Ctrl-C says how to resume (130)."""
+    from .distributed import die_with_launcher
+
+    die_with_launcher()  # under accelerate launch / torchrun: die with the launcher, never linger
     try:
-        return int(fn(rest) or 0)
+        return int(fn() or 0)
     except KeyboardInterrupt:
         print("\ncai: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -110,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         ours = type(e).__module__.startswith("constitutional_ai") or isinstance(e, (ValueError, FileNotFoundError))
         if not ours or os.environ.get("CAI_DEBUG"):
             raise
-        print(f"cai {cmd}: error: {e}", file=sys.stderr)
+        print(f"{label}: error: {e}", file=sys.stderr)
         return 2
 
 

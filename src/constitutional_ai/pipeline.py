@@ -12,6 +12,8 @@ A recipe is YAML::
     pm_model: default              # base of the preference model
     constitution: default
     seed: 0
+    launch: launch/fsdp.yaml       # optional: training steps run under accelerate launch with this config
+                                   # (or {config: FILE, args: [--num_processes, "4"], stages: [train-sft]})
     routes: [rl]                   # rl: train-pm -> train-rl (the paper); dpo: train-dpo (offline); or both
     stages:                        # per-stage settings = that stage's CLI flags
       revise: {rounds: 4, ...}
@@ -37,7 +39,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -64,14 +68,21 @@ TOP_KEYS = {
     "constitution",
     "seed",
     "routes",
+    "launch",
     "stages",
 }
+#: the steps that train (and can run on several processes through ``launch:``)
+TRAINING = ("train-sft", "train-pm", "train-rl", "train-dpo")
 #: route -> the stages only it runs, and the checkpoint it adds to the evaluations
 ROUTES = {"rl": (("train-pm", "train-rl"), "rl-cai"), "dpo": (("train-dpo",), "dpo-cai")}
 
 
 class RecipeError(ValueError):
     """A recipe file is malformed; the message names the file and the key."""
+
+
+class StepFailed(RuntimeError):
+    """A step run in other processes (``launch:``) failed; their output says why."""
 
 
 def load_recipe(path: str | Path) -> dict:
@@ -124,8 +135,32 @@ def load_recipe(path: str | Path) -> dict:
     recipe.setdefault("model_server", None)
     recipe.setdefault("constitution", "default")
     recipe.setdefault("seed", 0)
+    recipe["launch"] = _launch(recipe.get("launch"), path)
     recipe["_file"] = str(path)
     return recipe
+
+
+def _launch(value: Any, path: Path) -> dict | None:
+    """The ``launch:`` key: ``CONFIG.yaml`` or ``{config, args, stages}`` -> a checked mapping."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = {"config": value}
+    if not isinstance(value, dict) or not isinstance(value.get("config"), str):
+        raise RecipeError(f"{path}: launch: expected an accelerate config file, or a mapping with `config` (a file)")
+    unknown = set(value) - {"config", "args", "stages"}
+    if unknown:
+        raise RecipeError(f"{path}: launch: unknown key(s) {', '.join(sorted(unknown))}; valid: args, config, stages")
+    if not Path(value["config"]).is_file():
+        raise RecipeError(f"{path}: launch.config: {value['config']}: no such file (see the launch/ folder)")
+    args = value.get("args", [])
+    if not isinstance(args, list) or not all(isinstance(a, (str, int, float)) for a in args):
+        raise RecipeError(f"{path}: launch.args: expected a list of accelerate launch arguments")
+    stages = [str(x).replace("_", "-") for x in value.get("stages", TRAINING)]
+    bad = set(stages) - set(TRAINING)
+    if bad:
+        raise RecipeError(f"{path}: launch.stages: {', '.join(sorted(bad))} do not train; valid: {', '.join(TRAINING)}")
+    return {"config": value["config"], "args": [str(a) for a in args], "stages": stages}
 
 
 @dataclasses.dataclass
@@ -137,6 +172,8 @@ class Step:
     config: Any
     run: Callable[[Any], Any]
     inputs: tuple[str, ...] = ()
+    #: the settings ``config`` was built from (what a launched step rebuilds it from)
+    values: dict = dataclasses.field(default_factory=dict)
 
 
 def _cfg(cls, values: dict, where: str):
@@ -155,8 +192,13 @@ def plan(recipe: dict) -> list[Step]:
     f, seed = recipe["_file"], recipe["seed"]
     d = {n: str(root / n) for n in ORDER}  # each stage's folder is named after it
 
+    launch = recipe.get("launch")
+
     def step(name: str, cls, values: dict, run, inputs: tuple[str, ...] = ()) -> Step:
-        return Step(name, root / name, _cfg(cls, {**values, "out": d[name]}, f"{f}: stages.{name}"), run, inputs)
+        values, where = {**values, "out": d[name]}, f"{f}: stages.{name}"
+        if launch and name in launch["stages"]:
+            run = functools.partial(run_launched, name, values, where, launch, root / ".pipeline")
+        return Step(name, root / name, _cfg(cls, values, where), run, inputs, values)
 
     steps = [
         step(
@@ -233,6 +275,36 @@ def plan(recipe: dict) -> list[Step]:
     ]
     skipped = {k for r, (ks, _) in ROUTES.items() if r not in recipe["routes"] for k in ks}
     return [st for st in steps if st.name not in skipped] + eval_steps(recipe, root, s, f)
+
+
+def launch_command(launch: dict, job: Path) -> list[str]:
+    """``accelerate launch`` of one training step (``python -m accelerate.commands.launch``, the
+    ``accelerate launch`` of this interpreter's environment)."""
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        launch["config"],
+        *launch["args"],
+        "-m",
+        "constitutional_ai.launched",
+        str(job),
+    ]
+
+
+def run_launched(name: str, values: dict, where: str, launch: dict, state_dir: Path, _config: Any = None) -> None:
+    """Run a training step on several processes: its resolved settings go to a job file that every
+    launched process rebuilds the same config from (``constitutional_ai.launched``)."""
+    job = state_dir / f"{name}.job.json"
+    write_json_atomic(job, {"stage": name, "values": values, "where": where})
+    cmd = launch_command(launch, job)
+    print(f"[run] {name}: {' '.join(cmd[1:])}", file=sys.stderr)
+    code = subprocess.run(cmd).returncode
+    if code != 0:
+        raise StepFailed(
+            f"{name}: `accelerate launch` exited with status {code}; rerun the same `cai run` to resume the step"
+        )
 
 
 def eval_steps(recipe: dict, root: Path, s: dict, f: str) -> list[Step]:

@@ -57,15 +57,83 @@ def encode_conversation(tokenizer, conversation: Conversation) -> list[int]:
     return list(enc["input_ids"])
 
 
+#: sequences sharing at least this many leading tokens have that prefix encoded once
+MIN_SHARED_PREFIX = 32
+
+
+def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def prefix_groups(sequences: Sequence[Sequence[int]], min_shared: int, max_group: int) -> list[tuple[list[int], int]]:
+    """Groups of sequences (indices) that share a prefix of at least ``min_shared`` tokens, with
+    the prefix length each group encodes once; every other sequence is a group of one with
+    prefix 0. The prefix stops one token short of the shortest member, so each member keeps at
+    least one token of its own (the one the head reads is then always computed in full)."""
+    order = sorted(range(len(sequences)), key=lambda i: tuple(sequences[i]))
+    groups: list[tuple[list[int], int]] = []
+    k = 0
+    while k < len(order):
+        first = order[k]
+        members, shared = [first], len(sequences[first]) - 1
+        while k + len(members) < len(order) and len(members) < max_group:
+            nxt = order[k + len(members)]
+            common = min(shared, _lcp(sequences[first], sequences[nxt]), len(sequences[nxt]) - 1)
+            if common < min_shared:
+                break
+            members.append(nxt)
+            shared = common
+        groups.append((members, shared if len(members) > 1 else 0))
+        k += len(members)
+    return groups
+
+
+def _head(model):
+    """(backbone, score head) of a ``*ForSequenceClassification`` model, or None if it has another shape."""
+    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    head = getattr(model, "score", None)
+    return (backbone, head) if backbone is not None and isinstance(head, torch.nn.Module) else None
+
+
 @torch.inference_mode()
-def score_ids(model, pad_token_id: int, sequences: Sequence[Sequence[int]], batch_size: int = 16) -> list[float]:
-    """PM scores of already-tokenized sequences, in input order."""
+def score_ids(
+    model,
+    pad_token_id: int,
+    sequences: Sequence[Sequence[int]],
+    batch_size: int = 16,
+    min_shared: int | None = MIN_SHARED_PREFIX,
+) -> list[float]:
+    """PM scores of already-tokenized sequences, in input order.
+
+    Sequences that share a long prefix — the responses to one conversation: a pair's chosen and
+    rejected, RL's completions of one prompt — have it encoded once: the backbone runs on the
+    prefix with a KV cache, then on each member's remaining tokens against that cache, and the
+    score head reads each member's last token. Causal attention makes this the same computation
+    as scoring each sequence in full (equal within float rounding, tested). ``min_shared=None``
+    scores every sequence in full.
+    """
     if not sequences:
         return []
     device = next(model.parameters()).device
-    # Batches of similar length waste little on padding; results go back in input order.
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     out = [0.0] * len(sequences)
+    parts = _head(model) if min_shared is not None else None
+    singles: list[int] = []
+    if parts is None:
+        singles = list(range(len(sequences)))
+    else:
+        for members, shared in prefix_groups(sequences, min_shared, batch_size):
+            if shared == 0:
+                singles += members
+                continue
+            scores = _score_group(parts, pad_token_id, [sequences[i] for i in members], shared, device)
+            for i, v in zip(members, scores):
+                out[i] = v
+    # Batches of similar length waste little on padding; results go back in input order.
+    order = sorted(singles, key=lambda i: len(sequences[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         L = max(len(sequences[i]) for i in idx)
@@ -78,6 +146,33 @@ def score_ids(model, pad_token_id: int, sequences: Sequence[Sequence[int]], batc
         for b, i in enumerate(idx):
             out[i] = float(logits[b, 0].float())
     return out
+
+
+def _score_group(parts, pad_token_id: int, seqs: list[Sequence[int]], shared: int, device) -> list[float]:
+    """Scores of sequences sharing their first ``shared`` tokens, the prefix encoded once."""
+    backbone, head = parts
+    prefix = torch.tensor([list(seqs[0][:shared])], dtype=torch.long, device=device)
+    cache = backbone(input_ids=prefix, use_cache=True).past_key_values
+    cache.batch_repeat_interleave(len(seqs))
+    rest = [list(s[shared:]) for s in seqs]
+    L = max(len(r) for r in rest)
+    ids = torch.full((len(seqs), L), pad_token_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), shared + L), dtype=torch.long)
+    attn[:, :shared] = 1
+    for b, r in enumerate(rest):
+        ids[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+        attn[b, shared : shared + len(r)] = 1
+    positions = torch.arange(shared, shared + L).expand(len(seqs), L)
+    hidden = backbone(
+        input_ids=ids.to(device),
+        attention_mask=attn.to(device),
+        position_ids=positions.to(device),
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state
+    last = torch.tensor([len(r) - 1 for r in rest], device=device)
+    picked = hidden[torch.arange(len(seqs), device=device), last]
+    return [float(v) for v in head(picked)[:, 0].float()]
 
 
 def score_conversations(

@@ -45,6 +45,9 @@ KL(π ‖ π_ref) over the vocabulary at every chosen and rejected completion to
 ``learning_rate, grad_norm``; ``metrics.json`` (first/last logged step); ``manifest.json``
 last. Resumes from the last Trainer checkpoint (``--save-strategy steps --save-steps N``);
 a finished folder is left as it is.
+
+Several processes: ``accelerate launch [--config_file launch/fsdp.yaml] -m constitutional_ai train dpo ...``
+(or ``torchrun``); every process trains, the main one owns the output folder (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from ..config import opt, output_settings, training_config_dict
 from ..data import DataError, read_jsonl
+from ..distributed import FINISHED, owned_folder, replicas, save_trained, world_size
 from ..models.local import resolve_model_path
 from ..preferences import load_label_folder, load_pairs, mix_weights
 from ..store import (
@@ -341,11 +345,11 @@ def log_row(logs: dict, step: int) -> dict:
 class LogWriter(TrainerCallback):
     """Appends a log.jsonl row (flushed) and prints a line at every logged training step."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path | None):
+        self.path = path  # None on processes other than the main one: nothing is written
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "rewards/margins" not in logs:
+        if self.path is None or not logs or "rewards/margins" not in logs:
             return
         row = log_row(logs, state.global_step)
         with open(self.path, "a", encoding="utf-8") as f:
@@ -424,10 +428,9 @@ def main(cfg: TrainDPOConfig) -> Path:
             f"--loss-type {cfg.loss_type[0]} has no soft-label form and some pairs have p_chosen < 1: "
             "add --soft-labels false (hard labels) or use --loss-type sigmoid"
         )
-    with StageDir(cfg.out, STAGE, output_settings(cfg, inputs=inputs)) as out:
-        if out.finished:
-            print(f"[train dpo] already done: {cfg.out} (same settings); delete the folder to retrain", file=sys.stderr)
-            return Path(cfg.out)
+
+    def prepare(out: StageDir) -> dict:
+        """On the main process: screened and weighted pairs, and the checkpoint to resume."""
         screened, rejected = {}, {}
         for src, rows in pairs.items():
             screened[src], rejected[src] = screen(rows, cfg.soft_labels)
@@ -443,18 +446,38 @@ def main(cfg: TrainDPOConfig) -> Path:
         print(
             f"[train dpo] {len(screened['ai'])} AI-label + {len(screened['revision'])} revision + {n_help} "
             f"helpfulness pairs (weights {w_other:.3g} / {w_help:.3g}), loss {cfg.loss_type[0]}, beta {cfg.beta}; "
-            f"rejected {why}",
+            f"rejected {why}" + (f"; {world_size()} processes" if world_size() > 1 else ""),
             file=sys.stderr,
         )
         out.begin()
         resumed = last_checkpoint(cfg.out)
-        log_path = Path(cfg.out) / "log.jsonl"
         if not resumed:
-            log_path.write_text("")  # a fresh start; on resume, the rows up to the checkpoint are rewritten below
-        trainer = build_trainer(cfg, train, LogWriter(log_path))
+            (Path(cfg.out) / "log.jsonl").write_text("")  # a fresh start; on resume it is rewritten below
+        return {
+            "train": train,
+            "rejected": rejected,
+            "n_help": n_help,
+            "n_other": n_other,
+            "weights": (w_other, w_help),
+            "resumed": resumed,
+        }
+
+    with owned_folder(cfg, STAGE, output_settings(cfg, inputs=inputs), prepare) as (out, prep):
+        if prep == FINISHED:
+            if out is not None:
+                print(
+                    f"[train dpo] already done: {cfg.out} (same settings); delete the folder to retrain",
+                    file=sys.stderr,
+                )
+            return Path(cfg.out)
+        train, rejected, resumed = prep["train"], prep["rejected"], prep["resumed"]
+        n_help, n_other, (w_other, w_help) = prep["n_help"], prep["n_other"], prep["weights"]
+        trainer = build_trainer(cfg, train, LogWriter(Path(cfg.out) / "log.jsonl" if out is not None else None))
         result = trainer.train(resume_from_checkpoint=resumed)
-        trainer.model.save_pretrained(cfg.out)
-        trainer.processing_class.save_pretrained(cfg.out)
+        save_trained(trainer, cfg.out)
+        processes = replicas(trainer)
+        if out is None:
+            return Path(cfg.out)  # the main process writes the log, metrics and manifest
         # The Trainer's history (restored from the checkpoint on resume) is the authoritative log.
         log = [log_row(h, h["step"]) for h in trainer.state.log_history if "rewards/margins" in h]
         out.write_jsonl("log.jsonl", log)
@@ -499,6 +522,7 @@ def main(cfg: TrainDPOConfig) -> Path:
                     "resumed_from": resumed and Path(resumed).name,
                 },
                 "metrics": metrics,
+                "processes": processes,
                 "files": {"checkpoint": ".", "log": "log.jsonl", "metrics": "metrics.json"},
                 "seconds": round(time.time() - t0, 1),
             }

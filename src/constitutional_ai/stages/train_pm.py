@@ -46,6 +46,9 @@ so TRL's RLOO/GRPO can use it as a reward model), ``metrics.json``,
 ``heldout_scores.jsonl``, and ``manifest.json`` written last. Rerunning a finished run
 does nothing; an interrupted run with intermediate checkpoints (``--save-strategy steps``)
 resumes from the last one.
+
+Several processes: ``accelerate launch [--config_file launch/fsdp.yaml] -m constitutional_ai train pm ...``
+(or ``torchrun``); every process trains, the main one owns the output folder (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from ..config import opt, output_settings, training_config_dict
 from ..data import DataError
+from ..distributed import FINISHED, owned_folder, replicas, save_trained, world_size
 from ..metrics import calibration
 from ..pm import encode_conversation, score_ids
 from ..preferences import load_label_folder, load_pairs, mix_weights
@@ -274,8 +278,10 @@ def build_trainer(cfg: TrainPMConfig, model, tokenizer, train_rows: list[dict]) 
 def evaluate_pairs(model, pad_token_id: int, rows: list[dict], batch_size: int) -> tuple[dict, list[dict]]:
     """Held-out accuracy, soft log-loss and calibration (see the module docstring)."""
     model.eval()
-    r_c = score_ids(model, pad_token_id, [r["chosen_ids"] for r in rows], batch_size)
-    r_r = score_ids(model, pad_token_id, [r["rejected_ids"] for r in rows], batch_size)
+    # Scored together, so a pair's two sequences share the encoding of its prompt.
+    seqs = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
+    both = score_ids(model, pad_token_id, seqs, batch_size)
+    r_c, r_r = both[: len(rows)], both[len(rows) :]
     per = []
     for r, c, j in zip(rows, r_c, r_r):
         q = 1 / (1 + math.exp(-(c - j)))
@@ -365,10 +371,9 @@ def main(cfg: TrainPMConfig) -> Path:
         if cfg.helpful
         else None,
     }
-    with StageDir(cfg.out, "train-pm", output_settings(cfg, inputs=inputs)) as out:
-        if out.finished:
-            print(f"[train-pm] {cfg.out} is already finished with these settings; nothing to do", file=sys.stderr)
-            return Path(cfg.out)
+
+    def prepare(out: StageDir) -> dict:
+        """On the main process: the mix, tokenized pairs, train/held-out split and the checkpoint to resume."""
         if cfg.helpful_mix == "subsample":
             ai_used, helpful_used = mix(ai, helpful, cfg.helpful_ratio, cfg.seed)
         else:
@@ -386,24 +391,48 @@ def main(cfg: TrainPMConfig) -> Path:
             f"[train-pm] {len(ai_used)} AI-feedback + {len(helpful_used)} helpfulness pairs; "
             f"{len(train_rows)} train (weights AI {mix_info['weight_ai']:.3g}, "
             f"helpful {mix_info['weight_helpful']:.3g}), "
-            f"{len(heldout)} held out, {dropped} too long",
+            f"{len(heldout)} held out, {dropped} too long"
+            + (f"; {world_size()} processes" if world_size() > 1 else ""),
             file=sys.stderr,
         )
-        model = load_model(cfg, tokenizer)
         out.begin()
+        return {
+            "n_ai_used": len(ai_used),
+            "n_helpful_used": len(helpful_used),
+            "train": train_rows,
+            "heldout": heldout,
+            "dropped": dropped,
+            "mix": mix_info,
+            "resumed": last_checkpoint(cfg.out),
+        }
+
+    with owned_folder(cfg, "train-pm", output_settings(cfg, inputs=inputs), prepare) as (out, prep):
+        if prep == FINISHED:
+            if out is not None:
+                print(f"[train-pm] {cfg.out} is already finished with these settings; nothing to do", file=sys.stderr)
+            return Path(cfg.out)
+        train_rows, heldout, dropped, mix_info = prep["train"], prep["heldout"], prep["dropped"], prep["mix"]
+        tokenizer = load_tokenizer(cfg)
+        model = load_model(cfg, tokenizer)
         trainer = build_trainer(cfg, model, tokenizer, train_rows)
         t0 = time.time()
-        resumed = last_checkpoint(cfg.out)
-        result = trainer.train(resume_from_checkpoint=resumed)
+        result = trainer.train(resume_from_checkpoint=prep["resumed"])
         seconds = time.time() - t0
-        trainer.save_model(cfg.out)  # model + tokenizer; config carries pad_token_id
+        save_trained(trainer, cfg.out)  # model + tokenizer; config carries pad_token_id
+        processes = replicas(trainer)
+        if out is None:
+            return Path(cfg.out)  # the main process scores the held-out pairs and writes the manifest
         steps = trainer.state.global_step
         metrics: dict[str, Any] = {}
         per: list[dict] = []
         if heldout:
-            metrics, per = evaluate_pairs(
-                trainer.model, tokenizer.pad_token_id, heldout, cfg.per_device_eval_batch_size
-            )
+            scorer = trainer.accelerator.unwrap_model(trainer.model)
+            if world_size() > 1:  # sharded or not, the saved checkpoint is the whole trained model
+                from transformers import AutoModelForSequenceClassification
+
+                scorer = AutoModelForSequenceClassification.from_pretrained(cfg.out, dtype=torch.float32)
+                scorer.to(trainer.accelerator.device)
+            metrics, per = evaluate_pairs(scorer, tokenizer.pad_token_id, heldout, cfg.per_device_eval_batch_size)
         metrics["train"] = {
             "steps": steps,
             "seconds": round(seconds, 2),
@@ -422,14 +451,15 @@ def main(cfg: TrainPMConfig) -> Path:
                 "counts": {
                     "ai_labels": len(ai),
                     "helpful": len(helpful),
-                    "ai_used": len(ai_used),
-                    "helpful_used": len(helpful_used),
+                    "ai_used": prep["n_ai_used"],
+                    "helpful_used": prep["n_helpful_used"],
                     "too_long": dropped,
                     "train": len(train_rows),
                     "heldout": len(heldout),
                 },
                 "mix": mix_info,
                 "metrics": {**summary, "train_steps": steps, "seconds_per_step": metrics["train"]["seconds_per_step"]},
+                "processes": processes,
                 "files": {"model": ".", "metrics": "metrics.json", "heldout": "heldout_scores.jsonl"},
             }
         )

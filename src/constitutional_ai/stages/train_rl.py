@@ -49,6 +49,9 @@ last one and keeps its history: ``log.jsonl`` keeps the rows up to that checkpoi
 appending, and the first step's samples (kept in ``samples_first.jsonl`` as soon as they are
 drawn) still open ``samples.jsonl``, so the log, the first/last metrics, the guard warnings and
 the counts cover the whole run. Without checkpoints an interrupted run trains from the start.
+
+Several processes: ``accelerate launch [--config_file launch/fsdp.yaml] -m constitutional_ai train rl ...``
+(or ``torchrun``); every process trains, the main one owns the output folder (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -65,11 +68,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from transformers import TrainerCallback
 from trl import GRPOConfig, RLOOConfig
 
 from ..config import opt, output_settings, training_config_dict
 from ..data import DataError, PromptItem, load_prompts, prompt_file
+from ..distributed import FINISHED, owned_folder, replicas, save_trained, world_size
 from ..models import derive_seed
 from ..models.local import resolve_model_path
 from ..pm import load_pm, score_conversations
@@ -170,6 +175,16 @@ class TrainRLConfig(RLOOConfig):
         if self.reward_weights is not None and list(self.reward_weights) != [1.0, self.penalize_boilerplate]:
             raise ValueError("--reward-weights is set from --penalize-boilerplate (PM weight 1, guards weight X)")
         self.reward_weights = [1.0, self.penalize_boilerplate]
+        if self.use_vllm:
+            import importlib.util
+
+            if importlib.util.find_spec("vllm") is None:
+                raise ValueError(
+                    "--use-vllm needs vLLM in this environment (pip install vllm, on a machine with a CUDA GPU); "
+                    "without it, leave --use-vllm off and the policy generates through transformers"
+                )
+            if self.vllm_mode not in ("colocate", "server"):
+                raise ValueError(f"--vllm-mode must be colocate or server, got {self.vllm_mode!r}")
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
             self.activation_checkpointing = False  # TRL turns it on by default; it only slows small CPU runs
         # The values as given, before TrainingArguments derives others from them: GRPOConfig is built from these.
@@ -181,6 +196,19 @@ def grpo_config(cfg: TrainRLConfig) -> GRPOConfig:
     """A GRPOConfig with every value of ``cfg`` that GRPO also has (β included); the rest GRPO's defaults."""
     names = {f.name for f in dataclasses.fields(GRPOConfig) if f.init}
     return GRPOConfig(**{k: v for k, v in cfg._given.items() if k in names})
+
+
+def generation_info(cfg: TrainRLConfig) -> dict:
+    """How the policy's answers are generated during RL (recorded in the manifest)."""
+    if not cfg.use_vllm:
+        return {"engine": "transformers"}
+    info = {"engine": "vllm", "vllm_mode": cfg.vllm_mode}
+    if cfg.vllm_mode == "server":
+        info["server"] = cfg.vllm_server_base_url or f"http://{cfg.vllm_server_host}:{cfg.vllm_server_port}"
+    else:
+        info["gpu_memory_utilization"] = cfg.vllm_gpu_memory_utilization
+        info["tensor_parallel_size"] = cfg.vllm_tensor_parallel_size
+    return info
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -370,8 +398,10 @@ class LogWriter(TrainerCallback):
     kept and the run appends after them; rows past N (steps the resumed run trains again) are
     dropped. Otherwise the log starts empty."""
 
-    def __init__(self, path: Path, resumed_step: int = 0):
+    def __init__(self, path: Path | None, resumed_step: int = 0):
         self.path, self.rows = path, []
+        if path is None:  # a process other than the main one: keeps nothing, writes nothing
+            return
         if resumed_step and path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
@@ -383,7 +413,7 @@ class LogWriter(TrainerCallback):
         write_rows(path, self.rows)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "rewards/pm/mean" not in logs:
+        if self.path is None or not logs or "rewards/pm/mean" not in logs:
             return
         row = log_row(logs, state.global_step)
         self.rows.append(row)
@@ -473,27 +503,39 @@ def main(cfg: TrainRLConfig) -> Path:
     red = load_prompts(cfg.prompts_red_team, split=cfg.split)
     helpful = load_prompts(cfg.prompts_helpful, split=cfg.split)
     rows = mix_prompts(red, helpful, cfg.helpful_fraction, cfg.limit_prompts, cfg.seed)
-    with StageDir(cfg.out, STAGE, output_settings(cfg, inputs=inputs)) as out:
-        if out.finished:
-            print(f"[train rl] already done: {cfg.out} (same settings); delete the folder to retrain", file=sys.stderr)
-            return Path(cfg.out)
-        pm_model, pm_tokenizer = load_pm(cfg.pm, device=str(cfg.device))
+
+    def prepare(out: StageDir) -> dict:
         out.begin()
         resumed = last_checkpoint(cfg.out)
-        resumed_step = int(Path(resumed).name.rsplit("-", 1)[1]) if resumed else 0
-        log = LogWriter(Path(cfg.out) / "log.jsonl", resumed_step)
-        trainer, rewards = build_trainer(
-            cfg, rows, policy_path, pm_model, pm_tokenizer, log, Path(cfg.out) / "samples_first.jsonl", resumed_step
-        )
+        return {"resumed": resumed, "step": int(Path(resumed).name.rsplit("-", 1)[1]) if resumed else 0}
+
+    with owned_folder(cfg, STAGE, output_settings(cfg, inputs=inputs), prepare) as (out, prep):
+        if prep == FINISHED:
+            if out is not None:
+                print(
+                    f"[train rl] already done: {cfg.out} (same settings); delete the folder to retrain", file=sys.stderr
+                )
+            return Path(cfg.out)
+        resumed, resumed_step = prep["resumed"], prep["step"]
+        pm_model, pm_tokenizer = load_pm(cfg.pm, device=str(cfg.device))
+        # Only the main process writes the log and the first samples (``None``: not written here).
+        log = LogWriter(Path(cfg.out) / "log.jsonl" if out is not None else None, resumed_step)
+        first_path = Path(cfg.out) / "samples_first.jsonl" if out is not None else None
+        trainer, rewards = build_trainer(cfg, rows, policy_path, pm_model, pm_tokenizer, log, first_path, resumed_step)
         n_help = sum(r["source"] == "helpful" for r in rows)
-        print(
-            f"[train rl] {cfg.algorithm.upper()} of {cfg.policy} against {cfg.pm}: {len(rows) - n_help} red-team + "
-            f"{n_help} helpful prompts, beta {trainer.beta}",
-            file=sys.stderr,
-        )
+        if out is not None:
+            print(
+                f"[train rl] {cfg.algorithm.upper()} of {cfg.policy} against {cfg.pm}: {len(rows) - n_help} red-team "
+                f"+ {n_help} helpful prompts, beta {trainer.beta}"
+                + (f", {world_size()} processes" if world_size() > 1 else ""),
+                file=sys.stderr,
+            )
         result = trainer.train(resume_from_checkpoint=resumed)
-        trainer.model.save_pretrained(cfg.out)
-        trainer.processing_class.save_pretrained(cfg.out)
+        save_trained(trainer, cfg.out)
+        processes = replicas(trainer)
+        scored = sum(gather_object([rewards.scored]))  # each process scores its own completions
+        if out is None:
+            return Path(cfg.out)  # the main process writes samples, log and manifest
         samples = (rewards.first or []) + (rewards.last if rewards.last is not rewards.first else [])
         out.write_jsonl("samples.jsonl", samples)
         steps = trainer.state.global_step
@@ -510,13 +552,14 @@ def main(cfg: TrainRLConfig) -> Path:
                     "beta": trainer.beta,
                     "reward_funcs": trainer.reward_func_names,
                     "reward_weights": trainer.reward_weights.tolist(),
+                    "generation": generation_info(cfg),
                 },
                 "inputs": {**inputs, "policy_path": policy_path},
                 "counts": {
                     "prompts": len(rows),
                     "red_team_prompts": len(rows) - n_help,
                     "helpful_prompts": n_help,
-                    "completions_scored": rewards.scored,
+                    "completions_scored": scored,
                     "steps": steps,
                     "logged_steps": len(log.rows),
                     "resumed_from_step": resumed_step or None,
@@ -534,6 +577,7 @@ def main(cfg: TrainRLConfig) -> Path:
                     "samples": "samples.jsonl",
                     "samples_first": "samples_first.jsonl",
                 },
+                "processes": processes,
                 "prompt_ids": [r["prompt_id"].split("/", 1)[1] for r in rows],
                 "seconds": round(time.time() - t0, 1),
             }

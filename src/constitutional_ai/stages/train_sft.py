@@ -31,6 +31,9 @@ Output folder: the ``save_pretrained`` model + tokenizer, ``helpful.jsonl`` (whe
 ``settings.json``, and ``manifest.json`` last. Rerunning a finished command does nothing; an
 interrupted training with intermediate checkpoints (``--save-strategy steps``) resumes from the
 last one (the helpful samples are kept either way).
+
+Several processes: ``accelerate launch [--config_file launch/fsdp.yaml] -m constitutional_ai train sft ...``
+(or ``torchrun``); every process trains, the main one owns the output folder (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from trl import SFTConfig, SFTTrainer
 
 from ..config import opt, output_settings, training_config_dict
 from ..data import DataError, load_prompts, prompt_file, read_jsonl
+from ..distributed import FINISHED, owned_folder, replicas, save_trained, world_size
 from ..generation import Failed, generate_each
 from ..models import Sampling, derive_seed, load_backend
 from ..models.base import finish_reason
@@ -298,32 +302,43 @@ def main(cfg: TrainSFTConfig) -> Path:
     if cfg.helpful_data is not None:  # sampling settings are moot with a file
         for k in ("helpful_prompts", "helpful_temperature", "helpful_max_new_tokens", "split"):
             settings.pop(k)
-    with StageDir(cfg.out, STAGE, settings) as out:
-        if out.finished:
-            print(f"[train sft] already done: {cfg.out} (same settings); delete the folder to retrain", file=sys.stderr)
-            return Path(cfg.out)
-        empty = helpful_truncated = 0
-        helpful_ids: list[str] = []
-        if not n_help:
-            helpful = []
-        elif cfg.helpful_data is not None:
-            helpful = helpful_from_file(cfg, n_help)
-        else:
-            helpful, empty, helpful_truncated, helpful_ids = helpful_sampled(cfg, n_help, out)
+
+    def prepare(out: StageDir) -> dict:
+        """On the main process: the helpful replies (sampled once, kept in the folder) and the checkpoint to resume."""
+        prep = {"helpful": [], "empty": 0, "truncated": 0, "ids": []}
+        if n_help and cfg.helpful_data is not None:
+            prep["helpful"] = helpful_from_file(cfg, n_help)
+        elif n_help:
+            prep["helpful"], prep["empty"], prep["truncated"], prep["ids"] = helpful_sampled(cfg, n_help, out)
         out.begin()
+        prep["resumed"] = last_checkpoint(cfg.out)
+        return prep
+
+    with owned_folder(cfg, STAGE, settings, prepare) as (out, prep):
+        if prep == FINISHED:
+            if out is not None:
+                print(
+                    f"[train sft] already done: {cfg.out} (same settings); delete the folder to retrain",
+                    file=sys.stderr,
+                )
+            return Path(cfg.out)
+        helpful, resumed = prep["helpful"], prep["resumed"]
         trainer, dropped = build_trainer(cfg, revisions + helpful)
-        print(
-            f"[train sft] {len(revisions)} revisions + {len(helpful)} helpful examples "
-            f"({'LoRA' if cfg.lora else 'full'} finetuning of {cfg.model})",
-            file=sys.stderr,
-        )
-        resumed = last_checkpoint(cfg.out)
+        if out is not None:
+            print(
+                f"[train sft] {len(revisions)} revisions + {len(helpful)} helpful examples "
+                f"({'LoRA' if cfg.lora else 'full'} finetuning of {cfg.model}"
+                + (f", {world_size()} processes" if world_size() > 1 else "")
+                + ")",
+                file=sys.stderr,
+            )
         result = trainer.train(resume_from_checkpoint=resumed)
-        model = trainer.model
-        if cfg.lora:
-            model = model.merge_and_unload()  # a plain checkpoint: later stages need no peft
-        model.save_pretrained(cfg.out)
-        trainer.processing_class.save_pretrained(cfg.out)
+        # LoRA adapters are merged: later stages load a plain checkpoint and need no peft.
+        save_trained(trainer, cfg.out, merge_lora=cfg.lora, base=resolve_model_path(cfg.model))
+        processes = replicas(trainer)
+        if out is None:
+            return Path(cfg.out)  # the main process writes the manifest
+        empty, helpful_truncated, helpful_ids = prep["empty"], prep["truncated"], prep["ids"]
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         steps = trainer.state.global_step
         out.finish(
@@ -364,6 +379,7 @@ def main(cfg: TrainSFTConfig) -> Path:
                         {"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h
                     ],
                 },
+                "processes": processes,
                 "files": {
                     "checkpoint": ".",
                     "helpful": "helpful.jsonl" if n_help and cfg.helpful_data is None else None,
