@@ -249,3 +249,30 @@ def test_train_rl_and_dpo_on_two_processes(tmp_path, tiny_model):
     assert dpo["counts"]["steps"] == 2
     assert len((tmp_path / "dpo" / "log.jsonl").read_text().splitlines()) == 2
     AutoModelForCausalLM.from_pretrained(tmp_path / "dpo")
+
+
+def test_cai_run_launches_its_training_steps_on_two_processes(tmp_path, tiny_model):
+    import yaml
+
+    from test_pipeline import run_cli, tiny_recipe
+
+    path = tiny_recipe(tmp_path, tiny_model)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["launch"] = {
+        "config": str(ROOT / "launch" / "ddp.yaml"),
+        "args": ["--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port())],
+        "stages": ["train-sft", "train-pm"],
+    }
+    path.write_text(yaml.safe_dump(recipe))
+    only = "revise,train-sft,sample-pairs,label,train-pm"
+    r = run_cli(path, "--only", only)
+    assert r.returncode == 0, r.stderr[-4000:]
+    run = tmp_path / "run"
+    for step in ("train-sft", "train-pm"):
+        check_processes(json.loads((run / step / "manifest.json").read_text()))
+        job = json.loads((run / ".pipeline" / f"{step}.job.json").read_text())
+        assert job["stage"] == step and job["values"]["out"] == str(run / step)
+    assert "accelerate.commands.launch --config_file" in r.stderr
+    again = run_cli(path, "--only", only)
+    assert again.returncode == 0 and again.stderr.count(": up to date") >= 5, again.stderr[-3000:]
+    assert "accelerate.commands.launch" not in again.stderr
