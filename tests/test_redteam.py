@@ -387,3 +387,45 @@ def test_embedded_model_cli(tmp_path):
         assert len(load_prompts(out / "prompts.jsonl")) == m["counts"]["kept"]
     assert "[redteam]" in r.stderr
 
+
+# ----------------------------------------------------------------------------- cai run
+def test_recipe_with_redteam_feeds_revise(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from constitutional_ai import pipeline
+
+    # writes red-team prompts when asked for them, and answers revise's requests otherwise
+    spec = install(Writer(lambda t, seed: mixed(t, seed) if "topic:" in t else [f"Answer {seed}"]), monkeypatch, "rtp")
+    recipe = {
+        "out": str(tmp_path / "run"),
+        "model": str(tmp_path / "weights"),  # only train stages would load it; they are not selected
+        "model_server": spec,
+        "stages": {
+            "redteam": {"seeds": str(write_seeds(tmp_path / "seeds.jsonl")), "num_prompts": 4},
+            "revise": {"rounds": 1},
+        },
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    steps = {st.name: st for st in pipeline.plan(pipeline.load_recipe(path))}
+    assert list(steps)[:2] == ["redteam", "revise"] and steps["revise"].inputs == ("redteam",)
+    assert steps["revise"].config.prompts == str(tmp_path / "run" / "redteam" / "prompts.jsonl")
+    assert steps["redteam"].config.model == spec and steps["redteam"].config.seed == 0
+    pipeline.run(path, only=["redteam", "revise"])
+    revised = [json.loads(x) for x in (tmp_path / "run" / "revise" / "records.jsonl").read_text().splitlines()]
+    assert sorted(r["prompt_id"] for r in revised) == [f"rtg-{i:06d}" for i in range(1, 5)]
+    assert "redteam" in (tmp_path / "run" / "report.html").read_text()
+    capsys.readouterr()
+    pipeline.run(path, only=["redteam", "revise"])
+    err = capsys.readouterr().err
+    assert "redteam: up to date" in err and "revise: up to date" in err
+    # Without a redteam section nothing changes; with revise.prompts as well it is refused.
+    del recipe["stages"]["redteam"]
+    path.write_text(yaml.safe_dump(recipe))
+    steps = {st.name: st for st in pipeline.plan(pipeline.load_recipe(path))}
+    assert "redteam" not in steps and steps["revise"].inputs == ()
+    recipe["stages"]["redteam"] = {}
+    recipe["stages"]["revise"]["prompts"] = "builtin:red_team"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(pipeline.RecipeError, match="stages.redteam.seeds"):
+        pipeline.plan(pipeline.load_recipe(path))
