@@ -1,10 +1,13 @@
 """`cai redteam`: few-shot red-team prompt generation, on scripted backends and real models."""
 
 import json
+import os
 import random
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,8 +40,8 @@ class Writer(FakeBackend):
     it was shown. ``fail_on``: seeds whose request fails for good; ``crash_after``: requests
     after which every call raises (a crash)."""
 
-    def __init__(self, script, fail_on=(), crash_after=None, finish="stop"):
-        super().__init__()
+    def __init__(self, script, fail_on=(), crash_after=None, finish="stop", delay=0.0):
+        super().__init__(delay=delay)
         self.script, self.fail_on, self.crash_after, self.finish = script, set(fail_on), crash_after, finish
         self.requests = 0
 
@@ -46,6 +49,7 @@ class Writer(FakeBackend):
         self.generate_calls.append([list(c) for c in conversations])
         if self.crash_after is not None and self.requests >= self.crash_after:
             raise RuntimeError("simulated crash")
+        time.sleep(self.delay)
         out = []
         for conv, seed in zip(conversations, seeds):
             if seed in self.fail_on:
@@ -257,6 +261,42 @@ def test_crash_then_rerun_equals_uninterrupted(tmp_path, monkeypatch):
     assert (victim / "prompts.jsonl").read_text() == (ref / "prompts.jsonl").read_text()
     assert manifest(victim)["counts"] == manifest(ref)["counts"]
     assert sorted(rows(victim, "requests.jsonl"), key=lambda r: r["key"]) == rows(ref, "requests.jsonl")
+
+
+KILL_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from constitutional_ai.stages import redteam
+from fakes import install
+from test_redteam import Writer, mixed
+spec = install(Writer(mixed, delay={delay}))
+redteam.main(redteam.RedteamConfig(seeds={seeds!r}, model=spec, out={out!r}, num_prompts=30, shots=3, batch_size=2))
+"""
+
+
+def test_kill_9_then_rerun_equals_uninterrupted(tmp_path):
+    tests = Path(__file__).resolve().parent
+    seeds = str(write_seeds(tmp_path / "seeds.jsonl"))
+    env = {**os.environ, "PYTHONPATH": str(tests.parent / "src")}
+
+    def script(out, delay):
+        return [sys.executable, "-c", KILL_SCRIPT.format(tests=str(tests), delay=delay, seeds=seeds, out=out)]
+
+    subprocess.run(script(str(tmp_path / "ref"), 0), check=True, env=env, capture_output=True)
+    victim = tmp_path / "victim"
+    proc = subprocess.Popen(script(str(victim), 0.2), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        f = victim / "requests.jsonl"
+        if f.exists() and len(f.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (victim / "manifest.json").exists() and not (victim / "prompts.jsonl").exists()
+    subprocess.run(script(str(victim), 0), check=True, env=env, capture_output=True)
+    assert (victim / "prompts.jsonl").read_text() == (tmp_path / "ref" / "prompts.jsonl").read_text()
+    assert manifest(victim)["counts"]["kept"] == 30
 
 
 def test_batch_size_does_not_change_the_output(tmp_path, monkeypatch):
