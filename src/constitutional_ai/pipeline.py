@@ -16,6 +16,7 @@ A recipe is YAML::
                                    # (or {config: FILE, args: [--num_processes, "4"], stages: [train-sft]})
     routes: [rl]                   # rl: train-pm -> train-rl (the paper); dpo: train-dpo (offline); or both
     stages:                        # per-stage settings = that stage's CLI flags
+      redteam: {num_prompts: 500}  # optional: new red-team prompts first; revise then reads them
       revise: {rounds: 4, ...}
       train-sft: {...}
       sample-pairs: {...}
@@ -185,7 +186,7 @@ def _cfg(cls, values: dict, where: str):
 
 def plan(recipe: dict) -> list[Step]:
     """Resolve a recipe into the ordered list of steps (nothing runs here)."""
-    from .stages import label, revise, sample_pairs, train_dpo, train_pm, train_rl, train_sft
+    from .stages import label, redteam, revise, sample_pairs, train_dpo, train_pm, train_rl, train_sft
 
     root = Path(recipe["out"])
     s = {k: dict(v or {}) for k, v in recipe["stages"].items()}
@@ -200,7 +201,18 @@ def plan(recipe: dict) -> list[Step]:
             run = functools.partial(run_launched, name, values, where, launch, root / ".pipeline")
         return Step(name, root / name, _cfg(cls, values, where), run, inputs, values)
 
-    steps = [
+    # With a `redteam` section, new red-team prompts are made first and revise reads them.
+    generated: list[Step] = []
+    if "redteam" in s:
+        if "prompts" in s.get("revise", {}):
+            raise RecipeError(
+                f"{f}: stages.revise.prompts and stages.redteam both given: revise reads the generated prompts; "
+                "give the seed prompts as stages.redteam.seeds"
+            )
+        rt = {"model": recipe["model_server"] or recipe["model"], "seed": seed, **s["redteam"]}
+        generated = [step("redteam", redteam.RedteamConfig, rt, redteam.main)]
+        s["revise"] = {**s.get("revise", {}), "prompts": str(Path(d["redteam"]) / "prompts.jsonl")}
+    steps = generated + [
         step(
             "revise",
             revise.ReviseConfig,
@@ -211,6 +223,7 @@ def plan(recipe: dict) -> list[Step]:
                 **s.get("revise", {}),
             },
             revise.main,
+            ("redteam",) if generated else (),
         ),
         step(
             "train-sft",

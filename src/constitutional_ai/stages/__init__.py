@@ -45,6 +45,7 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
+    Stage("redteam", "redteam", "RedteamConfig", "new red-team prompts by few-shot generation from seed prompts"),
     Stage("revise", "revise", "ReviseConfig", "SL-CAI data: critique and revise responses to red-team prompts"),
     Stage(
         "train-sft",
