@@ -208,3 +208,12 @@ def test_sl_cai_models_default_to_the_recipe_model_and_can_be_separated(tmp_path
     path.write_text("helpful_model: [a, b]\n")
     with pytest.raises(RecipeError, match=r"r\.yaml: helpful_model: expected a model spec"):
         load_recipe(path)
+
+
+def test_base_recipe_finetunes_the_pretrained_gemma_on_data_from_the_instruct_model():
+    steps = {s.name: s.config for s in plan(load_recipe(ROOT / "recipes" / "base.yaml"))}
+    assert steps["revise"].model == "default" and steps["revise"].prompt_format == "auto"
+    assert steps["train-sft"].model == "gemma3-270m" and steps["train-sft"].helpful_model == "default"
+    assert steps["eval-compare"].models[0] == "default"
+    tiny = {s.name: s.config for s in plan(load_recipe(ROOT / "recipes" / "tiny.yaml"))}
+    assert tiny["revise"].model == tiny["train-sft"].model == tiny["train-sft"].helpful_model == "default"

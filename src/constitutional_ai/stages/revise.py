@@ -65,7 +65,7 @@ class ReviseConfig:
     )  # its content hash is pinned instead
     model: str = opt(
         "default",
-        "Model spec: default (embedded SmolLM2-135M), a checkpoint folder, a hub id, or openai:MODEL@URL",
+        "Model spec: default (embedded SmolLM2-135M), gemma3-270m, a checkpoint folder, a hub id, or openai:MODEL@URL",
     )
     constitution: str = opt(
         "default", "Constitution file (native YAML/JSON, Anthropic or llm-swarm JSON) or 'default'", output=False

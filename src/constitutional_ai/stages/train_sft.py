@@ -73,7 +73,11 @@ class TrainSFTConfig(SFTConfig):
     data: list[str] = opt(
         [], "One or more `cai revise` output folders (their sft.jsonl is the revision data)", output=False
     )  # their sft.jsonl hashes are pinned instead
-    model: str = opt("default", "Model to finetune: default (embedded SmolLM2-135M), a checkpoint folder or a hub id")
+    model: str = opt(
+        "default",
+        "Model to finetune: default (embedded SmolLM2-135M), gemma3-270m (a pretrained base), a checkpoint folder "
+        "or a hub id",
+    )
     out: str = opt("runs/sft", "Output folder for the finetuned checkpoint (also sets output_dir)", output=False)
     rounds_upto: int | None = opt(
         None, "Keep only revisions of rounds <= N (SL-CAI-n; needs `cai revise --sft-rounds all`)"
