@@ -256,3 +256,35 @@ def test_run_end_to_end_then_interrupt_and_resume(tmp_path, tiny_model):
     assert (run2 / "revise" / "records.jsonl").read_text() == (run / "revise" / "records.jsonl").read_text().replace(
         str(tmp_path / "red.jsonl"), str(tmp_path / "b" / "red.jsonl")
     )
+
+
+def test_sl_cai_models_default_to_the_recipe_model_and_can_be_separated(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("model: helpful-weights\nmodel_server: openai:m@http://127.0.0.1:1/v1\n")
+    steps = {s.name: s.config for s in plan(load_recipe(path))}
+    assert steps["revise"].model == "openai:m@http://127.0.0.1:1/v1"  # data: the served helpful model
+    assert steps["train-sft"].model == "helpful-weights"  # finetuned: its weights
+    assert steps["train-sft"].helpful_model == "openai:m@http://127.0.0.1:1/v1"  # helpful replies: the data model
+    assert steps["eval-compare"].models[0] == "openai:m@http://127.0.0.1:1/v1"  # the "base" row
+
+    path.write_text("model: default\nsft_model: some/base-model\ndata_model: writer\nhelpful_model: helper\n")
+    steps = {s.name: s.config for s in plan(load_recipe(path))}
+    assert steps["revise"].model == "writer" and steps["train-sft"].model == "some/base-model"
+    assert steps["train-sft"].helpful_model == "helper"
+    assert steps["eval-compare"].models[0] == "default" and steps["sample-pairs"].model.endswith("train-sft")
+
+    path.write_text("sft_model: openai:m@http://127.0.0.1:1/v1\n")
+    with pytest.raises(RecipeError, match=r"r\.yaml: sft_model: .* is an endpoint"):
+        load_recipe(path)
+    path.write_text("helpful_model: [a, b]\n")
+    with pytest.raises(RecipeError, match=r"r\.yaml: helpful_model: expected a model spec"):
+        load_recipe(path)
+
+
+def test_base_recipe_finetunes_the_pretrained_gemma_on_data_from_the_instruct_model():
+    steps = {s.name: s.config for s in plan(load_recipe(ROOT / "recipes" / "base.yaml"))}
+    assert steps["revise"].model == "default" and steps["revise"].prompt_format == "auto"
+    assert steps["train-sft"].model == "gemma3-270m" and steps["train-sft"].helpful_model == "default"
+    assert steps["eval-compare"].models[0] == "default"
+    tiny = {s.name: s.config for s in plan(load_recipe(ROOT / "recipes" / "tiny.yaml"))}
+    assert tiny["revise"].model == tiny["train-sft"].model == tiny["train-sft"].helpful_model == "default"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from constitutional_ai.constitution import load_constitution
-from constitutional_ai.prompts import clean_text
+from constitutional_ai.prompts import TEXT_LABEL, clean_text
 from constitutional_ai.stages import revise
 from constitutional_ai.store import StoreError
 from fakes import FakeBackend, install
@@ -78,10 +78,11 @@ def test_each_round_critiques_the_previous_revision(tmp_path):
     for r, x in enumerate(rec["rounds"]):
         p = c.critique_principle(x["principle"])
         crit_conv, rev_conv = calls[1 + 2 * r], calls[2 + 2 * r]
-        assert crit_conv[-1] == {"role": "user", "content": p.critique}
+        # each request turn carries the label the plain-text format shows it under (chat drops it)
+        assert crit_conv[-1] == {"role": "user", "content": p.critique, TEXT_LABEL: "CritiqueRequest"}
         assert crit_conv[-2] == {"role": "assistant", "content": current}
-        assert rev_conv[-1] == {"role": "user", "content": p.revision}
-        assert rev_conv[-2] == {"role": "assistant", "content": x["critique"]}
+        assert rev_conv[-1] == {"role": "user", "content": p.revision, TEXT_LABEL: "RevisionRequest"}
+        assert rev_conv[-2] == {"role": "assistant", "content": x["critique"], TEXT_LABEL: "Critique"}
         # few-shot exemplar turns come first
         ex = c.revision_examples[0]
         assert crit_conv[0] == dict(ex.messages[0])

@@ -261,3 +261,21 @@ def test_truncated_targets_are_excluded_by_default_and_counted(tmp_path, tiny_mo
     (rev / "sft.jsonl").write_text("".join(json.dumps({**r, "truncated": True}) + "\n" for r in rows))
     with pytest.raises(DataError, match="all 6 revision examples .* --keep-truncated"):
         load_revisions(config(tmp_path, tiny_model, [rev]))
+
+
+def test_helpful_replies_come_from_the_helpful_model(tmp_path, tiny_model, monkeypatch):
+    from fakes import FakeBackend, install
+
+    rev = make_revise_folder(tmp_path / "rev", prompts=2)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"h{i}", "prompt": f"Tell me about {i}."}) + "\n" for i in range(2)))
+    spec = install(FakeBackend(), monkeypatch, name="helper")
+    cfg = config(
+        tmp_path, tiny_model, [rev], helpful_ratio=0.5, helpful_prompts=str(prompts), helpful_model=spec, max_steps=1
+    )
+    out = main(cfg)
+    recs = [json.loads(x) for x in (out / "helpful.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and all(r["model"] == "fake" and r["response"].startswith("reply-") for r in recs)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["inputs"]["helpful_model"] == spec and m["settings"]["helpful_model"] == spec
+    assert m["counts"]["helpful_examples"] == 2

@@ -8,6 +8,9 @@ A recipe is YAML::
     out: runs/tiny                 # every stage writes a sub-folder here, named after the stage
     model: default                 # the helpful-only starting model (weights: train-sft finetunes them)
     model_server: openai:M@URL     # optional: a server of those weights, used wherever they only generate
+    data_model: SPEC               # optional: the model that writes the revise data (default: model_server or model)
+    sft_model: gemma3-270m         # optional: the weights SL-CAI finetunes (default: model), e.g. a pretrained base
+    helpful_model: SPEC            # optional: samples the helpful SFT replies (default: data_model)
     feedback_model: default        # labels, judges (a real run uses a large model here)
     pm_model: default              # base of the preference model
     constitution: default
@@ -28,6 +31,14 @@ A recipe is YAML::
       eval-compare: {...}
       eval-rounds: {...}
       eval-refusal: {...}
+
+SL-CAI on a pretrained base model, as the paper does (``recipes/base.yaml``): ``sft_model``
+names the base weights, while the helpful model (``model``) writes the critique/revision data
+and the helpful replies mixed into SFT (the paper's choice). By default all three are ``model``
+(a helpful chat model finetuned on its own revisions). The evaluations' ``base`` row is always
+the starting helpful model (``model_server`` or ``model``), the reference the SL-CAI and RL-CAI
+checkpoints are compared with — with a separate ``sft_model`` that is the model that wrote the
+data, not the pretrained weights before finetuning.
 
 Stage keys are the stage names of ``cai --help`` (``train_sft`` is read as ``train-sft``).
 A stage is skipped when its folder has a manifest and the resolved settings (its own and
@@ -64,6 +75,9 @@ TOP_KEYS = {
     "out",
     "model",
     "model_server",
+    "data_model",
+    "sft_model",
+    "helpful_model",
     "feedback_model",
     "pm_model",
     "constitution",
@@ -134,6 +148,18 @@ def load_recipe(path: str | Path) -> dict:
     # what generates with the starting model (revise, the base model in the evaluations): the weights
     # in process, or a server that serves them
     recipe.setdefault("model_server", None)
+    # SL-CAI: who writes the data, which weights are finetuned, who samples the helpful replies
+    recipe.setdefault("data_model", recipe["model_server"] or recipe["model"])
+    recipe.setdefault("sft_model", recipe["model"])
+    recipe.setdefault("helpful_model", recipe["data_model"])
+    for key in ("data_model", "sft_model", "helpful_model"):
+        if not isinstance(recipe[key], str) or not recipe[key].strip():
+            raise RecipeError(f"{path}: {key}: expected a model spec, got {recipe[key]!r}")
+    if str(recipe["sft_model"]).startswith(served):
+        raise RecipeError(
+            f"{path}: sft_model: {recipe['sft_model']!r} is an endpoint; train-sft finetunes weights "
+            "(a folder, a hub id, default or gemma3-270m)"
+        )
     recipe.setdefault("constitution", "default")
     recipe.setdefault("seed", 0)
     recipe["launch"] = _launch(recipe.get("launch"), path)
@@ -217,7 +243,7 @@ def plan(recipe: dict) -> list[Step]:
             "revise",
             revise.ReviseConfig,
             {
-                "model": recipe["model_server"] or recipe["model"],
+                "model": recipe["data_model"],
                 "constitution": recipe["constitution"],
                 "seed": seed,
                 **s.get("revise", {}),
@@ -228,7 +254,13 @@ def plan(recipe: dict) -> list[Step]:
         step(
             "train-sft",
             train_sft.TrainSFTConfig,
-            {"model": recipe["model"], "seed": seed, **s.get("train-sft", {}), "data": [d["revise"]]},
+            {
+                "model": recipe["sft_model"],
+                "helpful_model": recipe["helpful_model"],
+                "seed": seed,
+                **s.get("train-sft", {}),
+                "data": [d["revise"]],
+            },
             train_sft.main,
             ("revise",),
         ),

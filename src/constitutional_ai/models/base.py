@@ -90,6 +90,15 @@ class Sampling:
     stop: tuple[str, ...] = ()
 
 
+def check_prompt_format(v: object) -> str:
+    """The backends' ``prompt_format`` option: ``auto``, ``chat`` or ``text`` (see :mod:`..models`)."""
+    from ..prompts import GENERATION_FORMATS
+
+    if v not in GENERATION_FORMATS:
+        raise ValueError(f"option 'prompt_format' must be one of {', '.join(GENERATION_FORMATS)}, got {v!r}")
+    return str(v)
+
+
 def derive_seed(*parts: object) -> int:
     """A stable 63-bit seed from any printable parts (stable across processes and runs)."""
     h = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()

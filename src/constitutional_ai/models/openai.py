@@ -12,12 +12,18 @@ Options (``load_backend(spec, **options)``; unknown ones are a ``ValueError`` at
 and ``retry_budget`` (total seconds spent waiting between retries), ``tokenizer`` (where to
 render chat prompts from), ``top_k`` (log-probabilities asked per position), ``truncation``
 (``"error"`` or ``"left"``: when the server says a conversation is too long, drop its oldest
-turns and ask again), ``batch_size`` (accepted for uniformity; requests are sent one by one).
+turns and ask again), ``prompt_format`` (``chat``/``auto``: the server renders its chat template;
+``text``: the plain "Human: ... Assistant: ..." transcript, sent to ``/completions`` — for a served
+base model without a chat template), ``batch_size`` (accepted for uniformity; requests are sent
+one by one).
 
 Generation: one ``/chat/completions`` request per conversation, ``concurrency`` in flight,
 each with its conversation's own ``seed``. A final assistant message is continued (prefill):
 vLLM/SGLang take ``continue_final_message``; llama.cpp continues it by itself and echoes the
 prefill at the start of its reply, which is cut off so every server returns only the new text.
+With ``prompt_format="text"`` each conversation is rendered here as the plain transcript
+(:func:`~constitutional_ai.prompts.text_prompt`, no BOS: the server adds its own) and sent as a
+``/completions`` prompt, stopping at the next turn.
 
 Scoring (``score_choices``) reads log-probabilities in whichever shape the server returns,
 detected from the first reply and reported by :meth:`OpenAIBackend.info`:
@@ -70,7 +76,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .base import BackendError, Conversation, Generation, LogprobsUnavailable, PromptTooLong, Sampling
+from ..prompts import TEXT_STOPS, chat_turns, text_prompt
+from .base import (
+    BackendError,
+    Conversation,
+    Generation,
+    LogprobsUnavailable,
+    PromptTooLong,
+    Sampling,
+    check_prompt_format,
+)
 from .cache import RequestCache, request_key, resolve_cache
 
 T = TypeVar("T")
@@ -131,6 +146,7 @@ OPTIONS: dict[str, Callable[[Any], Any]] = {
     "tokenizer": _optional_str("tokenizer"),
     "api_key": _optional_str("api_key"),
     "top_k": _positive_int("top_k"),
+    "prompt_format": check_prompt_format,
 }
 
 
@@ -156,6 +172,7 @@ class OpenAIBackend:
         cache: Any = None,
         truncation: str = "error",
         batch_size: int | None = None,
+        prompt_format: str = "auto",
     ):
         self.model = model
         self.url = _strip_credentials(url.rstrip("/"))
@@ -171,6 +188,8 @@ class OpenAIBackend:
         self.top_k = int(top_k)
         self.truncation = _truncation(truncation)
         self.batch_size = batch_size
+        # A server renders its own chat template: "auto" cannot look inside it, so it means chat.
+        self.prompt_format = "text" if check_prompt_format(prompt_format) == "text" else "chat"
         self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self._tokenizer_option = tokenizer or os.environ.get("CAI_OPENAI_TOKENIZER")
         self.cache_path = resolve_cache(cache)
@@ -202,6 +221,7 @@ class OpenAIBackend:
             "cache": str(self.cache_path) if self.cache_path else None,
             "prefill_echo": self.prefill_echo,
             "concurrency": self.concurrency,
+            "prompt_format": self.prompt_format,
         }
 
     # ------------------------------------------------------------------- HTTP
@@ -289,7 +309,29 @@ class OpenAIBackend:
 
         return self._map(one, [(i, c, s) for i, (c, s) in enumerate(zip(conversations, seeds))])
 
+    def _text(self, index: int, conv: list, sampling: Sampling, seed: int) -> str:
+        """One ``/completions`` request for the plain-text rendering of ``conv``."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": text_prompt(conv),
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_new_tokens,
+            "seed": int(seed),
+            "stop": list(dict.fromkeys((*sampling.stop, *TEXT_STOPS))),
+        }
+        reply = self._post("/completions", body, index=index)
+        try:
+            content = reply["choices"][0]["text"] or ""
+            why = reply["choices"][0].get("finish_reason")
+        except (KeyError, IndexError, TypeError) as e:
+            raise BackendError(f"{self.url}/completions: unexpected reply {str(reply)[:300]}") from e
+        return Generation(content.strip(), why if why in ("stop", "length") else None)
+
     def _chat(self, index: int, conv: list, sampling: Sampling, seed: int) -> str:
+        if self.prompt_format == "text":
+            return self._text(index, conv, sampling, seed)
+        conv = chat_turns(conv)
         body: dict[str, Any] = {
             "model": self.model,
             "messages": conv,
@@ -467,9 +509,12 @@ class OpenAIBackend:
     def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
         """The raw prompt string for a chat conversation (a final assistant turn is continued).
 
-        The template comes from the first source that works (see the module docstring).
+        The template comes from the first source that works (see the module docstring); with
+        ``prompt_format="text"`` it is the plain transcript.
         """
-        conv = [dict(m) for m in conversation]
+        if self.prompt_format == "text":
+            return text_prompt(conversation, add_generation_prompt)
+        conv = chat_turns(conversation)
         with self._lock:
             if self._render_with is None:
                 self._render_with, self.tokenizer_source = self._find_renderer()

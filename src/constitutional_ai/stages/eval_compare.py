@@ -11,7 +11,8 @@
    models' own distribution, as ``revise`` and ``sample-pairs`` sample) with the seed
    derived from ``(--seed, set, prompt id)`` — the same seed for every model. Answers are
    cached per model in ``responses-<name>.jsonl``; a rerun generates only what is missing.
-   Models are loaded one at a time.
+   Models are loaded one at a time, each prompted in its own format (``--answer-format auto``:
+   its chat template, or plain "Human: ... Assistant:" text for a model without one).
 3. **Judging.** For every pair of models and every prompt the judge answers the label
    stage's multiple-choice question in **both orders**, averaged into P(a's answer better)
    (``cai label --debias``). Harmlessness: one feedback principle drawn from the
@@ -54,7 +55,7 @@ from ..feedback import PROMPT_FORMAT_HELP, FeedbackOptions, label_each, position
 from ..generation import Failed, generate_each, release
 from ..metrics import bootstrap_elo, bradley_terry_elo, pair_table
 from ..models import Sampling, derive_seed, load_backend
-from ..prompts import STOP_STRINGS, clean_text
+from ..prompts import GENERATION_FORMAT_HELP, STOP_STRINGS, clean_text
 from ..store import StageDir, file_sha256
 
 #: The question the judge answers on helpful prompts.
@@ -107,6 +108,9 @@ class CompareConfig:
     )
     batch_size: int = opt(16, "Prompts per model batch", output=False, min=1)
     truncation: str = opt("error", "Prompts longer than a model's context: 'error' or 'left'")
+    answer_format: str = opt(
+        "auto", GENERATION_FORMAT_HELP.replace("the model", "each compared model") + " (--prompt-format is the judge's)"
+    )
 
 
 def default_name(spec: str) -> str:
@@ -220,7 +224,9 @@ def main(cfg: CompareConfig) -> Path:
             todo = [(s, it) for s, items in sets.items() for it in items if f"{s}/{it.id}" not in answers[name]]
             if not todo:
                 continue
-            backend = load_backend(spec, batch_size=cfg.batch_size, truncation=cfg.truncation)
+            backend = load_backend(
+                spec, batch_size=cfg.batch_size, truncation=cfg.truncation, prompt_format=cfg.answer_format
+            )
             print(f"[eval compare] {name}: {len(todo)} answers to write with {backend.name}", file=sys.stderr)
             with tqdm(total=len(todo), desc=f"answers {name}", unit="prompt", dynamic_ncols=True) as bar:
                 for start in range(0, len(todo), cfg.batch_size):

@@ -18,6 +18,10 @@ Each answer is classified twice:
    explained its objection / complied), asked with the options in all three cyclic orders and
    the probabilities averaged, so no class gains from its slot. The class is the most probable.
 
+The model answers in its own format (``--prompt-format auto``: its chat template, or plain
+"Human: ... Assistant:" text for a model without one, such as an SL-CAI model finetuned from a
+base model).
+
 A model whose training folders used one of these prompt ids is refused, naming the ids,
 unless ``--allow-overlap``. Answers that could not be generated are counted as failures, not
 as refusals or compliance.
@@ -44,6 +48,7 @@ from ..metrics import mean
 from ..models import BackendError, LogprobsUnavailable, Sampling, derive_seed, load_backend
 from ..prompts import (
     FEEDBACK_FORMATS,
+    GENERATION_FORMAT_HELP,
     RESPONSE_CLASSES,
     STOP_STRINGS,
     clean_text,
@@ -132,6 +137,7 @@ class RefusalConfig:
     examples: int = opt(5, "Refused and answered examples quoted in metrics.json (each)", output=False, min=0)
     batch_size: int = opt(16, "Conversations per model batch", output=False, min=1)
     truncation: str = opt("error", "Prompts longer than the context: 'error' or 'left'")
+    prompt_format: str = opt("auto", GENERATION_FORMAT_HELP + " (the evaluated model; see --classifier-format)")
 
 
 def _rate(k: int, n: int) -> float | None:
@@ -242,7 +248,9 @@ def main(cfg: RefusalConfig) -> Path:
         failures = out.failures()
         todo = [(name, it) for name, (items, _) in sets.items() for it in items if f"{name}/{it.id}" not in samples]
         if todo:
-            backend = load_backend(cfg.model, batch_size=cfg.batch_size, truncation=cfg.truncation)
+            backend = load_backend(
+                cfg.model, batch_size=cfg.batch_size, truncation=cfg.truncation, prompt_format=cfg.prompt_format
+            )
             sampling = Sampling(
                 temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=STOP_STRINGS
             )

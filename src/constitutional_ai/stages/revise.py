@@ -22,6 +22,12 @@ Output folder:
   sft.jsonl       TRL conversational SFT data (``messages``) for the chosen round(s)
   manifest.json   written last
 
+Prompt format (``--prompt-format``): ``auto`` gives a chat model its chat template and a model
+without one (a pretrained base model, e.g. ``--model gemma3-270m``) the paper's plain-text
+layout — ``Human:``/``Assistant:`` turns, then ``CritiqueRequest: ...`` / ``Critique:`` and
+``RevisionRequest: ...`` / ``Revision:``, the few-shot exemplars first in the same layout (see
+:mod:`constitutional_ai.prompts`); ``chat`` or ``text`` force one.
+
 Work is batched across prompts: all chains in a chunk take their initial response together,
 then their round-1 critiques together, and so on. Each chain's randomness (principle draws,
 sampling) comes from seeds derived from ``(--seed, prompt id, sample, step)``, so a resumed
@@ -45,7 +51,7 @@ from ..data import load_prompts, prompt_file
 from ..generation import Failed, check_fits, generate_each
 from ..models import Backend, Sampling, derive_seed, load_backend
 from ..models.base import finish_reason
-from ..prompts import STOP_STRINGS, clean_text, critique_messages, revision_messages
+from ..prompts import GENERATION_FORMAT_HELP, STOP_STRINGS, clean_text, critique_messages, revision_messages
 from ..store import StageDir, file_sha256
 
 
@@ -58,7 +64,8 @@ class ReviseConfig:
         output=False,
     )  # its content hash is pinned instead
     model: str = opt(
-        "default", "Model spec: default (embedded SmolLM2-135M), a checkpoint folder, a hub id, or openai:MODEL@URL"
+        "default",
+        "Model spec: default (embedded SmolLM2-135M), gemma3-270m, a checkpoint folder, a hub id, or openai:MODEL@URL",
     )
     constitution: str = opt(
         "default", "Constitution file (native YAML/JSON, Anthropic or llm-swarm JSON) or 'default'", output=False
@@ -85,6 +92,7 @@ class ReviseConfig:
         16, "Conversations per model batch; also the number of prompts in flight", output=False, min=1
     )
     truncation: str = opt("error", "Prompts longer than the context: 'error' or 'left' (drop oldest turns)")
+    prompt_format: str = opt("auto", GENERATION_FORMAT_HELP)
 
 
 def run_chains(
@@ -258,7 +266,9 @@ def main(cfg: ReviseConfig) -> Path:
         todo = [ch for ch in todo if ch["key"] not in records]
         t0 = time.time()
         if todo:
-            backend = load_backend(cfg.model, batch_size=cfg.batch_size, truncation=cfg.truncation)
+            backend = load_backend(
+                cfg.model, batch_size=cfg.batch_size, truncation=cfg.truncation, prompt_format=cfg.prompt_format
+            )
             check_fits(backend, items, cfg.max_new_tokens)
             steps_per_chain = 1 + cfg.rounds * (1 if cfg.no_critique else 2)
             print(

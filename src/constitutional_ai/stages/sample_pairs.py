@@ -4,7 +4,9 @@
 
 The paper samples the pairs that the feedback model compares from the SL-CAI model
 (section 4.1). Each response has its own seed, derived from ``(--seed, prompt id, index)``,
-so a resumed run reproduces an uninterrupted one. Output: ``pairs.jsonl`` (one record per
+so a resumed run reproduces an uninterrupted one. ``--prompt-format auto`` renders the prompts
+with the policy's chat template, or as plain "Human: ... Assistant:" text for a checkpoint without
+one (or with the plain-text template an SL-CAI run on a base model leaves). Output: ``pairs.jsonl`` (one record per
 prompt, appended as batches finish), ``failures.jsonl``, and ``manifest.json`` written last.
 """
 
@@ -21,7 +23,7 @@ from ..config import opt, output_settings
 from ..data import load_prompts, prompt_file
 from ..generation import Failed, generate_each
 from ..models import Sampling, derive_seed, load_backend
-from ..prompts import STOP_STRINGS, clean_text
+from ..prompts import GENERATION_FORMAT_HELP, STOP_STRINGS, clean_text
 from ..store import StageDir, file_sha256
 
 
@@ -43,6 +45,7 @@ class SamplePairsConfig:
     max_new_tokens: int = opt(200, "Token budget per response", min=1)
     batch_size: int = opt(16, "Conversations per model batch", output=False, min=1)
     truncation: str = opt("error", "Prompts longer than the context: 'error' or 'left'")
+    prompt_format: str = opt("auto", GENERATION_FORMAT_HELP)
 
 
 def main(cfg: SamplePairsConfig) -> Path:
@@ -57,7 +60,9 @@ def main(cfg: SamplePairsConfig) -> Path:
         )
         t0 = time.time()
         if todo:
-            backend = load_backend(cfg.model, batch_size=cfg.batch_size, truncation=cfg.truncation)
+            backend = load_backend(
+                cfg.model, batch_size=cfg.batch_size, truncation=cfg.truncation, prompt_format=cfg.prompt_format
+            )
             print(
                 f"[sample-pairs] {len(todo)} prompts to sample ({len(pairs)} done) with {backend.name}", file=sys.stderr
             )

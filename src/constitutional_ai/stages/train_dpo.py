@@ -68,7 +68,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from ..config import opt, output_settings, training_config_dict
 from ..data import DataError, read_jsonl
 from ..distributed import FINISHED, owned_folder, replicas, save_trained, world_size
-from ..models.local import resolve_model_path
+from ..models.local import resolve_model_path, use_prompt_format
 from ..preferences import load_label_folder, load_pairs, mix_weights
 from ..store import (
     MANIFEST,
@@ -368,6 +368,7 @@ def build_trainer(cfg: TrainDPOConfig, rows: list[dict], log: LogWriter) -> Soft
 
     path = resolve_model_path(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    use_prompt_format(tokenizer)  # a policy without a chat template: the plain-text one
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

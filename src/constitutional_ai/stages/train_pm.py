@@ -228,9 +228,10 @@ class SoftRewardTrainer(RewardTrainer):
 def load_tokenizer(cfg: TrainPMConfig):
     from transformers import AutoTokenizer
 
-    from ..models.local import resolve_model_path
+    from ..models.local import resolve_model_path, use_prompt_format
 
     tok = AutoTokenizer.from_pretrained(resolve_model_path(cfg.model))
+    use_prompt_format(tok)  # a base model without a chat template: the plain-text one (saved with the PM)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

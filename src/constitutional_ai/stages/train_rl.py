@@ -76,7 +76,7 @@ from ..config import opt, output_settings, training_config_dict
 from ..data import DataError, PromptItem, load_prompts, prompt_file
 from ..distributed import FINISHED, owned_folder, replicas, save_trained, world_size
 from ..models import derive_seed
-from ..models.local import resolve_model_path
+from ..models.local import resolve_model_path, use_prompt_format
 from ..pm import load_pm, score_conversations
 from ..store import MANIFEST, StageDir, dumps, file_sha256, last_checkpoint, manifest_identity, read_manifest
 
@@ -465,6 +465,7 @@ def build_trainer(
     from trl import GRPOTrainer, RLOOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
+    use_prompt_format(tokenizer)  # a policy without a chat template is prompted with the plain-text one
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)  # fp32: bf16 decoding crawls on CPUs

@@ -8,8 +8,17 @@ examples so the model stays helpful, and finetunes ``--model`` with TRL's ``SFTT
 Helpfulness mix: ``--helpful-ratio R`` is the fraction of the final training set that is
 helpfulness data, so N revisions get ``round(N * R / (1 - R))`` helpful examples (0 = none).
 They come from ``--helpful-data FILE`` (JSONL, ``messages`` ending in an assistant turn) or,
-without it, are sampled from ``--model`` itself on the ``--helpful-prompts`` set and kept in
-``helpful.jsonl`` (appended per batch; a rerun reuses them).
+without it, are sampled from ``--helpful-model`` on the ``--helpful-prompts`` set and kept in
+``helpful.jsonl`` (appended per batch; a rerun reuses them). The paper samples them from its
+helpful RLHF model: give the helpful (instruct) model there when ``--model`` is a pretrained
+base model; without it they come from ``--model`` itself. Any model spec works (a server too),
+since it only generates.
+
+Prompt format (``--prompt-format``): ``auto`` trains a model with a chat template through that
+template, and a model without one (a pretrained base such as ``gemma3-270m``) on the paper's
+plain "Human: ... Assistant: ..." text — the tokenizer gets that plain-text template, ending the
+trained reply with its end-of-text token, and the checkpoint keeps it, so later stages render it
+the same way. The helpful model is prompted in its own ``auto`` format (or the one forced here).
 
 Clean targets: a revision or helpful reply cut at the token budget (``truncated``, from the
 backend's finish reason) is excluded by default, since training it with an end-of-turn token
@@ -53,7 +62,7 @@ from ..distributed import FINISHED, owned_folder, replicas, save_trained, world_
 from ..generation import Failed, generate_each
 from ..models import Sampling, derive_seed, load_backend
 from ..models.base import finish_reason
-from ..models.local import resolve_model_path
+from ..models.local import resolve_model_path, use_prompt_format
 from ..prompts import STOP_STRINGS, clean_text
 from ..store import StageDir, file_sha256, last_checkpoint, read_manifest
 
@@ -68,7 +77,11 @@ class TrainSFTConfig(SFTConfig):
     data: list[str] = opt(
         [], "One or more `cai revise` output folders (their sft.jsonl is the revision data)", output=False
     )  # their sft.jsonl hashes are pinned instead
-    model: str = opt("default", "Model to finetune: default (embedded SmolLM2-135M), a checkpoint folder or a hub id")
+    model: str = opt(
+        "default",
+        "Model to finetune: default (embedded SmolLM2-135M), gemma3-270m (a pretrained base), a checkpoint folder "
+        "or a hub id",
+    )
     out: str = opt("runs/sft", "Output folder for the finetuned checkpoint (also sets output_dir)", output=False)
     rounds_upto: int | None = opt(
         None, "Keep only revisions of rounds <= N (SL-CAI-n; needs `cai revise --sft-rounds all`)"
@@ -76,9 +89,20 @@ class TrainSFTConfig(SFTConfig):
     helpful_ratio: float = opt(0.5, "Fraction of the training set that is helpfulness data (0 = revisions only)")
     helpful_data: str | None = opt(
         None,
-        "JSONL of helpful conversations (`messages` ending in an assistant turn); default: sample them from --model",
+        "JSONL of helpful conversations (`messages` ending in an assistant turn); default: sample them from "
+        "--helpful-model",
         output=False,
     )  # its hash is pinned instead
+    helpful_model: str | None = opt(
+        None,
+        "Model that samples the helpful replies (any model spec; paper: the helpful model that wrote the "
+        "revisions); default: --model",
+    )
+    prompt_format: str = opt(
+        "auto",
+        "How conversations are rendered for training and helpful sampling: 'auto' (the chat template, or "
+        "the paper's plain 'Human: ... Assistant: ...' text for a model without one), 'chat' or 'text'",
+    )
     helpful_prompts: str = opt(
         "builtin:helpful", "Prompts to sample helpful replies for when --helpful-data is not given"
     )
@@ -185,8 +209,9 @@ def helpful_from_file(cfg: TrainSFTConfig, n: int) -> list[list[dict]]:
 
 
 def helpful_sampled(cfg: TrainSFTConfig, n: int, out: StageDir) -> tuple[list[list[dict]], int, int, list[str]]:
-    """``n`` replies of --model to the helpful prompts, kept in helpful.jsonl; returns them, the
-    empty count, the truncated count (excluded unless --keep-truncated) and the prompt ids used.
+    """``n`` replies of --helpful-model (default: --model) to the helpful prompts, kept in helpful.jsonl;
+    returns them, the empty count, the truncated count (excluded unless --keep-truncated) and the prompt
+    ids used.
 
     Prompts are taken in a seeded shuffled order (so categories mix) and reused with a new
     sample index when ``n`` exceeds the set. Each reply's seed depends only on its key.
@@ -200,7 +225,9 @@ def helpful_sampled(cfg: TrainSFTConfig, n: int, out: StageDir) -> tuple[list[li
     failures = out.failures()
     todo = [w for w in wanted if w[2] not in records]
     if todo:
-        backend = load_backend(cfg.model, batch_size=cfg.helpful_batch_size)
+        backend = load_backend(
+            cfg.helpful_model or cfg.model, batch_size=cfg.helpful_batch_size, prompt_format=cfg.prompt_format
+        )
         sampling = Sampling(
             temperature=cfg.helpful_temperature, max_new_tokens=cfg.helpful_max_new_tokens, stop=STOP_STRINGS
         )
@@ -259,6 +286,7 @@ def build_trainer(cfg: TrainSFTConfig, convs: list[list[dict]]) -> tuple[SFTTrai
 
     path = resolve_model_path(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    use_prompt_format(tokenizer, cfg.prompt_format)  # the plain-text template for a model without one
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     peft_config = None
     if cfg.lora:
@@ -300,7 +328,7 @@ def main(cfg: TrainSFTConfig) -> Path:
         helpful_hash = file_sha256(prompt_file(cfg.helpful_prompts))
     settings = output_settings(cfg, data_sha256=[i["sft_sha256"] for i in inputs], helpful_data_sha256=helpful_hash)
     if cfg.helpful_data is not None:  # sampling settings are moot with a file
-        for k in ("helpful_prompts", "helpful_temperature", "helpful_max_new_tokens", "split"):
+        for k in ("helpful_prompts", "helpful_temperature", "helpful_max_new_tokens", "split", "helpful_model"):
             settings.pop(k)
 
     def prepare(out: StageDir) -> dict:
@@ -348,6 +376,7 @@ def main(cfg: TrainSFTConfig) -> Path:
                     "data": inputs,
                     "helpful_data": cfg.helpful_data,
                     "helpful_prompts": None if cfg.helpful_data or not n_help else cfg.helpful_prompts,
+                    "helpful_model": None if cfg.helpful_data or not n_help else cfg.helpful_model or cfg.model,
                     "model": resolve_model_path(cfg.model),
                 },
                 "counts": {
