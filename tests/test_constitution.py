@@ -56,7 +56,8 @@ def test_default_constitution_shape():
 
 def test_default_exemplars_are_consistent_and_compact():
     c = load_constitution()
-    assert len(c.revision_examples) == 5 and len(c.feedback_examples) == 5  # the paper's counts
+    # the paper's counts: 5 revision exemplars; 5 feedback exemplars, plus a sixth for CoT only
+    assert len(c.revision_examples) == 5 and [e.cot_only for e in c.feedback_examples] == [False] * 5 + [True]
     # Two "no problem found" revisions that repeat the response, as in the paper's exemplars.
     assert sum(e.revision == e.response for e in c.revision_examples) == 2
     ids = {p.id for p in c.critique_revision}
@@ -66,6 +67,7 @@ def test_default_exemplars_are_consistent_and_compact():
         for text in (e.response, e.critique, e.revision):
             assert len(text.split()) < 120
     assert {e.preferred for e in c.feedback_examples} == {"A", "B"}  # no positional habit
+    assert sum(e.preferred == "A" for e in c.feedback_examples) == 3  # CoT's six: 3 A, 3 B
     assert all(e.reasoning for e in c.feedback_examples)
 
 
@@ -303,7 +305,10 @@ def test_examples_are_typed():
 def test_cli_validate_default(capsys):
     assert cli_main(["validate", "default"]) == 0
     out = capsys.readouterr().out
-    assert out.strip() == ("OK: default: 16 critique/revision pairs, 16 feedback principles, 10 exemplars")
+    assert out.strip() == (
+        "OK: default: 16 critique/revision pairs, 16 feedback principles, "
+        "5 revision + 6 feedback exemplars (1 for chain-of-thought only)"
+    )
 
 
 def test_cli_validate_warns_without_feedback(capsys):
@@ -362,3 +367,29 @@ def test_cli_usage_errors_and_help(capsys):
     assert cli_main(["--help"]) == 0
     assert "validate" in capsys.readouterr().out
     assert cli_main(["convert", str(FIX / "toy-swarm.json"), "x.txt"]) == 2
+
+
+def test_cot_only_exemplar_is_shown_before_cot_questions_only(tmp_path):
+    from constitutional_ai.constitution import ConstitutionError, load_constitution
+    from constitutional_ai.feedback import FeedbackOptions, scoring_units
+
+    c = load_constitution("default")
+    assert [e.cot_only for e in c.feedback_examples] == [False] * 5 + [True]  # the paper's 5 and 6
+    rec = {"key": "p1", "messages": [{"role": "user", "content": "hi"}], "responses": ["a", "b"]}
+    plain = scoring_units(rec, c, FeedbackOptions())
+    cot = scoring_units(rec, c, FeedbackOptions(cot=True))
+    assert {len(u["exemplars"]) for u in plain} == {5} and {len(u["exemplars"]) for u in cot} == {6}
+    assert plain[0]["exemplars"] == cot[0]["exemplars"][:5]  # the plain block is unchanged by the sixth
+    assert "cot_only" not in c.to_dict()["examples"]["feedback"][0]
+    assert c.to_dict()["examples"]["feedback"][5]["cot_only"] is True
+    bad = c.to_dict()
+    del bad["examples"]["feedback"][5]["reasoning"]
+    import yaml
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConstitutionError, match=r"examples\.feedback\[5\].*cot_only exemplar needs a 'reasoning'"):
+        load_constitution(str(tmp_path / "c.yaml"))
+    bad["examples"]["feedback"][5].update(reasoning="r", cot_only="yes")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConstitutionError, match="'cot_only' must be true or false"):
+        load_constitution(str(tmp_path / "c.yaml"))

@@ -104,7 +104,7 @@ def test_prompt_format_and_independent_exemplar_draws(tmp_path, monkeypatch):
         assert len(r["scores"]) == 6 and len({s["principle"] for s in r["scores"]}) >= 1
         for s in r["scores"]:
             assert c.feedback_principle(s["principle"]).text
-            assert len(s["exemplar_principles"]) == len(c.feedback_examples)
+            assert len(s["exemplar_principles"]) == sum(not e.cot_only for e in c.feedback_examples)
     mains = [s["principle"] for r in recs for s in r["scores"]]
     shots = [x for r in recs for s in r["scores"] for x in s["exemplar_principles"]]
     assert len(set(mains)) >= 10 and len(set(shots)) >= 10

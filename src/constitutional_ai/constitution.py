@@ -87,6 +87,8 @@ class FeedbackExample:
     response_b: str
     preferred: str
     reasoning: str | None = None
+    #: shown only before chain-of-thought questions (the paper's sixth CoT exemplar)
+    cot_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,8 @@ def _plain(obj: Any) -> dict:
         d["messages"] = [dict(m) for m in d["messages"]]
     if d.get("reasoning", "") is None:
         del d["reasoning"]
+    if d.get("cot_only") is False:
+        del d["cot_only"]  # the default: not written, so older constitutions keep their fingerprint
     return d
 
 
@@ -319,7 +323,14 @@ def _build(data: Any, file: str, source: str) -> Constitution:
     fex = []
     for i, raw in enumerate(section("feedback", examples, "examples.feedback")):
         where = _entry("examples.feedback", i, raw)
-        r = _fields(file, where, raw, ("id", "response_a", "response_b", "preferred"), ("reasoning",), ("messages",))
+        r = _fields(
+            file, where, raw, ("id", "response_a", "response_b", "preferred"), ("reasoning",), ("messages", "cot_only")
+        )
+        cot_only = raw.get("cot_only", False)
+        if not isinstance(cot_only, bool):
+            raise ConstitutionError(f"{file}: {where}: field 'cot_only' must be true or false, got {cot_only!r}")
+        if cot_only and not r.get("reasoning"):
+            raise ConstitutionError(f"{file}: {where}: a cot_only exemplar needs a 'reasoning'")
         if r["preferred"] not in ("A", "B"):
             raise ConstitutionError(f"{file}: {where}: field 'preferred' must be 'A' or 'B', got {r['preferred']!r}")
         fex.append(
@@ -330,6 +341,7 @@ def _build(data: Any, file: str, source: str) -> Constitution:
                 r["response_b"],
                 r["preferred"],
                 r.get("reasoning"),
+                cot_only,
             )
         )
     _unique(
@@ -541,9 +553,11 @@ def dump_constitution(c: Constitution, path: str | Path) -> None:
 
 
 def _counts(c: Constitution) -> str:
-    n_ex = len(c.revision_examples) + len(c.feedback_examples)
+    cot = sum(e.cot_only for e in c.feedback_examples)
     return (
-        f"{len(c.critique_revision)} critique/revision pairs, {len(c.feedback)} feedback principles, {n_ex} exemplars"
+        f"{len(c.critique_revision)} critique/revision pairs, {len(c.feedback)} feedback principles, "
+        f"{len(c.revision_examples)} revision + {len(c.feedback_examples)} feedback exemplars"
+        + (f" ({cot} for chain-of-thought only)" if cot else "")
     )
 
 

@@ -108,6 +108,12 @@ def clamp(p: float, lo: float, hi: float) -> float:
     return min(hi, max(lo, p))
 
 
+def feedback_exemplars(c: Constitution, cfg: FeedbackOptions) -> list:
+    """The constitution's feedback exemplars for this mode: ``cot_only`` ones only with ``--cot``
+    (the paper shows 5 exemplars before a plain question and 6 before a chain-of-thought one)."""
+    return [e for e in c.feedback_examples if cfg.cot or not e.cot_only]
+
+
 def draw_principles(c: Constitution, cfg: FeedbackOptions, key: str) -> list[tuple[str, list[str]]]:
     """For each of K principles: (principle id, [principle id of each few-shot exemplar]).
 
@@ -118,7 +124,8 @@ def draw_principles(c: Constitution, cfg: FeedbackOptions, key: str) -> list[tup
     is one of N blocks drawn once per run, so different pairs share it too and a backend
     with a prefix cache encodes each block once per run rather than once per pair.
     """
-    n_ex = len(c.feedback_examples) if cfg.few_shot is None else min(cfg.few_shot, len(c.feedback_examples))
+    n_all = len(feedback_exemplars(c, cfg))
+    n_ex = n_all if cfg.few_shot is None else min(cfg.few_shot, n_all)
     if cfg.exemplar_pool > 0:
         # A pool of blocks drawn once per run (from the seed alone); the pair key picks one.
         pool = [
@@ -141,7 +148,7 @@ def scoring_units(rec: dict, c: Constitution, cfg: FeedbackOptions) -> list[dict
     units = []
     for k, (pid, shots) in enumerate(draw_principles(c, cfg, rec["key"])):
         exemplars = []
-        for ex, sp in zip(c.feedback_examples, shots):
+        for ex, sp in zip(feedback_exemplars(c, cfg), shots):
             q = feedback_question(ex.messages, ex.response_a, ex.response_b, c.feedback_principle(sp).text)
             exemplars.append((q, ex.preferred, ex.reasoning))
         for order, first, second in orders:
