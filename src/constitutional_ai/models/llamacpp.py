@@ -24,7 +24,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-_LISTENING = re.compile(r"LISTENING (http://\S+)")
+# host:port only: the server's log lines can run into each other ("...:42407srv  log_server_r: ...")
+_LISTENING = re.compile(r"LISTENING (http://[^\s/:]+:\d+)")
 
 
 class LlamaCppServer:
