@@ -87,6 +87,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--principles", type=int, default=1, help="principles per label (cai label --principles)")
     ap.add_argument("--exemplar-pool", type=int, default=8, help="cai label --exemplar-pool (0: a fresh draw per pair)")
+    ap.add_argument(
+        "--only-cached",
+        action="store_true",
+        help="time only the naive scorer and the full one (prefix reuse + cache): for large --pairs",
+    )
     args = ap.parse_args()
     backend = LocalBackend(args.model, batch_size=args.batch_size)
     prompts = build_prompts(backend, args.pairs, args.principles, args.exemplar_pool)
@@ -94,12 +99,15 @@ def main() -> None:
     backend.score_choices(prompts[:2], ["A", "B"])  # warm-up
     rows, ref = [], None
     bs = args.batch_size
-    for name, fn in (
+    scorers = [
         ("naive (1 prompt per forward, full logits)", lambda: naive(backend, prompts)),
         (f"batched (batch {bs}), no prefix reuse", lambda: batched(backend, prompts, False, False)),
         (f"batched (batch {bs}) + shared prefix within a call", lambda: batched(backend, prompts, True, False)),
         (f"batched (batch {bs}) + shared prefix + prefix cache (cold)", lambda: batched(backend, prompts, True, True)),
-    ):
+    ]
+    if args.only_cached:
+        scorers = [scorers[0], scorers[-1]]
+    for name, fn in scorers:
         t0 = time.perf_counter()
         probs = fn()
         dt = time.perf_counter() - t0
