@@ -97,6 +97,7 @@ def main() -> None:
     prompts = build_prompts(backend, args.pairs, args.principles, args.exemplar_pool)
     n_tok = sum(backend.count_tokens(p) for p in prompts)
     backend.score_choices(prompts[:2], ["A", "B"])  # warm-up
+    n_pairs = len(prompts) // (2 * args.principles)  # the bundled set may hold fewer than --pairs
     rows, ref = [], None
     bs = args.batch_size
     scorers = [
@@ -117,14 +118,14 @@ def main() -> None:
         rows.append((name, dt, err))
     print(
         f"\n{os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"model {backend.name}, {args.pairs} pairs x {args.principles} principles x 2 orders = {len(prompts)} "
+        f"model {backend.name}, {n_pairs} pairs x {args.principles} principles x 2 orders = {len(prompts)} "
         f"prompts, {n_tok / len(prompts):.0f} tokens/prompt on average, "
         f"exemplar pool {args.exemplar_pool}, load average {os.getloadavg()[0]:.2f}\n"
     )
     print("| scorer | seconds | labels/s | vs naive | max abs diff in P(A) vs naive |")
     print("|---|---:|---:|---:|---:|")
     for name, dt, err in rows:
-        print(f"| {name} | {dt:.1f} | {args.pairs / dt:.2f} | {rows[0][1] / dt:.1f}x | {err:.1e} |")
+        print(f"| {name} | {dt:.1f} | {n_pairs / dt:.2f} | {rows[0][1] / dt:.1f}x | {err:.1e} |")
 
 
 if __name__ == "__main__":
