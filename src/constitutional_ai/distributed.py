@@ -108,7 +108,8 @@ def owned_folder(
 
     Yields ``(out, prepared)``: on the main process ``out`` is the open :class:`StageDir`
     (locked, settings checked) and ``prepared`` is ``prepare(out)``, or :data:`FINISHED` when
-    the folder is already finished with these settings (``prepare`` is then not called). On
+    the folder is already finished with these settings (``prepare`` is then not called, and
+    the main process says so). On
     the other processes ``out`` is ``None`` and ``prepared`` is the main process's result,
     received over the process group (so it must pickle). ``cfg`` is the stage's
     TrainingArguments: touching its device initialises the process group with the Trainer's
@@ -116,7 +117,7 @@ def owned_folder(
     """
     if world_size() == 1:
         with StageDir(cfg.out, stage, settings) as out:
-            yield out, (FINISHED if out.finished else prepare(out))
+            yield out, (_finished(out) if out.finished else prepare(out))
         return
     die_with_launcher()
     if not cfg.use_cpu and not _has_accelerator():
@@ -139,12 +140,21 @@ def owned_folder(
         raise
     with out:
         try:
-            prepared = FINISHED if out.finished else prepare(out)
+            prepared = _finished(out) if out.finished else prepare(out)
         except BaseException as e:
             _broadcast(("error", f"{type(e).__name__}: {e}"))
             raise
         _broadcast(("ok", prepared))
         yield out, prepared
+
+
+def _finished(out: StageDir) -> str:
+    """Say that a finished folder is left as it is (main process only); returns :data:`FINISHED`."""
+    print(
+        f"[{out.stage}] already done: {out.path} (same settings); nothing to do, delete the folder to retrain",
+        file=sys.stderr,
+    )
+    return FINISHED
 
 
 def _sharded(trainer: Any) -> bool:

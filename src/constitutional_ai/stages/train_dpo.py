@@ -464,12 +464,7 @@ def main(cfg: TrainDPOConfig) -> Path:
         }
 
     with owned_folder(cfg, STAGE, output_settings(cfg, inputs=inputs), prepare) as (out, prep):
-        if prep == FINISHED:
-            if out is not None:
-                print(
-                    f"[train dpo] already done: {cfg.out} (same settings); delete the folder to retrain",
-                    file=sys.stderr,
-                )
+        if prep == FINISHED:  # said by the main process
             return Path(cfg.out)
         train, rejected, resumed = prep["train"], prep["rejected"], prep["resumed"]
         n_help, n_other, (w_other, w_help) = prep["n_help"], prep["n_other"], prep["weights"]

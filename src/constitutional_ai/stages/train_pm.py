@@ -408,9 +408,7 @@ def main(cfg: TrainPMConfig) -> Path:
         }
 
     with owned_folder(cfg, "train-pm", output_settings(cfg, inputs=inputs), prepare) as (out, prep):
-        if prep == FINISHED:
-            if out is not None:
-                print(f"[train-pm] {cfg.out} is already finished with these settings; nothing to do", file=sys.stderr)
+        if prep == FINISHED:  # said by the main process
             return Path(cfg.out)
         train_rows, heldout, dropped, mix_info = prep["train"], prep["heldout"], prep["dropped"], prep["mix"]
         tokenizer = load_tokenizer(cfg)

@@ -511,11 +511,7 @@ def main(cfg: TrainRLConfig) -> Path:
         return {"resumed": resumed, "step": int(Path(resumed).name.rsplit("-", 1)[1]) if resumed else 0}
 
     with owned_folder(cfg, STAGE, output_settings(cfg, inputs=inputs), prepare) as (out, prep):
-        if prep == FINISHED:
-            if out is not None:
-                print(
-                    f"[train rl] already done: {cfg.out} (same settings); delete the folder to retrain", file=sys.stderr
-                )
+        if prep == FINISHED:  # said by the main process
             return Path(cfg.out)
         resumed, resumed_step = prep["resumed"], prep["step"]
         pm_model, pm_tokenizer = load_pm(cfg.pm, device=str(cfg.device))

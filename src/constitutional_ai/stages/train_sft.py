@@ -343,12 +343,7 @@ def main(cfg: TrainSFTConfig) -> Path:
         return prep
 
     with owned_folder(cfg, STAGE, settings, prepare) as (out, prep):
-        if prep == FINISHED:
-            if out is not None:
-                print(
-                    f"[train sft] already done: {cfg.out} (same settings); delete the folder to retrain",
-                    file=sys.stderr,
-                )
+        if prep == FINISHED:  # said by the main process
             return Path(cfg.out)
         helpful, resumed = prep["helpful"], prep["resumed"]
         trainer, dropped = build_trainer(cfg, revisions + helpful)
