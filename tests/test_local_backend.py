@@ -75,6 +75,20 @@ def test_sampler_follows_the_softmax_distribution(backend):
     assert backend._sample(logits, Sampling(temperature=0.0), [random.Random(0)] * 5) == [0] * 5
 
 
+CHI2_4DF = 18.47
+
+
+def test_two_level_sampler_spans_blocks_and_never_picks_an_impossible_token(backend):
+    # 1000 entries: not a multiple of the sampler's block, mass in four blocks, the rest impossible
+    want = {3: 0.4, 255: 0.1, 256: 0.2, 700: 0.25, 999: 0.05}
+    logits = torch.full((6000, 1000), float("-inf"))
+    for k, p in want.items():
+        logits[:, k] = torch.tensor(p).log() + 7.0  # an offset changes nothing
+    got = backend._sample(logits, Sampling(), [random.Random(s) for s in range(6000)])
+    assert set(got) <= set(want)
+    assert chi_square([got.count(k) for k in want], list(want.values())) < CHI2_4DF
+
+
 def test_sampler_honours_top_p(backend):
     # top_p 0.7 keeps the head reaching 0.7 (0.5 + 0.25, the crossing token included): 2/3, 1/3
     got = draws(backend, Sampling(top_p=0.7))

