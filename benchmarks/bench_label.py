@@ -6,7 +6,11 @@ Builds the real multiple-choice prompts of ``cai label`` (default constitution, 
 exemplars, both orders) for the first N bundled helpfulness comparisons, then scores the
 "A"/"B" answer with:
 
-* naive: one prompt per forward pass, full logits over the whole sequence;
+* naive: one prompt per forward pass, full logits over the whole sequence, transformers'
+  own forward with default matrix products (backend option ``kernels="transformers"``): what
+  a first implementation does, and the baseline of the "vs naive" column;
+* naive with the backend's kernels: the same loop on the lean forward and oneDNN products, to
+  separate what the kernels give from what prefix reuse gives;
 * batched: ``LocalBackend.score_choices`` with shared-prefix reuse switched off;
 * batched + shared prefix: ``LocalBackend.score_choices`` with its persistent prefix cache
   off (the prefix that the prompts of one call share is encoded once);
@@ -28,6 +32,7 @@ import os
 import time
 
 import torch
+from transformers.cache_utils import DynamicCache
 
 from constitutional_ai.constitution import load_constitution
 from constitutional_ai.data import HELPFUL_COMPARISONS
@@ -59,12 +64,13 @@ def build_prompts(backend: LocalBackend, n: int, principles: int, exemplar_pool:
 
 @torch.inference_mode()
 def naive(backend: LocalBackend, prompts: list[str]) -> list[float]:
-    tok, model = backend.tokenizer, backend.model
+    tok = backend.tokenizer
     a, b = tok("A", add_special_tokens=False).input_ids[0], tok("B", add_special_tokens=False).input_ids[0]
     out = []
     for p in prompts:
         ids = torch.tensor([tok(p, add_special_tokens=False).input_ids])
-        lp = model(input_ids=ids).logits[0, -1].float().log_softmax(-1)
+        pos = torch.arange(ids.shape[1]).unsqueeze(0)
+        lp = backend._forward(ids, pos, DynamicCache())[0, -1].float().log_softmax(-1)
         out.append(normalise(float(lp[a]), float(lp[b])))
     return out
 
@@ -73,6 +79,7 @@ def batched(backend: LocalBackend, prompts: list[str], share: bool, cache: bool)
     """``score_choices`` called as the label stage calls it: ``batch_size`` prompts per call."""
     backend.min_shared_prefix = 64 if share else 10**9  # 10**9 tokens: never shared
     backend.prefix_cache.clear()
+    backend.prefix_cache.reused_tokens = backend.prefix_cache.encoded_tokens = 0
     backend.prefix_cache.max_bytes = 512 * 2**20 if cache else 0
     out = []
     for s in range(0, len(prompts), backend.batch_size):
@@ -94,20 +101,23 @@ def main() -> None:
     )
     args = ap.parse_args()
     backend = LocalBackend(args.model, batch_size=args.batch_size)
+    plain = LocalBackend(args.model, batch_size=args.batch_size, kernels="transformers")
     prompts = build_prompts(backend, args.pairs, args.principles, args.exemplar_pool)
     n_tok = sum(backend.count_tokens(p) for p in prompts)
     backend.score_choices(prompts[:2], ["A", "B"])  # warm-up
     n_pairs = len(prompts) // (2 * args.principles)  # the bundled set may hold fewer than --pairs
     rows, ref = [], None
+    kernels = "+".join(backend.kernels.values())
     bs = args.batch_size
     scorers = [
-        ("naive (1 prompt per forward, full logits)", lambda: naive(backend, prompts)),
+        ("naive (1 prompt per forward, full logits, transformers' forward)", lambda: naive(plain, prompts)),
+        (f"naive, the backend's kernels ({kernels})", lambda: naive(backend, prompts)),
         (f"batched (batch {bs}), no prefix reuse", lambda: batched(backend, prompts, False, False)),
         (f"batched (batch {bs}) + shared prefix within a call", lambda: batched(backend, prompts, True, False)),
         (f"batched (batch {bs}) + shared prefix + prefix cache (cold)", lambda: batched(backend, prompts, True, True)),
     ]
     if args.only_cached:
-        scorers = [scorers[0], scorers[-1]]
+        scorers = [scorers[0], scorers[1], scorers[-1]]
     for name, fn in scorers:
         t0 = time.perf_counter()
         probs = fn()
@@ -116,6 +126,7 @@ def main() -> None:
             ref = probs
         err = max(abs(x - y) for x, y in zip(probs, ref))
         rows.append((name, dt, err))
+    pc = backend.prefix_cache
     print(
         f"\n{os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}, "
         f"model {backend.name}, {n_pairs} pairs x {args.principles} principles x 2 orders = {len(prompts)} "
@@ -126,6 +137,10 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for name, dt, err in rows:
         print(f"| {name} | {dt:.1f} | {n_pairs / dt:.2f} | {rows[0][1] / dt:.1f}x | {err:.1e} |")
+    print(
+        f"\nprefix cache of the last scorer: {pc.reused_tokens} prefix tokens reused, {pc.encoded_tokens} encoded "
+        f"(of {n_tok} prompt tokens in all)"
+    )
 
 
 if __name__ == "__main__":

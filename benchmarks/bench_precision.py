@@ -22,14 +22,13 @@ import os
 import time
 
 import torch
+from bench_label import build_prompts
 from transformers.cache_utils import DynamicCache
 
 from constitutional_ai.data import load_prompts
 from constitutional_ai.feedback import normalise
 from constitutional_ai.models import Sampling
 from constitutional_ai.models.local import LocalBackend
-
-from bench_label import build_prompts
 
 
 @torch.inference_mode()

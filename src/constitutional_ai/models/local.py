@@ -643,25 +643,44 @@ class LocalBackend:
         Returns, per row, log-softmax over the vocabulary at the positions that predict its
         last ``n`` tokens (``n = max(1, row[4])``, the option tokens; just the next token
         when the row scores single-token options). Only those positions get logits.
+
+        With the prefix cache on, each group runs on its own: its prefix comes from the cache
+        (encoding only what no entry holds) and its few suffixes — nearly equal in length, as
+        a pair's two orders hold the same responses — run together, so almost no padding is
+        computed. Without it, all prefixes are left-padded into one batch and all suffixes
+        right-padded into another.
         """
+        if self.prefix_cache.max_bytes > 0:
+            out: list[torch.Tensor] = [torch.empty(0)] * len(rows)
+            for g, prefix in enumerate(prefixes):
+                members = [b for b, r in enumerate(rows) if r[2] == g]
+                kv = self._prefix_kv(prefix)
+                n = len(members)
+                data = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv]
+                cache = DynamicCache(ddp_cache_data=data) if data else DynamicCache()
+                pre_mask = torch.ones((n, len(prefix)), dtype=torch.long, device=self.device)
+                for b, lp in zip(members, self._score_suffixes(cache, pre_mask, [rows[b] for b in members])):
+                    out[b] = lp
+            return out
         pad = self.tokenizer.pad_token_id
         P = max(len(p) for p in prefixes)
         pre_mask = torch.zeros((len(prefixes), P), dtype=torch.long)
+        pre = torch.full((len(prefixes), P), pad, dtype=torch.long)
         for g, p in enumerate(prefixes):
             pre_mask[g, P - len(p) :] = 1
+            if p:
+                pre[g, P - len(p) :] = torch.tensor(p)
         pre_mask = pre_mask.to(self.device)
-        if self.prefix_cache.max_bytes > 0:
-            cache = self._cached_prefixes(prefixes, P)
-        else:
-            pre = torch.full((len(prefixes), P), pad, dtype=torch.long)
-            for g, p in enumerate(prefixes):
-                if p:
-                    pre[g, P - len(p) :] = torch.tensor(p)
-            pos = (pre_mask.cumsum(-1) - 1).clamp_min(0)
-            cache = DynamicCache()
-            self._forward(pre.to(self.device), pos, cache, pre_mask, 1)
+        pos = (pre_mask.cumsum(-1) - 1).clamp_min(0)
+        cache = DynamicCache()
+        self._forward(pre.to(self.device), pos, cache, pre_mask, 1)
         groups = torch.tensor([r[2] for r in rows], device=self.device)
         cache.batch_select_indices(groups)  # copy each prefix's cache to its rows
+        return self._score_suffixes(cache, pre_mask[groups], rows)
+
+    def _score_suffixes(self, cache: DynamicCache, pre_mask: torch.Tensor, rows: list[tuple]) -> list[torch.Tensor]:
+        """Run every row's suffix on ``cache`` (one row each, prefix positions marked by ``pre_mask``)."""
+        pad = self.tokenizer.pad_token_id
         S = max(len(r[3]) for r in rows)
         suf = torch.full((len(rows), S), pad, dtype=torch.long)
         suf_mask = torch.zeros((len(rows), S), dtype=torch.long)
@@ -672,9 +691,8 @@ class LocalBackend:
             n = max(1, r[4])
             wanted.append(list(range(len(r[3]) - n, len(r[3]))) if r[4] else [len(r[3]) - 1])
         suf, suf_mask = suf.to(self.device), suf_mask.to(self.device)
-        start = pre_mask[groups].sum(-1, keepdim=True)
-        suf_pos = start + torch.arange(S, device=self.device)
-        mask = torch.cat([pre_mask[groups], suf_mask], dim=-1)
+        suf_pos = pre_mask.sum(-1, keepdim=True) + torch.arange(S, device=self.device)
+        mask = torch.cat([pre_mask, suf_mask], dim=-1)
         # Multi-token options need the positions *before* each option token.
         need = sorted({q - 1 if r[4] else q for w, r in zip(wanted, rows) for q in w})
         keep = torch.tensor(need, device=self.device)
@@ -683,41 +701,24 @@ class LocalBackend:
         col = {q: c for c, q in enumerate(need)}
         return [logp[b, [col[q - 1 if r[4] else q] for q in w]] for b, (w, r) in enumerate(zip(wanted, rows))]
 
-    def _cached_prefixes(self, prefixes: list[list[int]], width: int) -> DynamicCache:
-        """KV caches of ``prefixes``, left-padded to ``width`` and stacked into one batch.
+    def _prefix_kv(self, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """KV cache (batch 1, per layer) of ``prefix``, through the prefix cache.
 
-        Each prefix starts from the longest run of leading tokens any cached entry shares with
-        it (causal attention makes a cached sequence's first k positions exactly the KV of its
+        It starts from the longest run of leading tokens any cached entry shares with it
+        (causal attention makes a cached sequence's first k positions exactly the KV of its
         first k tokens), encodes only the rest, and is stored for later calls.
         """
-        per_group = []
-        for p in prefixes:
-            n, kv = self.prefix_cache.lookup(p)
-            if n < len(p):
-                past = DynamicCache(ddp_cache_data=kv) if n else DynamicCache()
-                rest = torch.tensor([p[n:]], device=self.device)
-                pos = torch.arange(n, len(p), device=self.device).unsqueeze(0)
-                self._forward(rest, pos, past, None, 1)
-                kv = [(layer.keys, layer.values) for layer in past.layers]
-                self.prefix_cache.put(p, kv)
-            self.prefix_cache.reused_tokens += n
-            self.prefix_cache.encoded_tokens += len(p) - n
-            per_group.append(kv)
-        ref = next((kv for kv in per_group if kv), None)
-        if ref is None:  # every prefix is empty: nothing to attend to yet
-            return DynamicCache()
-        data = []
-        for layer in range(len(ref)):
-            k0, v0 = ref[layer]
-            ks = k0.new_zeros((len(prefixes), k0.shape[1], width, k0.shape[3]))
-            vs = v0.new_zeros((len(prefixes), v0.shape[1], width, v0.shape[3]))
-            for g, kv in enumerate(per_group):
-                if kv:
-                    n = kv[layer][0].shape[2]
-                    ks[g, :, width - n :] = kv[layer][0][0]
-                    vs[g, :, width - n :] = kv[layer][1][0]
-            data.append((ks, vs))
-        return DynamicCache(ddp_cache_data=data)
+        n, kv = self.prefix_cache.lookup(prefix)
+        if n < len(prefix):
+            past = DynamicCache(ddp_cache_data=kv) if n else DynamicCache()
+            rest = torch.tensor([prefix[n:]], device=self.device)
+            pos = torch.arange(n, len(prefix), device=self.device).unsqueeze(0)
+            self._forward(rest, pos, past, None, 1)
+            kv = [(layer.keys, layer.values) for layer in past.layers]
+            self.prefix_cache.put(prefix, kv)
+        self.prefix_cache.reused_tokens += n
+        self.prefix_cache.encoded_tokens += len(prefix) - n
+        return kv
 
 
 class SlabLayer(DynamicLayer):
