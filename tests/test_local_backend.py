@@ -107,11 +107,11 @@ def test_shared_prefix_path_matches_left_padding(backend):
     reused = backend.prefix_cache.reused_tokens
     again = backend.generate(c[::-1], sp, seeds=[4, 3, 2, 1])[::-1]  # the prefix now comes from the cache
     assert backend.prefix_cache.reused_tokens - reused > 64
-    backend.min_shared_prefix = 10**9
+    backend.min_shared_prefix_generate = 10**9
     try:
         plain = backend.generate(c, sp, seeds=[1, 2, 3, 4])
     finally:
-        backend.min_shared_prefix = 64
+        backend.min_shared_prefix_generate = 16
     assert shared == plain == again
 
 

@@ -150,7 +150,9 @@ class FastForward:
         return mod.weight * y.to(x.dtype)
 
     def _mask(self, attention_mask: torch.Tensor | None, B: int, S: int, past: int) -> torch.Tensor | None:
-        """Boolean [B, 1, S, past + S] mask: causal, padded keys hidden; None when nothing is hidden.
+        """Additive [B, 1, S, past + S] mask (0 or -inf): causal, padded keys hidden; None when
+        nothing is hidden. Built once per forward (attention would convert a boolean one in
+        every layer).
 
         Every query may always see its own key, so a padding query (left padding) never has
         all keys hidden; nothing reads its output.
@@ -164,7 +166,8 @@ class FastForward:
         if attention_mask is not None:
             allowed = allowed & attention_mask[:, None, : past + S].bool()
             allowed = allowed | (k == q).unsqueeze(0)
-        return allowed.unsqueeze(1)
+        dtype = self.model.lm_head.weight.dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, float("-inf")).unsqueeze(1)
 
     def __call__(
         self,

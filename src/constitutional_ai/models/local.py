@@ -271,6 +271,9 @@ class LocalBackend:
         self.truncation = truncation
         #: Prompts in a batch sharing at least this many leading tokens encode them once.
         self.min_shared_prefix = 64
+        #: The same for generation prefill, where sharing costs nothing but a mask: a chat
+        #: template's system prompt (24 tokens for the embedded model) is encoded once per batch.
+        self.min_shared_prefix_generate = 16
         #: KV caches of prompt prefixes encoded before (scoring, shared generation prefixes),
         #: reused across calls (0 MB: off).
         self.prefix_cache = PrefixKVCache(int(prefix_cache_mb * 2**20))
@@ -452,7 +455,7 @@ class LocalBackend:
         B = len(prompts)
         shared = _common_prefix_len(prompts)
         n_layers = self.model.config.num_hidden_layers
-        if B > 1 and shared >= self.min_shared_prefix:
+        if B > 1 and shared >= self.min_shared_prefix_generate:
             shared = min(shared, min(len(p) for p in prompts) - 1)  # every row keeps a suffix
             S = max(len(p) - shared for p in prompts)
             cache = SlabCache(n_layers, shared + S + room)
