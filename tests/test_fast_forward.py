@@ -110,7 +110,7 @@ def test_fused_projections_leave_the_model_working_unchanged(tiny_model):
         before = backend.model(input_ids=ids).logits
         FastForward(backend.model, onednn=False)  # parameters become views of the fused matrices
         after = backend.model(input_ids=ids).logits
-    assert torch.equal(before, after)
+    assert torch.allclose(before, after, atol=1e-5)  # a transposed layout may round differently
     attn = backend.model.model.layers[0].self_attn
     storage = {p.weight.untyped_storage().data_ptr() for p in (attn.q_proj, attn.k_proj, attn.v_proj)}
     assert len(storage) == 1  # views of one fused matrix, not copies
