@@ -131,6 +131,10 @@ class FastForward:
         self.head_dim = attn0.head_dim
         self.scaling = attn0.scaling
         self.hidden = cfg.hidden_size
+        weight = model.lm_head.weight
+        #: CPU attention kernels are several times slower in bf16/fp16 than in fp32: lower-precision
+        #: models on CPUs attend in fp32 (a cast of Q, K and V per layer).
+        self.attn_dtype = torch.float32 if weight.device.type == "cpu" else weight.dtype
         self.layers = []
         for layer in self.inner.layers:
             a, mlp = layer.self_attn, layer.mlp
@@ -175,8 +179,11 @@ class FastForward:
         if attention_mask is not None:
             allowed = allowed & attention_mask[:, None, : past + S].bool()
             allowed = allowed | (k == q).unsqueeze(0)
-        dtype = self.model.lm_head.weight.dtype
-        return torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, float("-inf")).unsqueeze(1)
+        return (
+            torch.zeros(allowed.shape, dtype=self.attn_dtype, device=dev)
+            .masked_fill_(~allowed, float("-inf"))
+            .unsqueeze(1)
+        )
 
     def __call__(
         self,
@@ -207,10 +214,11 @@ class FastForward:
             qk = qk * cos + rot * sin
             v = qkv[..., (nh + nkv) * d :].view(B, S, nkv, d).transpose(1, 2)
             keys, values = cache.update(qk[:, nh:], v, i)
+            q, at = qk[:, :nh], self.attn_dtype
             o = F.scaled_dot_product_attention(
-                qk[:, :nh], keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=nh != nkv
+                q.to(at), keys.to(at), values.to(at), attn_mask=mask, scale=self.scaling, enable_gqa=nh != nkv
             )
-            x = x + o_proj(o.transpose(1, 2).reshape(B, S, nh * d))
+            x = x + o_proj(o.to(x.dtype).transpose(1, 2).reshape(B, S, nh * d))
             gu = lin(self._norm(norm2, x), gu_w, gu_b)
             x = x + down(F.silu(gu[..., :inter]) * gu[..., inter:])
         if isinstance(logits_to_keep, torch.Tensor):
