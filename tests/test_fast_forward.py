@@ -114,3 +114,24 @@ def test_fused_projections_leave_the_model_working_unchanged(tiny_model):
     attn = backend.model.model.layers[0].self_attn
     storage = {p.weight.untyped_storage().data_ptr() for p in (attn.q_proj, attn.k_proj, attn.v_proj)}
     assert len(storage) == 1  # views of one fused matrix, not copies
+
+
+def test_environment_opts_in_and_bad_values_are_clear_errors(tiny_model, monkeypatch):
+    monkeypatch.setenv("CAI_KERNELS", "transformers")
+    monkeypatch.setenv("CAI_DTYPE", "bfloat16")
+    backend = LocalBackend(tiny_model)
+    assert backend.info()["kernels"]["forward"] == "transformers"
+    assert backend.info()["dtype"] == "bfloat16"
+    monkeypatch.setenv("CAI_DTYPE", "fp8")
+    with pytest.raises(ValueError, match=r"CAI_DTYPE.*fp8"):
+        LocalBackend(tiny_model)
+
+
+def test_bfloat16_runs_the_fast_path_close_to_float32(tiny_model):
+    fast = LocalBackend(tiny_model, dtype="bfloat16")
+    ref = LocalBackend(tiny_model)
+    assert fast.info()["kernels"]["forward"] == "fast" and fast.info()["dtype"] == "bfloat16"
+    prompts = [fast.render(x) + " (" for x in convs(3)]
+    got, want = fast.score_choices(prompts, ["A", "B"]), ref.score_choices(prompts, ["A", "B"])
+    assert max(abs(x - y) for r, s in zip(got, want) for x, y in zip(r, s)) < 0.1
+    assert all(t.finish_reason in ("stop", "length") for t in fast.generate(convs(3), Sampling(max_new_tokens=6)))

@@ -94,7 +94,7 @@ def _local_options() -> dict:
     return {
         "batch_size": positive,
         "truncation": choice("truncation", ("error", "left")),
-        "dtype": lambda v: str(v),
+        "dtype": choice("dtype", ("auto", "float32", "bfloat16", "float16")),
         "device": lambda v: None if v is None else str(v),
         "prefix_cache_mb": lambda v: float(v),
         "prompt_format": check_prompt_format,

