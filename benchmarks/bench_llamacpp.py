@@ -1,13 +1,17 @@
 """Side by side with llama.cpp: generation and labelling, same prompts, same model, one run.
 
     python benchmarks/bench_llamacpp.py [--prompts 32] [--max-new-tokens 64] [--pairs 32] [--skip-local]
+                                        [--also transformers,bfloat16]
 
 llama.cpp runs the embedded Q4_1 GGUF (``embedded_gguf_path()``) in its native
 OpenAI-compatible server through the ``xllamacpp`` package, with 32 slots and 2 threads; the
 project runs the same model dequantized to fp32 in ``LocalBackend``. Both get the same
 rendered prompts (the bundled red-team prompts through the chat template), T = 1, top-p 1
 (llama.cpp's top-k and min-p switched off so both sample the full softmax), the same token
-budget; tokens are counted with the same tokenizer on the returned texts.
+budget; tokens are counted with the same tokenizer on the returned texts. ``--also`` adds
+generation rows for other local configurations in the same run: ``transformers``
+(transformers' own forward and matrix products, ``kernels="transformers"``) and ``bfloat16``
+(the opt-in lower precision, ``dtype="bfloat16"``).
 
 Labelling: the ``cai label`` prompts of the first N bundled comparison pairs (one principle,
 both orders, the default exemplar pool), scored by ``LocalBackend.score_choices`` (prefix cache
@@ -102,6 +106,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--pairs", type=int, default=32)
     ap.add_argument("--skip-local", action="store_true", help="only the llama.cpp rows")
+    ap.add_argument("--also", default="", help="extra local configurations: transformers, bfloat16 (comma-separated)")
     args = ap.parse_args()
     from bench_label import build_prompts
 
@@ -114,18 +119,25 @@ def main() -> None:
     if not args.skip_local:
         sampling = Sampling(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens)
         backend.generate(convs[:2], Sampling(max_new_tokens=4))  # warm-up
-        for bs in (1, 32):
-            backend.batch_size = bs
-            t0 = time.perf_counter()
-            out = backend.generate(convs, sampling, seeds=list(range(len(convs))))
-            gen_rows.append(
-                (
-                    f"project LocalBackend, batch {bs}",
-                    sum(backend.count_tokens(t) for t in out),
-                    time.perf_counter() - t0,
+        configs = [("", backend)]
+        for extra in filter(None, args.also.split(",")):
+            opts = {"kernels": "transformers"} if extra == "transformers" else {"dtype": extra}
+            configs.append((f" ({extra})", LocalBackend("default", **opts)))
+        for label, b in configs:
+            b.generate(convs[:2], Sampling(max_new_tokens=4))  # warm-up
+            for bs in (1, 32):
+                b.batch_size = bs
+                t0 = time.perf_counter()
+                out = b.generate(convs, sampling, seeds=list(range(len(convs))))
+                gen_rows.append(
+                    (
+                        f"project LocalBackend{label}, batch {bs}",
+                        sum(b.count_tokens(t) for t in out),
+                        time.perf_counter() - t0,
+                    )
                 )
-            )
-            progress(gen_rows[-1])
+                progress(gen_rows[-1])
+        configs = []
         backend.batch_size = 16
         backend.prefix_cache.clear()
         t0 = time.perf_counter()
