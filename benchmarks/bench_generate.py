@@ -23,7 +23,8 @@ from constitutional_ai.models.local import LocalBackend
 
 
 def naive_loop(backend: LocalBackend, convs, max_new_tokens: int) -> tuple[int, float]:
-    """What a first implementation does: ``model.generate`` on one prompt at a time."""
+    """What a first implementation does: ``model.generate`` on one prompt at a time (run on a
+    backend with ``kernels="transformers"``: transformers' own forward and matrix products)."""
     tok, model = backend.tokenizer, backend.model
     n_tokens, t0 = 0, time.perf_counter()
     for i, conv in enumerate(convs):
@@ -60,7 +61,8 @@ def main() -> None:
     backend = LocalBackend(args.model)
     convs = [list(p.messages) for p in load_prompts(None, limit=args.prompts)]
     backend.generate(convs[:2], Sampling(max_new_tokens=4))  # warm-up
-    rows = [("naive loop (model.generate, 1 prompt)", *naive_loop(backend, convs, args.max_new_tokens))]
+    plain = LocalBackend(args.model, kernels="transformers")
+    rows = [("naive loop (model.generate, 1 prompt)", *naive_loop(plain, convs, args.max_new_tokens))]
     for bs in (1, 8, 32):
         rows.append((f"LocalBackend batch {bs}", *batched(backend, convs, args.max_new_tokens, bs)))
     base = rows[0][1] / rows[0][2]

@@ -1,7 +1,7 @@
 """Side by side with llama.cpp: generation and labelling, same prompts, same model, one run.
 
     python benchmarks/bench_llamacpp.py [--prompts 32] [--max-new-tokens 64] [--pairs 32] [--skip-local]
-                                        [--also transformers,bfloat16]
+                                        [--also transformers,bfloat16] [--repeats 1]
 
 llama.cpp runs the embedded Q4_1 GGUF (``embedded_gguf_path()``) in its native
 OpenAI-compatible server through the ``xllamacpp`` package, with 32 slots and 2 threads; the
@@ -11,7 +11,9 @@ rendered prompts (the bundled red-team prompts through the chat template), T = 1
 budget; tokens are counted with the same tokenizer on the returned texts. ``--also`` adds
 generation rows for other local configurations in the same run: ``transformers``
 (transformers' own forward and matrix products, ``kernels="transformers"``) and ``bfloat16``
-(the opt-in lower precision, ``dtype="bfloat16"``).
+(the opt-in lower precision, ``dtype="bfloat16"``). ``--repeats N`` times every generation
+row N times, one after the other, and reports the median with the range (this machine's
+speed drifts between runs; llama.cpp's repeats reuse its slots' prompt caches).
 
 Labelling: the ``cai label`` prompts of the first N bundled comparison pairs (one principle,
 both orders, the default exemplar pool), scored by ``LocalBackend.score_choices`` (prefix cache
@@ -25,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -106,6 +109,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--pairs", type=int, default=32)
     ap.add_argument("--skip-local", action="store_true", help="only the llama.cpp rows")
+    ap.add_argument("--repeats", type=int, default=1, help="time each generation row this many times")
+    ap.add_argument("--also-batches", default="1,32", help="batch sizes of the --also rows")
     ap.add_argument("--also", default="", help="extra local configurations: transformers, bfloat16 (comma-separated)")
     args = ap.parse_args()
     from bench_label import build_prompts
@@ -115,7 +120,8 @@ def main() -> None:
     texts = [backend.render(c) for c in convs]
     label_prompts = build_prompts(backend, args.pairs, 1)
     loads = {"start": os.getloadavg()[0]}
-    gen_rows, label_rows = [], []
+    gen_rows: list[tuple[str, int, list[float]]] = []
+    label_rows: list[tuple[str, float]] = []
     if not args.skip_local:
         sampling = Sampling(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens)
         backend.generate(convs[:2], Sampling(max_new_tokens=4))  # warm-up
@@ -125,18 +131,15 @@ def main() -> None:
             configs.append((f" ({extra})", LocalBackend("default", **opts)))
         for label, b in configs:
             b.generate(convs[:2], Sampling(max_new_tokens=4))  # warm-up
-            for bs in (1, 32):
+            for bs in (1, 32) if b is backend else [int(x) for x in args.also_batches.split(",")]:
                 b.batch_size = bs
-                t0 = time.perf_counter()
-                out = b.generate(convs, sampling, seeds=list(range(len(convs))))
-                gen_rows.append(
-                    (
-                        f"project LocalBackend{label}, batch {bs}",
-                        sum(b.count_tokens(t) for t in out),
-                        time.perf_counter() - t0,
-                    )
-                )
-                progress(gen_rows[-1])
+                name, times = f"project LocalBackend{label}, batch {bs}", []
+                for _ in range(args.repeats):
+                    t0 = time.perf_counter()
+                    out = b.generate(convs, sampling, seeds=list(range(len(convs))))
+                    times.append(time.perf_counter() - t0)
+                    progress((name, sum(b.count_tokens(t) for t in out), times[-1]))
+                gen_rows.append((name, sum(b.count_tokens(t) for t in out), times))
         configs = []
         backend.batch_size = 16
         backend.prefix_cache.clear()
@@ -153,15 +156,14 @@ def main() -> None:
     print(f"llama.cpp server up at {url} in {time.perf_counter() - t0:.1f} s")
     llamacpp_generate(url, texts[:2], 4, 2)  # warm-up
     for conc in (1, 32):
-        out, dt = llamacpp_generate(url, texts, args.max_new_tokens, conc)
-        gen_rows.append(
-            (
-                f"llama.cpp server, {conc} request{'s' if conc > 1 else ''} at a time",
-                sum(backend.count_tokens(t.split("<|im_end|>")[0]) for t in out),
-                dt,
-            )
-        )
-        progress(gen_rows[-1])
+        name = f"llama.cpp server, {conc} request{'s' if conc > 1 else ''} at a time"
+        times = []
+        for _ in range(args.repeats):
+            out, dt = llamacpp_generate(url, texts, args.max_new_tokens, conc)
+            times.append(dt)
+            n = sum(backend.count_tokens(t.split("<|im_end|>")[0]) for t in out)
+            progress((name, n, dt))
+        gen_rows.append((name, n, times))
     probs, dt = llamacpp_label(url, label_prompts, 32)
     label_rows.append(("llama.cpp server, 1-token completions, 32 in flight", dt))
     loads["end"] = os.getloadavg()[0]
@@ -169,13 +171,15 @@ def main() -> None:
         f"\nload average {', '.join(f'{k} {v:.2f}' for k, v in loads.items())}; {len(convs)} prompts, "
         f"max_new_tokens {args.max_new_tokens}; labelling {args.pairs} pairs = {len(label_prompts)} prompts\n"
     )
-    print("| configuration | tokens | seconds | tokens/s |\n|---|---:|---:|---:|")
-    for name, n, dt in gen_rows:
-        print(f"| {name} | {n} | {dt:.1f} | {n / dt:.1f} |")
+    print(f"| configuration | tokens | seconds (median of {args.repeats}) | tokens/s | range of tokens/s |")
+    print("|---|---:|---:|---:|---:|")
+    for name, n, times in gen_rows:
+        dt = statistics.median(times)
+        print(f"| {name} | {n} | {dt:.1f} | {n / dt:.1f} | {n / max(times):.1f}–{n / min(times):.1f} |")
     n_tok = sum(backend.count_tokens(p) for p in label_prompts)
     print("\n| scorer | seconds | labels/s | prompt tokens/s |\n|---|---:|---:|---:|")
-    for name, dt in label_rows:
-        print(f"| {name} | {dt:.1f} | {args.pairs / dt:.2f} | {n_tok / dt:.0f} |")
+    for name, secs in label_rows:
+        print(f"| {name} | {secs:.1f} | {args.pairs / secs:.2f} | {n_tok / secs:.0f} |")
     if not args.skip_local:
         from constitutional_ai.feedback import normalise
 

@@ -29,6 +29,7 @@ oneDNN products. ``kernels="transformers"`` (a backend option) turns all of this
 from __future__ import annotations
 
 import functools
+import os
 import types
 
 import torch
@@ -66,8 +67,9 @@ def _linear_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def use_onednn_linears(model: torch.nn.Module) -> bool:
-    """Route every ``nn.Linear`` of a CPU ``model`` through oneDNN for inference; True if done."""
-    if not onednn_linear_ok() or next(model.parameters()).device.type != "cpu":
+    """Route every ``nn.Linear`` of a CPU ``model`` through oneDNN for inference; True if done
+    (not with ``$CAI_KERNELS=transformers``)."""
+    if os.environ.get("CAI_KERNELS") == "transformers" or not onednn_linear_ok() or next(model.parameters()).device.type != "cpu":
         return False
     for mod in model.modules():
         if isinstance(mod, torch.nn.Linear):
