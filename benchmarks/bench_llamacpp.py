@@ -24,12 +24,14 @@ cold at the start) and by llama.cpp as 1-token completions with the top log-prob
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import statistics
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from constitutional_ai.data import load_prompts
@@ -71,13 +73,33 @@ def complete(url: str, body: dict) -> dict:
 
 def llamacpp_generate(url: str, prompts: list[str], max_new: int, concurrent: int) -> tuple[list[str], float]:
     bodies = [
-        {"prompt": p, "max_tokens": max_new, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "seed": i}
+        # cache_prompt off: a repeat starts cold, as the project's rows do
+        {
+            "prompt": p,
+            "max_tokens": max_new,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "top_k": 0,
+            "min_p": 0.0,
+            "seed": i,
+            "cache_prompt": False,
+        }
         for i, p in enumerate(prompts)
     ]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrent) as ex:
         out = list(ex.map(lambda b: complete(url, b)["choices"][0]["text"], bodies))
     return out, time.perf_counter() - t0
+
+
+def local_run(backend: LocalBackend, batch: int, convs, sampling: Sampling) -> list[str]:
+    backend.batch_size = batch
+    return backend.generate(convs, sampling, seeds=list(range(len(convs))))
+
+
+def llamacpp_run(url: str, texts: list[str], max_new: int, concurrent: int) -> list[str]:
+    out, _ = llamacpp_generate(url, texts, max_new, concurrent)
+    return [t.split("<|im_end|>")[0] for t in out]
 
 
 def llamacpp_label(url: str, prompts: list[str], concurrent: int) -> tuple[list[float | None], float]:
@@ -120,27 +142,43 @@ def main() -> None:
     texts = [backend.render(c) for c in convs]
     label_prompts = build_prompts(backend, args.pairs, 1)
     loads = {"start": os.getloadavg()[0]}
-    gen_rows: list[tuple[str, int, list[float]]] = []
     label_rows: list[tuple[str, float]] = []
+    ctx = max(backend.count_tokens(p) for p in label_prompts + texts) + args.max_new_tokens + 64
+    t0 = time.perf_counter()
+    server, url = start_server(32, ctx)
+    print(f"llama.cpp server up at {url} in {time.perf_counter() - t0:.1f} s")
+    llamacpp_generate(url, texts[:2], 4, 2)  # warm-up
+    sampling = Sampling(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens)
+    rows: list[tuple[str, Callable[[], list[str]]]] = []  # (name, run) -> generated texts
     if not args.skip_local:
-        sampling = Sampling(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens)
-        backend.generate(convs[:2], Sampling(max_new_tokens=4))  # warm-up
-        configs = [("", backend)]
+        configs: list[tuple[str, LocalBackend, tuple[int, ...]]] = [("", backend, (1, 32))]
         for extra in filter(None, args.also.split(",")):
             opts = {"kernels": "transformers"} if extra == "transformers" else {"dtype": extra}
-            configs.append((f" ({extra})", LocalBackend("default", **opts)))
-        for label, b in configs:
+            configs.append(
+                (f" ({extra})", LocalBackend("default", **opts), tuple(map(int, args.also_batches.split(","))))
+            )
+        for label, b, sizes in configs:
             b.generate(convs[:2], Sampling(max_new_tokens=4))  # warm-up
-            for bs in (1, 32) if b is backend else [int(x) for x in args.also_batches.split(",")]:
-                b.batch_size = bs
-                name, times = f"project LocalBackend{label}, batch {bs}", []
-                for _ in range(args.repeats):
-                    t0 = time.perf_counter()
-                    out = b.generate(convs, sampling, seeds=list(range(len(convs))))
-                    times.append(time.perf_counter() - t0)
-                    progress((name, sum(b.count_tokens(t) for t in out), times[-1]))
-                gen_rows.append((name, sum(b.count_tokens(t) for t in out), times))
-        configs = []
+            for bs in sizes:
+                rows.append(
+                    (f"project LocalBackend{label}, batch {bs}", functools.partial(local_run, b, bs, convs, sampling))
+                )
+    for conc in (1, 32):
+        name = f"llama.cpp server, {conc} request{'s' if conc > 1 else ''} at a time"
+        rows.append((name, functools.partial(llamacpp_run, url, texts, args.max_new_tokens, conc)))
+    # Interleaved: every repeat runs every row once, so a drift of the machine's speed during
+    # the run reaches all rows alike.
+    timings: dict[str, list[float]] = {name: [] for name, _ in rows}
+    counts: dict[str, int] = {}
+    for _ in range(args.repeats):
+        for name, run in rows:
+            t0 = time.perf_counter()
+            out = run()
+            timings[name].append(time.perf_counter() - t0)
+            counts[name] = sum(backend.count_tokens(t) for t in out)
+            progress((name, counts[name], timings[name][-1]))
+    gen_rows = [(name, counts[name], timings[name]) for name, _ in rows]
+    if not args.skip_local:
         backend.batch_size = 16
         backend.prefix_cache.clear()
         t0 = time.perf_counter()
@@ -149,21 +187,6 @@ def main() -> None:
             local += backend.score_choices(label_prompts[s : s + backend.batch_size], ["A", "B"])
         label_rows.append(("project score_choices (batch 16, prefix cache cold)", time.perf_counter() - t0))
         progress(label_rows[-1])
-        loads["after project"] = os.getloadavg()[0]
-    ctx = max(backend.count_tokens(p) for p in label_prompts + texts) + args.max_new_tokens + 64
-    t0 = time.perf_counter()
-    server, url = start_server(32, ctx)
-    print(f"llama.cpp server up at {url} in {time.perf_counter() - t0:.1f} s")
-    llamacpp_generate(url, texts[:2], 4, 2)  # warm-up
-    for conc in (1, 32):
-        name = f"llama.cpp server, {conc} request{'s' if conc > 1 else ''} at a time"
-        times = []
-        for _ in range(args.repeats):
-            out, dt = llamacpp_generate(url, texts, args.max_new_tokens, conc)
-            times.append(dt)
-            n = sum(backend.count_tokens(t.split("<|im_end|>")[0]) for t in out)
-            progress((name, n, dt))
-        gen_rows.append((name, n, times))
     probs, dt = llamacpp_label(url, label_prompts, 32)
     label_rows.append(("llama.cpp server, 1-token completions, 32 in flight", dt))
     loads["end"] = os.getloadavg()[0]
