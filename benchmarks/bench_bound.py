@@ -10,6 +10,11 @@ Measures (best of several repeats, with torch's own threads):
 
 then prints the model's weight bytes and FLOPs per token and the lower bounds they imply for
 one decode step at batch 1 (weights read once) and batch 32 (the larger of bytes and FLOPs).
+
+It also times the matrix products of one decode step alone — every layer's projections and
+the lm_head, shaped and laid out as ``models/fast.py`` runs them, on the oneDNN kernels the
+backend uses — at batch 1 (the weight bytes they stream per second: what this CPU's kernels
+reach, against the read bandwidth) and batch 32.
 """
 
 from __future__ import annotations
@@ -58,6 +63,23 @@ def main() -> None:
     t_mlp = best_of(lambda: torch.nn.functional.linear(x, mats[0]))
     t_head = best_of(lambda: torch.nn.functional.linear(x, mats[1]))
     shaped = (2 * 32 * inter * h + 2 * 32 * vocab * h) / (t_mlp + t_head)
+    from constitutional_ai.models.fast import _onednn, onednn_linear_ok
+
+    lin = _onednn if onednn_linear_ok() else torch.nn.functional.linear
+    kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
+    layer_mats = [
+        (torch.randn(h, h + 2 * kv).t(), torch.randn(h, h).t(), torch.randn(2 * inter, h), torch.randn(inter, h).t())
+        for _ in range(cfg.num_hidden_layers)
+    ]
+    head = torch.randn(vocab, h)
+
+    def products(rows: int) -> None:
+        x, xi = torch.randn(rows, h), torch.randn(rows, inter)
+        for qkv, o, gu, down in layer_mats:
+            lin(x, qkv), lin(x, o), lin(x, gu), lin(xi, down)
+        lin(x, head)
+
+    t_prod1, t_prod32 = best_of(lambda: products(1)), best_of(lambda: products(32))
     b1 = weight_bytes / bw
     b32 = max(weight_bytes / bw, 32 * flops_token / peak)
     print(f"threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
@@ -69,6 +91,11 @@ def main() -> None:
     print(
         f"model: {params / 1e6:.1f} M parameters, {weight_bytes / 1e6:.0f} MB of weights, "
         f"{flops_token / 1e6:.0f} MFLOP per token"
+    )
+    print(
+        f"one decode step's matrix products alone ({'oneDNN' if lin is _onednn else 'F.linear'}): batch 1 "
+        f"{t_prod1 * 1e3:.1f} ms ({weight_bytes / t_prod1 / 1e9:.1f} GB/s of weights), "
+        f"batch 32 {t_prod32 * 1e3:.1f} ms ({32 * flops_token / t_prod32 / 1e9:.0f} GFLOP/s)"
     )
     print(
         f"bound per decode step: batch 1 >= {b1 * 1e3:.1f} ms ({1 / b1:.0f} tokens/s); "
