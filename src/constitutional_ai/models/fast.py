@@ -69,7 +69,9 @@ def _linear_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
 def use_onednn_linears(model: torch.nn.Module) -> bool:
     """Route every ``nn.Linear`` of a CPU ``model`` through oneDNN for inference; True if done
     (not with ``$CAI_KERNELS=transformers``)."""
-    if os.environ.get("CAI_KERNELS") == "transformers" or not onednn_linear_ok() or next(model.parameters()).device.type != "cpu":
+    if os.environ.get("CAI_KERNELS") == "transformers" or not onednn_linear_ok():
+        return False
+    if next(model.parameters()).device.type != "cpu":
         return False
     for mod in model.modules():
         if isinstance(mod, torch.nn.Linear):
