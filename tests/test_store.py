@@ -135,3 +135,21 @@ def test_truncated_manifest_names_the_file(tmp_path):
     m.write_text(m.read_text()[:20])
     with pytest.raises(StoreError, match=r"out/manifest\.json: corrupt manifest"):
         read_manifest(tmp_path / "out")
+
+
+def test_resume_passes_over_a_checkpoint_cut_short_while_being_saved(tmp_path, capsys):
+    from constitutional_ai.store import last_checkpoint
+
+    assert last_checkpoint(tmp_path / "missing") is None
+    assert last_checkpoint(tmp_path) is None
+    for step in (3, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text('{"global_step": %d}' % step)
+    (tmp_path / "checkpoint-11").mkdir()  # killed before its state was written
+    (tmp_path / "checkpoint-12").mkdir()
+    (tmp_path / "checkpoint-12" / "trainer_state.json").write_text('{"global_st')  # killed mid-write
+    (tmp_path / "checkpoint-x").mkdir()
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")  # numeric order, not text order
+    err = capsys.readouterr().err
+    assert "skipping" in err and "checkpoint-12" in err and "checkpoint-11" in err
+    assert f"resuming training from {tmp_path / 'checkpoint-10'}" in err

@@ -345,18 +345,33 @@ class StageDir:
 
 
 def last_checkpoint(path: str | os.PathLike) -> str | None:
-    """The newest Trainer ``checkpoint-N`` folder in ``path``, to resume training from.
+    """The newest complete Trainer ``checkpoint-N`` folder in ``path``, to resume training from.
 
     Training stages save such checkpoints only when asked (``--save-strategy steps
     --save-steps N``); rerunning an interrupted command then continues from the last one
-    instead of starting over.
+    instead of starting over. The Trainer writes ``trainer_state.json`` last, so a folder
+    without a readable one was cut short while being saved (a kill at that moment): it is
+    passed over, said on the console, and the run resumes from the one before (the Trainer
+    writes that step's checkpoint again when it gets there).
     """
-    from transformers.trainer_utils import get_last_checkpoint
+    import re
 
-    found = get_last_checkpoint(str(path)) if Path(path).is_dir() else None
-    if found:
-        print(f"[cai] resuming training from {found}", file=sys.stderr)
-    return found
+    if not Path(path).is_dir():
+        return None
+    steps = sorted(
+        (int(m.group(1)), p)
+        for p in Path(path).iterdir()
+        if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
+    )
+    for _, ckpt in reversed(steps):
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            print(f"[cai] skipping {ckpt}: incomplete (interrupted while it was being saved)", file=sys.stderr)
+            continue
+        print(f"[cai] resuming training from {ckpt}", file=sys.stderr)
+        return str(ckpt)
+    return None
 
 
 def read_manifest(path: str | os.PathLike, stage: str | Iterable[str] | None = None) -> dict:
