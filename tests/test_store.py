@@ -144,7 +144,7 @@ def test_resume_passes_over_a_checkpoint_cut_short_while_being_saved(tmp_path, c
     assert last_checkpoint(tmp_path) is None
     for step in (3, 10):
         (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text('{"global_step": %d}' % step)
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     (tmp_path / "checkpoint-11").mkdir()  # killed before its state was written
     (tmp_path / "checkpoint-12").mkdir()
     (tmp_path / "checkpoint-12" / "trainer_state.json").write_text('{"global_st')  # killed mid-write
