@@ -134,7 +134,6 @@ class FastForward:
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = attn0.head_dim
         self.scaling = attn0.scaling
-        self.hidden = cfg.hidden_size
         weight = model.lm_head.weight
         #: CPU attention kernels are several times slower in bf16/fp16 than in fp32: lower-precision
         #: models on CPUs attend in fp32 (a cast of Q, K and V per layer).

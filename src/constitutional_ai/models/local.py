@@ -302,8 +302,7 @@ class LocalBackend:
         #: The forward pass every prefill, decode step and scoring call runs (see ``fast.py``).
         self._fast: FastForward | None = None
         onednn = kernels == "auto" and use_onednn_linears(self.model)
-        why = unsupported_reason(self.model) if kernels == "auto" else "kernels='transformers'"
-        if why is None:
+        if kernels == "auto" and unsupported_reason(self.model) is None:
             self._fast = FastForward(self.model, onednn)
         self.kernels = {
             "forward": "fast" if self._fast else "transformers",
@@ -498,18 +497,8 @@ class LocalBackend:
 
     def _encode_prefix(self, prefix: list[int], cache: SlabCache) -> None:
         """Fill ``cache`` (batch 1) with the KV of ``prefix``, starting from the prefix cache."""
-        n, kv = self.prefix_cache.lookup(prefix) if self.prefix_cache.max_bytes > 0 else (0, [])
-        for layer, (k, v) in zip(cache.layers, kv):
+        for layer, (k, v) in zip(cache.layers, self._prefix_kv(prefix)):
             layer.update(k, v)
-        self.prefix_cache.reused_tokens += n
-        self.prefix_cache.encoded_tokens += len(prefix) - n
-        if n == len(prefix):
-            return
-        rest = torch.tensor([prefix[n:]], device=self.device)
-        pos = torch.arange(n, len(prefix), device=self.device).unsqueeze(0)
-        self._forward(rest, pos, cache, None, 1)
-        if self.prefix_cache.max_bytes > 0:
-            self.prefix_cache.put(prefix, [(layer.keys, layer.values) for layer in cache.layers])
 
     @torch.inference_mode()
     def _generate_batch(self, prompts: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[str]:
