@@ -9,7 +9,7 @@ exemplars, both orders) for the first N bundled helpfulness comparisons, then sc
 * naive: one prompt per forward pass, full logits over the whole sequence, transformers'
   own forward with default matrix products (backend option ``kernels="transformers"``): what
   a first implementation does, and the baseline of the "vs naive" column;
-* naive with the backend's kernels: the same loop on the lean forward and oneDNN products, to
+* naive with the backend's kernels: the same loop on the lean forward and planned matrix products, to
   separate what the kernels give from what prefix reuse gives;
 * batched: ``LocalBackend.score_choices`` with shared-prefix reuse switched off;
 * batched + shared prefix: ``LocalBackend.score_choices`` with its persistent prefix cache
@@ -107,7 +107,7 @@ def main() -> None:
     backend.score_choices(prompts[:2], ["A", "B"])  # warm-up
     n_pairs = len(prompts) // (2 * args.principles)  # the bundled set may hold fewer than --pairs
     rows, ref = [], None
-    kernels = "+".join(backend.kernels.values())
+    kernels = f"{backend.kernels['forward']} forward, planned products"
     bs = args.batch_size
     scorers = [
         ("naive (1 prompt per forward, full logits, transformers' forward)", lambda: naive(plain, prompts)),

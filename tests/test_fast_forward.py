@@ -1,11 +1,14 @@
 """The lean forward pass (``models/fast.py``) computes what transformers' forward computes."""
 
+import json
+
 import pytest
 import torch
 from transformers.cache_utils import DynamicCache
 
 from constitutional_ai.models import Sampling
-from constitutional_ai.models.fast import FastForward, onednn_linear_ok, unsupported_reason
+from constitutional_ai.models import fast as fast_mod
+from constitutional_ai.models.fast import FastForward, LinearPlan, onednn_linear_ok, plan_for, unsupported_reason
 from constitutional_ai.models.local import LocalBackend
 
 
@@ -50,7 +53,10 @@ def convs(n):
 def test_both_paths_are_what_info_says(pair):
     fast, plain = pair
     assert fast.info()["kernels"]["forward"] == "fast"
-    assert fast.info()["kernels"]["matmul"] == ("onednn" if onednn_linear_ok() else "default")
+    matmul = fast.info()["kernels"]["matmul"]
+    assert set(matmul) == set(FastForward.KINDS)
+    kernels = ("aten", "onednn") if onednn_linear_ok() else ("aten",)
+    assert all(str(p).startswith(kernels) for p in matmul.values()), matmul
     assert plain.info()["kernels"] == {"forward": "transformers", "matmul": "default"}
 
 
@@ -108,7 +114,7 @@ def test_fused_projections_leave_the_model_working_unchanged(tiny_model):
     ids = torch.randint(10, 1000, (2, 7))
     with torch.inference_mode():
         before = backend.model(input_ids=ids).logits
-        FastForward(backend.model, onednn=False)  # parameters become views of the fused matrices
+        FastForward(backend.model, plan=False)  # parameters become views of the fused matrices
         after = backend.model(input_ids=ids).logits
     assert torch.allclose(before, after, atol=1e-5)  # a transposed layout may round differently
     attn = backend.model.model.layers[0].self_attn
@@ -135,3 +141,71 @@ def test_bfloat16_runs_the_fast_path_close_to_float32(tiny_model):
     got, want = fast.score_choices(prompts, ["A", "B"]), ref.score_choices(prompts, ["A", "B"])
     assert max(abs(x - y) for r, s in zip(got, want) for x, y in zip(r, s)) < 0.1
     assert all(t.finish_reason in ("stop", "length") for t in fast.generate(convs(3), Sampling(max_new_tokens=6)))
+
+
+PLANS = [LinearPlan(t, k, k) for t in (False, True) for k in ("aten", "onednn")] + [
+    LinearPlan(True, "aten", "onednn"),
+    LinearPlan(False, "onednn", "aten"),
+]
+
+
+@pytest.mark.parametrize("plan", PLANS, ids=str)
+@torch.inference_mode()
+def test_every_plan_computes_what_transformers_computes(tiny_model, plan, monkeypatch):
+    """Each storage order and kernel (small and large passes) gives transformers' logits, and the
+    model's own forward (its modules run by the same plans) still works."""
+    if "onednn" in (plan.small, plan.large) and not onednn_linear_ok():
+        pytest.skip("oneDNN's linear is not usable here")
+    plain = LocalBackend(tiny_model, kernels="transformers")
+    ids = torch.randint(10, 1000, (3, 7))
+    pos = torch.arange(7).expand(3, -1)
+    ref = plain._forward(ids, pos, DynamicCache()), plain._forward(ids[:1, :2], pos[:1, :2], DynamicCache())
+    monkeypatch.setattr(fast_mod, "plan_for", lambda weights: plan)
+    fast = LocalBackend(tiny_model)
+    assert set(fast.info()["kernels"]["matmul"].values()) == {str(plan)}
+    got = fast._forward(ids, pos, DynamicCache()), fast._forward(ids[:1, :2], pos[:1, :2], DynamicCache())
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, ref))  # 21 rows: large; 2 rows: small
+    assert torch.allclose(fast.model(input_ids=ids).logits, ref[0], atol=1e-5)
+    head, embed = fast.model.lm_head.weight, fast.model.model.embed_tokens.weight
+    assert head is embed  # the tied head was laid out in place: still tied
+    assert head.stride() == ((1, head.shape[0]) if plan.transposed else (head.shape[1], 1))
+
+
+def fake_timings(monkeypatch, table):
+    """Make plan_for read its timings from ``table`` (in the order it times them)."""
+    calls = iter(table)
+
+    def timed(fn, repeats=2):
+        fn()  # the products still run
+        return next(calls)
+
+    monkeypatch.setattr(fast_mod, "_best_time", timed)
+
+
+def test_plan_takes_the_fastest_order_then_the_fastest_kernel_per_regime(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAI_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(fast_mod, "onednn_linear_ok", lambda: True)
+    ws = [torch.randn(24, 16) for _ in range(3)]
+    # order: output-major then input-major; kernels aten, onednn; rows 1, 32
+    fake_timings(monkeypatch, [4.0, 40.0, 5.0, 20.0] + [2.0, 50.0, 3.0, 30.0])
+    # output-major: best 4 (aten) + 20 (onednn) -> 4/2 + 20/20 = 3; input-major: 2/2 + 30/20 = 2.5
+    assert plan_for(ws) == LinearPlan(True, "aten", "onednn")
+    saved = json.loads((tmp_path / "kernel-plans.json").read_text())
+    assert list(saved.values()) == [{"transposed": True, "small": "aten", "large": "onednn"}]
+    fake_timings(monkeypatch, [])  # a second call times nothing: the stored plan is reused
+    assert plan_for(ws) == LinearPlan(True, "aten", "onednn")
+    fake_timings(monkeypatch, [1.0, 1.0, 9.0, 9.0] + [9.0] * 4)  # another shape: timed, its own entry
+    assert plan_for([torch.randn(8, 16)]) == LinearPlan(False, "aten", "aten")
+    assert len(json.loads((tmp_path / "kernel-plans.json").read_text())) == 2
+
+
+def test_a_corrupt_plans_file_is_timed_again_and_rewritten(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAI_CACHE_DIR", str(tmp_path))
+    (tmp_path / "kernel-plans.json").write_text("{not json")
+    plan = plan_for([torch.randn(24, 16)])
+    saved = json.loads((tmp_path / "kernel-plans.json").read_text())
+    assert len(saved) == 1 and LinearPlan(**next(iter(saved.values()))) == plan
+    # a stored plan naming a kernel this machine lacks is not trusted
+    key = next(iter(saved))
+    (tmp_path / "kernel-plans.json").write_text(json.dumps({key: {"transposed": False, "small": "x", "large": "x"}}))
+    assert plan_for([torch.randn(24, 16)]).small in ("aten", "onednn")

