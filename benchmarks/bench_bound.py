@@ -12,8 +12,8 @@ then prints the model's weight bytes and FLOPs per token and the lower bounds th
 one decode step at batch 1 (weights read once) and batch 32 (the larger of bytes and FLOPs).
 
 It also times the matrix products of one decode step alone — every layer's projections and
-the lm_head, shaped and laid out as ``models/fast.py`` runs them, on the oneDNN kernels the
-backend uses — at batch 1 (the weight bytes they stream per second: what this CPU's kernels
+the lm_head, on the backend's own fused weights with the kernels and layouts it planned for
+this CPU (``models/fast.py``) — at batch 1 (the weight bytes they stream per second: what this CPU's kernels
 reach, against the read bandwidth) and batch 32.
 """
 
@@ -50,7 +50,8 @@ def main() -> None:
 
     from constitutional_ai.models.local import LocalBackend
 
-    model = LocalBackend(args.model).model
+    backend = LocalBackend(args.model)
+    model = backend.model
     cfg = model.config
     params = sum(p.numel() for p in model.parameters())
     # Weights read per decode step: every matrix once; the tied embedding is read as lm_head.
@@ -63,23 +64,37 @@ def main() -> None:
     t_mlp = best_of(lambda: torch.nn.functional.linear(x, mats[0]))
     t_head = best_of(lambda: torch.nn.functional.linear(x, mats[1]))
     shaped = (2 * 32 * inter * h + 2 * 32 * vocab * h) / (t_mlp + t_head)
-    from constitutional_ai.models.fast import _onednn, onednn_linear_ok
-
-    lin = _onednn if onednn_linear_ok() else torch.nn.functional.linear
-    kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
-    layer_mats = [
-        (torch.randn(h, h + 2 * kv).t(), torch.randn(h, h).t(), torch.randn(2 * inter, h), torch.randn(inter, h).t())
-        for _ in range(cfg.num_hidden_layers)
-    ]
-    head = torch.randn(vocab, h)
+    fast = backend._fast
+    if fast is None:
+        raise SystemExit(f"{args.model}: not a model the lean forward runs; the products below need it")
 
     def products(rows: int) -> None:
+        # every layer's four projections and the lm_head, on the backend's own weights and plans
         x, xi = torch.randn(rows, h), torch.randn(rows, inter)
-        for qkv, o, gu, down in layer_mats:
-            lin(x, qkv), lin(x, o), lin(x, gu), lin(xi, down)
-        lin(x, head)
+        k = [fast.plans[kind].kernel(rows) for kind in fast.KINDS]
+        for _, qkv_w, qkv_b, o_w, o_b, _, gu_w, gu_b, down_w, down_b in fast.layers:
+            k[0](x, qkv_w, qkv_b), k[1](x, o_w, o_b), k[2](x, gu_w, gu_b), k[3](xi, down_w, down_b)
+        k[4](x, *fast.head)
 
     t_prod1, t_prod32 = best_of(lambda: products(1)), best_of(lambda: products(32))
+
+    def decode_step(rows: int, context: int = 100, steps: int = 16) -> float:
+        """Median time of one whole decode step (the backend's forward, a cache of ``context``
+        tokens, no sampling) at batch ``rows``."""
+        from constitutional_ai.models.local import SlabCache
+
+        cache = SlabCache(cfg.num_hidden_layers, context + steps)
+        ids = torch.randint(10, 1000, (rows, context))
+        backend._forward(ids, torch.arange(context).expand(rows, -1), cache, None, 1)
+        times = []
+        for s in range(steps):
+            t0 = time.perf_counter()
+            backend._forward(ids[:, :1], torch.full((rows, 1), context + s), cache, None, 1)
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[steps // 2]
+
+    with torch.inference_mode():
+        t_step1, t_step32 = decode_step(1), decode_step(32)
     b1 = weight_bytes / bw
     b32 = max(weight_bytes / bw, 32 * flops_token / peak)
     print(f"threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
@@ -93,13 +108,18 @@ def main() -> None:
         f"{flops_token / 1e6:.0f} MFLOP per token"
     )
     print(
-        f"one decode step's matrix products alone ({'oneDNN' if lin is _onednn else 'F.linear'}): batch 1 "
+        f"one decode step's matrix products alone (the backend's plans): batch 1 "
         f"{t_prod1 * 1e3:.1f} ms ({weight_bytes / t_prod1 / 1e9:.1f} GB/s of weights), "
         f"batch 32 {t_prod32 * 1e3:.1f} ms ({32 * flops_token / t_prod32 / 1e9:.0f} GFLOP/s)"
     )
     print(
         f"bound per decode step: batch 1 >= {b1 * 1e3:.1f} ms ({1 / b1:.0f} tokens/s); "
         f"batch 32 >= {b32 * 1e3:.1f} ms ({32 / b32:.0f} tokens/s)"
+    )
+    print(
+        f"one whole decode step (forward, 100-token context, no sampling): batch 1 {t_step1 * 1e3:.1f} ms "
+        f"= {t_step1 / b1:.2f}x the bound (products alone {t_prod1 / b1:.2f}x); batch 32 {t_step32 * 1e3:.1f} ms "
+        f"= {t_step32 / b32:.2f}x"
     )
 
 
