@@ -13,8 +13,11 @@ one decode step at batch 1 (weights read once) and batch 32 (the larger of bytes
 
 It also times the matrix products of one decode step alone — every layer's projections and
 the lm_head, on the backend's own fused weights with the kernels and layouts it planned for
-this CPU (``models/fast.py``) — at batch 1 (the weight bytes they stream per second: what this CPU's kernels
-reach, against the read bandwidth) and batch 32.
+this CPU (``models/fast.py``) — at batch 1 (the weight bytes they stream per second: what
+this CPU's kernels reach, against the read bandwidth) and batch 32; one whole decode step
+(the backend's forward on a 100-token cache, without sampling) against the bounds; and at
+batch 1 the step's other operators on their own (every product replaced by a ready-made
+output), against what they add to the products inside the step.
 """
 
 from __future__ import annotations
@@ -95,6 +98,22 @@ def main() -> None:
 
     with torch.inference_mode():
         t_step1, t_step32 = decode_step(1), decode_step(32)
+        # The same step with every matrix product replaced by a ready-made output of its shape:
+        # what the step's other operators cost on their own.
+        from constitutional_ai.models import fast as fast_module
+
+        outputs: dict[tuple, torch.Tensor] = {}
+
+        def no_product(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+            key = (*x.shape[:-1], w.shape[0])
+            return outputs.setdefault(key, torch.zeros(key, dtype=x.dtype))
+
+        saved = dict(fast_module.KERNELS)
+        fast_module.KERNELS.update(dict.fromkeys(saved, no_product))
+        try:
+            t_rest1 = decode_step(1)
+        finally:
+            fast_module.KERNELS.update(saved)
     b1 = weight_bytes / bw
     b32 = max(weight_bytes / bw, 32 * flops_token / peak)
     print(f"threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
@@ -120,6 +139,10 @@ def main() -> None:
         f"one whole decode step (forward, 100-token context, no sampling): batch 1 {t_step1 * 1e3:.1f} ms "
         f"= {t_step1 / b1:.2f}x the bound (products alone {t_prod1 / b1:.2f}x); batch 32 {t_step32 * 1e3:.1f} ms "
         f"= {t_step32 / b32:.2f}x"
+    )
+    print(
+        f"batch 1: the step's other operators alone (products skipped) {t_rest1 * 1e3:.1f} ms; interleaved with "
+        f"the products they cost {(t_step1 - t_prod1) * 1e3:.1f} ms"
     )
 
 

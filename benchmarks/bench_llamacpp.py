@@ -4,7 +4,8 @@
                                         [--also transformers,bfloat16] [--repeats 1]
 
 llama.cpp runs the embedded Q4_1 GGUF (``embedded_gguf_path()``) in its native
-OpenAI-compatible server through the ``xllamacpp`` package, with 32 slots and 2 threads; the
+OpenAI-compatible server through the ``xllamacpp`` package, in a child process
+(``models/llamacpp.py``), with 32 slots and 2 threads; the
 project runs the same model dequantized to fp32 in ``LocalBackend``. Both get the same
 rendered prompts (the bundled red-team prompts through the chat template), T = 1, top-p 1
 (llama.cpp's top-k and min-p switched off so both sample the full softmax), the same token
@@ -36,22 +37,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 from constitutional_ai.data import load_prompts
 from constitutional_ai.models import Sampling
-from constitutional_ai.models.local import LocalBackend, embedded_gguf_path
+from constitutional_ai.models.llamacpp import LlamaCppServer
+from constitutional_ai.models.local import LocalBackend
 
 
-def start_server(slots: int, ctx_per_slot: int, threads: int = 2):
-    """Start llama.cpp's server in this process; returns (server, base URL). It stops with the process."""
-    import xllamacpp
-
-    p = xllamacpp.CommonParams()
-    p.model.path = str(embedded_gguf_path())
-    p.n_parallel = slots
-    p.n_ctx = slots * ctx_per_slot
-    p.cpuparams.n_threads = threads
-    p.cpuparams_batch.n_threads = threads
-    server = xllamacpp.Server(p)
-    addr = server.listening_address
-    url = addr if addr.startswith("http") else f"http://{addr}"
+def start_server(slots: int, ctx_per_slot: int, threads: int = 2) -> tuple[LlamaCppServer, str]:
+    """Start llama.cpp's server in a child process (as a user runs it: its threads and OpenMP
+    runtime never share this process with torch's); returns (server, base URL)."""
+    server = LlamaCppServer(n_parallel=slots, slot_ctx=ctx_per_slot, threads=threads).start()
+    url = server.address
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until the model is loaded
         try:
@@ -213,7 +207,7 @@ def main() -> None:
                 f"\nP(A), Q4_1 llama.cpp vs fp32 project on {len(both)}/{len(pa)} prompts: "
                 f"mean abs diff {sum(abs(x - y) for x, y in both) / len(both):.3f}"
             )
-    del server
+    server.stop()
 
 
 if __name__ == "__main__":
