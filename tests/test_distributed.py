@@ -34,8 +34,12 @@ pytestmark = pytest.mark.slow
 
 #: max |Δ| of any parameter between the 2-process and the 1-process run, with the same global
 #: batch: the two differ only in the order gradients are summed (per-process means averaged by
-#: all-reduce vs one mean over the batch), so they agree to float32 rounding.
-TOL = 1e-5
+#: all-reduce vs one mean over the batch), so they agree to float32 rounding, amplified a little
+#: by Adam's division by sqrt(v) where a gradient is near zero (measured: below 1e-5 on an AMD
+#: CPU, 1.5e-5 for the PM on an Intel Xeon, whose MKL kernels round differently).
+TOL = 5e-5
+#: training must move some weight by more than this, far beyond ``TOL``
+MOVED = 1e-3
 
 
 def free_port() -> int:
@@ -120,7 +124,7 @@ def test_train_sft_on_two_processes_equals_one_process(tmp_path, tiny_model):
     train_sft.main(cfg)
     one = state(AutoModelForCausalLM.from_pretrained(tmp_path / "sft1"))
     start = state(AutoModelForCausalLM.from_pretrained(tiny_model))
-    assert max_diff(one, start) > 100 * TOL  # training moved the weights well beyond the tolerance
+    assert max_diff(one, start) > MOVED  # training moved the weights well beyond the tolerance
     assert max_diff(two, one) < TOL
     single = json.loads((tmp_path / "sft1" / "manifest.json").read_text())
     assert single["processes"]["world_size"] == 1

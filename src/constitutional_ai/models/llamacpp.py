@@ -145,7 +145,9 @@ def _serve(args: argparse.Namespace) -> None:
     p.cpuparams_batch.n_threads = args.threads
     p.endpoint_metrics = True
     p.port = args.port
-    p.reuse_port = True  # a restart after a kill can bind the same port at once
+    # A restart after a kill can bind the same port at once. Not with port 0: Linux may then
+    # hand out a port another SO_REUSEPORT socket of this user already holds.
+    p.reuse_port = args.port != 0
     server = xllamacpp.Server(p)
     print(f"LISTENING {server.listening_address}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
