@@ -209,3 +209,22 @@ def test_a_corrupt_plans_file_is_timed_again_and_rewritten(tmp_path, monkeypatch
     key = next(iter(saved))
     (tmp_path / "kernel-plans.json").write_text(json.dumps({key: {"transposed": False, "small": "x", "large": "x"}}))
     assert plan_for([torch.randn(24, 16)]).small in ("aten", "onednn")
+
+
+def test_plans_are_kept_per_cpu_name_and_last_level_cache(tmp_path, monkeypatch):
+    # virtual machines report one generic model name for CPUs with different caches
+    for index, level, size in (("index0", "1", "48K"), ("index2", "2", "2048K"), ("index3", "3", "266240K")):
+        (tmp_path / index).mkdir()
+        (tmp_path / index / "level").write_text(level + "\n")
+        (tmp_path / index / "size").write_text(size + "\n")
+    (tmp_path / "index9").mkdir()  # unreadable entries are skipped
+    name = fast_mod._cpu_name(tmp_path)
+    assert name.endswith(", L3 266240K") and name != ", L3 266240K"
+    assert fast_mod._cpu_name(tmp_path / "absent") == name.removesuffix(", L3 266240K")
+    monkeypatch.setenv("CAI_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(fast_mod, "_cpu_name", lambda: "Some CPU, L3 1M")
+    plan_for([torch.randn(24, 16)])
+    monkeypatch.setattr(fast_mod, "_cpu_name", lambda: "Some CPU, L3 2M")
+    plan_for([torch.randn(24, 16)])
+    keys = json.loads((tmp_path / "kernel-plans.json").read_text())
+    assert sorted(k.split(" | ")[0] for k in keys) == ["Some CPU, L3 1M", "Some CPU, L3 2M"]

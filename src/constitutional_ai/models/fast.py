@@ -10,10 +10,10 @@ scaling, same cache layout — with less work per step:
   (``torch.ops.mkldnn._linear_pointwise``) ran batch-1 products 2x faster than the MKL path
   of ``F.linear``, on an Intel one it was 15-30 % slower. So for every kind of projection
   both orders (output-major, input-major) and both kernels are timed once, at batch-1 and
-  batch-32 row counts, and the fastest plan is kept per CPU model in the user cache (reruns
-  on a machine round identically). oneDNN is checked once against ``F.linear`` before it
-  can be chosen. Models outside the lean path get the same planning for each ``nn.Linear``
-  (:func:`plan_linears`); with gradients on, ``F.linear`` runs as usual.
+  batch-32 row counts, and the fastest plan is kept per CPU model and last-level cache size
+  in the user cache (reruns on a machine round identically). oneDNN is checked once against
+  ``F.linear`` before it can be chosen. Models outside the lean path get the same planning
+  for each ``nn.Linear`` (:func:`plan_linears`); with gradients on, ``F.linear`` runs as usual.
 * **Fused projections.** Q, K and V are one product, gate and up another: the fused
   matrices are built once and the model's own parameters become views of them (no copy is
   kept, and the model still works unchanged).
@@ -98,15 +98,26 @@ class LinearPlan:
         return k + (", input-major" if self.transposed else "")
 
 
-def _cpu_name() -> str:
+def _cpu_name(caches: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> str:
+    """The CPU's model name and the size of its last cache level: virtual machines often report
+    a generic name ("Intel(R) Xeon(R) Processor") for CPUs whose caches, and so whose fastest
+    kernels, differ."""
+    name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                    name = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    levels = {}
+    for index in caches.glob("index*"):
+        try:
+            levels[int((index / "level").read_text())] = (index / "size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+    return f"{name}, L{max(levels)} {levels[max(levels)]}" if levels else name
 
 
 def _plans_file() -> Path:
@@ -138,9 +149,9 @@ def plan_for(weights: Sequence[torch.Tensor]) -> LinearPlan:
     step streams them; the order is the one whose best kernels are fastest over both row
     counts together, then each regime takes its fastest kernel in that order. Which kernel
     wins depends on the CPU (oneDNN was 2x faster than MKL on one AMD machine, slower on an
-    Intel one), so nothing is assumed. A plan is stored per CPU model, torch version, thread
-    count, dtype and shape in ``$CAI_CACHE_DIR/kernel-plans.json`` and reused, so reruns on a
-    machine round identically; delete the file to time again. Elsewhere (GPUs): ``F.linear``.
+    Intel one), so nothing is assumed. A plan is stored per CPU model and last-level cache
+    size, torch version, thread count, dtype and shape in ``$CAI_CACHE_DIR/kernel-plans.json``
+    and reused, so reruns on a machine round identically; delete the file to time again. Elsewhere (GPUs): ``F.linear``.
     """
     w0 = weights[0]
     if w0.device.type != "cpu":
