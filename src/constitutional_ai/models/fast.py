@@ -98,10 +98,11 @@ class LinearPlan:
         return k + (", input-major" if self.transposed else "")
 
 
+@functools.cache
 def _cpu_name(caches: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> str:
-    """The CPU's model name and the size of its last cache level: virtual machines often report
-    a generic name ("Intel(R) Xeon(R) Processor") for CPUs whose caches, and so whose fastest
-    kernels, differ."""
+    """The CPU's model name and the size of its last cache level (read once per process):
+    virtual machines often report a generic name ("Intel(R) Xeon(R) Processor") for CPUs whose
+    caches, and so whose fastest kernels, differ."""
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -117,7 +118,10 @@ def _cpu_name(caches: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> str:
             levels[int((index / "level").read_text())] = (index / "size").read_text().strip()
         except (OSError, ValueError):
             continue
-    return f"{name}, L{max(levels)} {levels[max(levels)]}" if levels else name
+    if not levels:
+        return name
+    last = max(levels)
+    return f"{name}, L{last} {levels[last]}"
 
 
 def _plans_file() -> Path:
@@ -151,7 +155,8 @@ def plan_for(weights: Sequence[torch.Tensor]) -> LinearPlan:
     wins depends on the CPU (oneDNN was 2x faster than MKL on one AMD machine, slower on an
     Intel one), so nothing is assumed. A plan is stored per CPU model and last-level cache
     size, torch version, thread count, dtype and shape in ``$CAI_CACHE_DIR/kernel-plans.json``
-    and reused, so reruns on a machine round identically; delete the file to time again. Elsewhere (GPUs): ``F.linear``.
+    and reused, so reruns on a machine round identically; delete the file to time again.
+    Elsewhere (GPUs): ``F.linear``.
     """
     w0 = weights[0]
     if w0.device.type != "cpu":
