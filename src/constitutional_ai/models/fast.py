@@ -42,6 +42,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .native import NativeStep, library
+
 FAST_TYPES = ("llama", "qwen2", "mistral")
 
 
@@ -293,7 +295,7 @@ class FastForward:
 
     KINDS = ("qkv", "o", "gate_up", "down", "lm_head")
 
-    def __init__(self, model: torch.nn.Module, plan: bool = True):
+    def __init__(self, model: torch.nn.Module, plan: bool = True, native: bool = True):
         cfg = model.config
         self.model = model
         self.inner = model.model
@@ -341,6 +343,15 @@ class FastForward:
         self.head = fused["lm_head"][0]
         self.norms = (layers[0].input_layernorm.variance_epsilon, self.inner.norm.weight)
         self.inter = layers[0].mlp.gate_proj.weight.shape[0]
+        #: The batch-1 decode step in one native call (``native.py``), and what serves it.
+        self.native: NativeStep | None = None
+        self.decode_b1 = "torch"
+        if native and NativeStep.serves(model):
+            dll, how = library()
+            self.native = NativeStep(self, dll) if dll is not None else None
+            self.decode_b1 = how if dll is not None else f"torch: {how}"
+        elif native:
+            self.decode_b1 = "torch (the native step serves float32 models on the CPU)"
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """transformers' RMSNorm: normalise in fp32, cast back, then scale (one fused op in fp32)."""
@@ -386,6 +397,10 @@ class FastForward:
         positions, as in transformers. ``attention_mask`` [B, past + S] marks real tokens.
         """
         B, S = input_ids.shape
+        if self.native is not None and B == S == 1 and not isinstance(logits_to_keep, torch.Tensor):
+            logits = self.native(input_ids, position_ids, cache, attention_mask)
+            if logits is not None:
+                return logits
         past = cache.get_seq_length()
         mask = self._mask(attention_mask, B, S, past)
         x = self.inner.embed_tokens(input_ids)

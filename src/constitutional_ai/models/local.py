@@ -309,6 +309,8 @@ class LocalBackend:
         elif kernels == "auto":
             matmul = plan_linears(self.model)
         self.kernels = {"forward": "fast" if self._fast else "transformers", "matmul": matmul or "default"}
+        if self._fast is not None:
+            self.kernels["decode_b1"] = self._fast.decode_b1
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         #: "chat" (the tokenizer's chat template) or "text" (the plain transcript, see the module docstring)

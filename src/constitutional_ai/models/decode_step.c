@@ -1,0 +1,231 @@
+/* One batch-1 decode step of a Llama-family model in one call: constitutional_ai.models.native.
+ *
+ * At batch 1 a decode step streams every weight once and does almost nothing else, but through
+ * torch it is ~25 small operator calls per layer at 5-20 us each, every one a separate wake-up of
+ * the thread pool. Here the whole step is one OpenMP parallel region: the matrix-vector products
+ * are split across the threads (each streaming its own contiguous part of the weights), and the
+ * small operations between them (RMSNorm, rotary embedding, the cache write, attention, SiLU,
+ * residual adds) run in the same region, with a barrier where the next operation needs all of
+ * the previous one.
+ *
+ * It computes what transformers' forward computes (fp32; only the order of the sums differs):
+ *   h = x * rsqrt(mean(x^2) + eps) * w_norm
+ *   q, k, v = W_qkv h + b;  q, k = q cos + rotate_half(q) sin;  cache[pos] = k, v
+ *   x += W_o attention(q, cache) + b;  x += W_down (silu(W_gate h2) * (W_up h2)) + b
+ * and the logits W_head norm(x) + b.
+ *
+ * Weights are as the lean torch forward stores them: output-major ([out][in], rows split across
+ * threads) or input-major ([in][out], inputs split across threads, partial sums added in thread
+ * order), so the result depends on the thread count but never on timing.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stddef.h>
+#include <string.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+typedef struct {
+    const float *w;    /* [out][in], or [in][out] when transposed */
+    const float *b;    /* [out] or NULL */
+    long out, in;
+    int transposed;
+} Mat;
+
+typedef struct {
+    const float *n1, *n2; /* RMSNorm weights [hidden] */
+    Mat qkv, o, gu, down; /* gu: gate rows then up rows */
+    float *k, *v;         /* this layer's cache, [n_kv][capacity][head_dim] */
+} Layer;
+
+typedef struct {
+    int n_layers, hidden, n_heads, n_kv, head_dim, inter, capacity;
+    float eps, scaling;
+    const Layer *layers;
+    const float *norm; /* final RMSNorm weight */
+    Mat head;          /* lm_head */
+} Model;
+
+/* Scratch floats a step needs (the caller allocates them once). */
+long cai_scratch_floats(const Model *m, int threads) {
+    long qkv = (long)(m->n_heads + 2 * m->n_kv) * m->head_dim, widest = m->head.out;
+    if (m->layers[0].gu.out > widest) widest = m->layers[0].gu.out;
+    if (qkv > widest) widest = qkv;
+    return m->hidden + qkv + (long)m->n_heads * m->head_dim + (long)m->n_heads * m->capacity + 2L * m->inter +
+           m->inter + (long)threads * widest;
+}
+
+static void rms_norm(const float *x, const float *w, float *out, int n, float eps) {
+    float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    float r = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int i = 0; i < n; i++) out[i] = w[i] * (x[i] * r);
+}
+
+/* r[j] = row j of an output-major block of ROWS rows (from w, stride in) . x, for j < ROWS. */
+#define ROWS 8
+static void dot_rows(const float *w, long in, const float *x, float *r) {
+#ifdef __AVX512F__
+    __m512 acc[ROWS];
+    for (int j = 0; j < ROWS; j++) acc[j] = _mm512_setzero_ps();
+    for (long i = 0; i < in; i += 16) {
+        __mmask16 k = in - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (in - i)) - 1);
+        __m512 xv = _mm512_maskz_loadu_ps(k, x + i);
+        for (int j = 0; j < ROWS; j++) acc[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, w + j * in + i), xv, acc[j]);
+    }
+    for (int j = 0; j < ROWS; j++) r[j] = _mm512_reduce_add_ps(acc[j]);
+#else
+    const float *w0 = w, *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in, *w4 = w3 + in, *w5 = w4 + in, *w6 = w5 + in,
+                *w7 = w6 + in;
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7)
+    for (long i = 0; i < in; i++) {
+        float xi = x[i];
+        s0 += w0[i] * xi, s1 += w1[i] * xi, s2 += w2[i] * xi, s3 += w3[i] * xi;
+        s4 += w4[i] * xi, s5 += w5[i] * xi, s6 += w6[i] * xi, s7 += w7[i] * xi;
+    }
+    r[0] = s0, r[1] = s1, r[2] = s2, r[3] = s3, r[4] = s4, r[5] = s5, r[6] = s6, r[7] = s7;
+#endif
+}
+
+static inline void put(float *y, long o, float s, const float *b, int add) {
+    float r = s + (b ? b[o] : 0.0f);
+    y[o] = add ? y[o] + r : r;
+}
+
+/* y = W x + b (add: y += W x + b), by the calling thread team; ends with a barrier. */
+static void matvec(const Mat *a, const float *x, float *y, int add, float *partial, int tid, int nt) {
+    const long out = a->out, in = a->in;
+    if (!a->transposed) { /* blocks of ROWS rows, split across the threads in contiguous runs */
+#pragma omp for schedule(static)
+        for (long o0 = 0; o0 < out; o0 += ROWS) {
+            if (o0 + ROWS <= out) {
+                float r[ROWS];
+                dot_rows(a->w + o0 * in, in, x, r);
+                for (int j = 0; j < ROWS; j++) put(y, o0 + j, r[j], a->b, add);
+            } else {
+                for (long o = o0; o < out; o++) {
+                    const float *w = a->w + o * in;
+                    float s = 0;
+#pragma omp simd reduction(+ : s)
+                    for (long i = 0; i < in; i++) s += w[i] * x[i];
+                    put(y, o, s, a->b, add);
+                }
+            }
+        }
+        return;
+    }
+    /* input-major: this thread's contiguous run of input rows, four at a time, into its own
+     * partial sums; then the partial sums added in thread order */
+    long per = (in + nt - 1) / nt, i0 = tid * per, i1 = i0 + per < in ? i0 + per : in, i = i0;
+    float *p = partial + (long)tid * out;
+    memset(p, 0, sizeof(float) * out);
+    for (; i + 4 <= i1; i += 4) {
+        const float *w0 = a->w + i * out, *w1 = w0 + out, *w2 = w1 + out, *w3 = w2 + out;
+        const float x0 = x[i], x1 = x[i + 1], x2 = x[i + 2], x3 = x[i + 3];
+#pragma omp simd
+        for (long o = 0; o < out; o++) p[o] += x0 * w0[o] + x1 * w1[o] + x2 * w2[o] + x3 * w3[o];
+    }
+    for (; i < i1; i++) {
+        const float *w0 = a->w + i * out, x0 = x[i];
+#pragma omp simd
+        for (long o = 0; o < out; o++) p[o] += x0 * w0[o];
+    }
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (long o = 0; o < out; o++) {
+        float s = partial[o];
+        for (int t = 1; t < nt; t++) s += partial[(long)t * out + o];
+        put(y, o, s, a->b, add);
+    }
+}
+
+/* q or k head in place: t * cos + rotate_half(t) * sin, rotate_half(t) = (-t[half:], t[:half]). */
+static void rope(float *t, const float *cos, const float *sin, int d) {
+    int half = d / 2;
+    for (int j = 0; j < half; j++) {
+        float a = t[j], b = t[j + half];
+        t[j] = a * cos[j] - b * sin[j];
+        t[j + half] = b * cos[j + half] + a * sin[j + half];
+    }
+}
+
+/* One decode step for the token whose embedding is x[hidden] (overwritten: the residual
+ * stream), at cache position pos (the cache holds pos earlier tokens), with the rotary cos/sin
+ * of its position ([head_dim] each). Writes the logits [head.out]. Returns 0, or -1 when the
+ * cache is full (nothing is written then). */
+int cai_decode_step(const Model *m, int pos, const float *cos, const float *sin, float *x, float *logits,
+                    float *scratch, int threads) {
+    if (pos < 0 || pos >= m->capacity) return -1;
+    const int H = m->hidden, nh = m->n_heads, nkv = m->n_kv, d = m->head_dim, I = m->inter;
+    const long cap = m->capacity, L = pos + 1;
+    float *h = scratch, *qkv = h + H, *att = qkv + (long)(nh + 2 * nkv) * d, *scores = att + (long)nh * d;
+    float *gu = scores + (long)nh * cap, *act = gu + 2L * I, *partial = act + I;
+    const int group = nh / nkv;
+#pragma omp parallel num_threads(threads)
+    {
+        const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        for (int l = 0; l < m->n_layers; l++) {
+            const Layer *ly = &m->layers[l];
+#pragma omp single
+            rms_norm(x, ly->n1, h, H, m->eps);
+            matvec(&ly->qkv, h, qkv, 0, partial, tid, nt);
+#pragma omp single
+            {
+                for (int hd = 0; hd < nh + nkv; hd++) rope(qkv + (long)hd * d, cos, sin, d);
+                const float *kn = qkv + (long)nh * d, *vn = kn + (long)nkv * d;
+                for (int g = 0; g < nkv; g++) {
+                    memcpy(ly->k + ((long)g * cap + pos) * d, kn + (long)g * d, sizeof(float) * d);
+                    memcpy(ly->v + ((long)g * cap + pos) * d, vn + (long)g * d, sizeof(float) * d);
+                }
+            }
+#pragma omp for schedule(static)
+            for (int hd = 0; hd < nh; hd++) {
+                const float *q = qkv + (long)hd * d;
+                const float *kc = ly->k + (long)(hd / group) * cap * d, *vc = ly->v + (long)(hd / group) * cap * d;
+                float *s = scores + (long)hd * cap, mx = -INFINITY, sum = 0.0f;
+                for (long t = 0; t < L; t++) {
+                    const float *kt = kc + t * d;
+                    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+                    for (int j = 0; j < d; j++) dot += q[j] * kt[j];
+                    s[t] = dot * m->scaling;
+                    if (s[t] > mx) mx = s[t];
+                }
+                for (long t = 0; t < L; t++) {
+                    s[t] = expf(s[t] - mx);
+                    sum += s[t];
+                }
+                float *out = att + (long)hd * d, inv = 1.0f / sum;
+                for (int j = 0; j < d; j++) out[j] = 0.0f;
+                for (long t = 0; t < L; t++) {
+                    const float *vt = vc + t * d, p = s[t] * inv;
+#pragma omp simd
+                    for (int j = 0; j < d; j++) out[j] += p * vt[j];
+                }
+            }
+            matvec(&ly->o, att, x, 1, partial, tid, nt);
+#pragma omp single
+            rms_norm(x, ly->n2, h, H, m->eps);
+            matvec(&ly->gu, h, gu, 0, partial, tid, nt);
+#pragma omp for schedule(static)
+            for (int i = 0; i < I; i++) {
+                float g = gu[i];
+                act[i] = g / (1.0f + expf(-g)) * gu[I + i];
+            }
+            matvec(&ly->down, act, x, 1, partial, tid, nt);
+        }
+#pragma omp single
+        rms_norm(x, m->norm, h, H, m->eps);
+        matvec(&m->head, h, logits, 0, partial, tid, nt);
+    }
+    return 0;
+}
+
+/* y = W x + b on its own (checks and benchmarks). */
+void cai_matvec(const Mat *a, const float *x, float *y, float *partial, int threads) {
+#pragma omp parallel num_threads(threads)
+    matvec(a, x, y, 0, partial, omp_get_thread_num(), omp_get_num_threads());
+}
