@@ -4,7 +4,10 @@
 
 Measures (best of several repeats, with torch's own threads):
 
-* read bandwidth: summing a float32 tensor of ``--gib`` GiB (bytes read / second);
+* read bandwidth: the faster of two reads of a float32 tensor of ``--gib`` GiB (bytes read /
+  second), torch's ``sum`` and the native matrix-vector kernel of ``models/decode_step.c`` on
+  it viewed as a 576-column matrix (on one Intel Xeon ``sum`` read at 18 GB/s while the
+  decode step's own kernels streamed the weights at 20-23: the bound must not be the slower);
 * fp32 matrix-product peak: a 2048 x 2048 x 2048 product, and the decode-shaped products of
   the model (32 rows x its projection matrices);
 
@@ -16,8 +19,9 @@ the lm_head, on the backend's own fused weights with the kernels and layouts it 
 this CPU (``models/fast.py``) — at batch 1 (the weight bytes they stream per second: what
 this CPU's kernels reach, against the read bandwidth) and batch 32; one whole decode step
 (the backend's forward on a 100-token cache, without sampling) against the bounds; and at
-batch 1 the step's other operators on their own (every product replaced by a ready-made
-output), against what they add to the products inside the step.
+batch 1 the same step through torch (the native step off: ``models/native.py``), with its
+other operators on their own (every product replaced by a ready-made output) against what
+they add to the products inside the step.
 """
 
 from __future__ import annotations
@@ -46,8 +50,18 @@ def main() -> None:
     args = ap.parse_args()
     n = int(args.gib * 2**30 / 4)
     big = torch.ones(n, dtype=torch.float32)
-    bw = n * 4 / best_of(lambda: big.sum())
-    big = None  # free it before the matmul test
+    bw_sum = n * 4 / best_of(lambda: big.sum())
+    # The same bytes read by the native matrix-vector kernel (one pass over a [n / 576, 576]
+    # matrix): a second way to read memory, and the bound takes the faster of the two.
+    from constitutional_ai.models import native
+
+    dll, how = native.library()
+    bw_native = None
+    if dll is not None:
+        mat, vec = big[: n // 576 * 576].view(-1, 576), torch.ones(576)
+        bw_native = mat.numel() * 4 / best_of(lambda: native.matvec(dll, mat, vec))
+    bw = max(bw_sum, bw_native or 0.0)
+    big = mat = None  # free it before the matmul test
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     peak = 2 * 2048**3 / best_of(lambda: a @ b)
 
@@ -98,6 +112,12 @@ def main() -> None:
 
     with torch.inference_mode():
         t_step1, t_step32 = decode_step(1), decode_step(32)
+        # The batch-1 step through torch (the native step off), for the decomposition below.
+        saved_native, fast.native = fast.native, None
+        try:
+            t_torch1 = decode_step(1)
+        finally:
+            fast.native = saved_native
         # The same step with every matrix product replaced by a ready-made output of its shape:
         # what the step's other operators cost on their own.
         from constitutional_ai.models import fast as fast_module
@@ -111,13 +131,19 @@ def main() -> None:
         saved = dict(fast_module.KERNELS)
         fast_module.KERNELS.update(dict.fromkeys(saved, no_product))
         try:
+            fast.native = None
             t_rest1 = decode_step(1)
         finally:
             fast_module.KERNELS.update(saved)
+            fast.native = saved_native
     b1 = weight_bytes / bw
     b32 = max(weight_bytes / bw, 32 * flops_token / peak)
     print(f"threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-    print(f"read bandwidth: {bw / 1e9:.1f} GB/s")
+    sources = f"torch sum {bw_sum / 1e9:.1f} GB/s, " + (
+        f"native matvec {bw_native / 1e9:.1f} GB/s" if bw_native else f"native matvec not run: {how}"
+    )
+    print(f"read bandwidth ({args.gib:g} GiB): {bw / 1e9:.1f} GB/s (the faster of {sources})")
+    print(f"batch-1 decode step served by: {fast.decode_b1}")
     print(
         f"fp32 matmul peak (2048^3): {peak / 1e9:.0f} GFLOP/s; decode-shaped (32 rows x MLP/lm_head): "
         f"{shaped / 1e9:.0f} GFLOP/s"
@@ -137,12 +163,12 @@ def main() -> None:
     )
     print(
         f"one whole decode step (forward, 100-token context, no sampling): batch 1 {t_step1 * 1e3:.1f} ms "
-        f"= {t_step1 / b1:.2f}x the bound (products alone {t_prod1 / b1:.2f}x); batch 32 {t_step32 * 1e3:.1f} ms "
-        f"= {t_step32 / b32:.2f}x"
+        f"= {t_step1 / b1:.2f}x the bound; batch 32 {t_step32 * 1e3:.1f} ms = {t_step32 / b32:.2f}x"
     )
     print(
-        f"batch 1: the step's other operators alone (products skipped) {t_rest1 * 1e3:.1f} ms; interleaved with "
-        f"the products they cost {(t_step1 - t_prod1) * 1e3:.1f} ms"
+        f"batch 1 through torch: {t_torch1 * 1e3:.1f} ms = {t_torch1 / b1:.2f}x the bound (its products alone "
+        f"{t_prod1 / b1:.2f}x); its other operators alone (products skipped) {t_rest1 * 1e3:.1f} ms, interleaved "
+        f"with the products they cost {(t_torch1 - t_prod1) * 1e3:.1f} ms"
     )
 
 

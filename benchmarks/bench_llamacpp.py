@@ -1,7 +1,7 @@
 """Side by side with llama.cpp: generation and labelling, same prompts, same model, one run.
 
     python benchmarks/bench_llamacpp.py [--prompts 32] [--max-new-tokens 64] [--pairs 32] [--skip-local]
-                                        [--also transformers,bfloat16] [--repeats 1]
+                                        [--also torch,transformers,bfloat16] [--repeats 1]
 
 llama.cpp runs the embedded Q4_1 GGUF (``embedded_gguf_path()``) in its native
 OpenAI-compatible server through the ``xllamacpp`` package, in a child process
@@ -10,8 +10,9 @@ project runs the same model dequantized to fp32 in ``LocalBackend``. Both get th
 rendered prompts (the bundled red-team prompts through the chat template), T = 1, top-p 1
 (llama.cpp's top-k and min-p switched off so both sample the full softmax), the same token
 budget; tokens are counted with the same tokenizer on the returned texts. ``--also`` adds
-generation rows for other local configurations in the same run: ``transformers``
-(transformers' own forward and matrix products, ``kernels="transformers"``) and ``bfloat16``
+generation rows for other local configurations in the same run: ``torch`` (the lean forward
+with every operator through torch, the batch-1 native step off: ``kernels="torch"``),
+``transformers`` (transformers' own forward and matrix products, ``kernels="transformers"``) and ``bfloat16``
 (the opt-in lower precision, ``dtype="bfloat16"``). ``--repeats N`` times every generation
 row N times, one after the other, and reports the median with the range (this machine's
 speed drifts between runs; llama.cpp's repeats reuse its slots' prompt caches).
@@ -127,7 +128,9 @@ def main() -> None:
     ap.add_argument("--skip-local", action="store_true", help="only the llama.cpp rows")
     ap.add_argument("--repeats", type=int, default=1, help="time each generation row this many times")
     ap.add_argument("--also-batches", default="1,32", help="batch sizes of the --also rows")
-    ap.add_argument("--also", default="", help="extra local configurations: transformers, bfloat16 (comma-separated)")
+    ap.add_argument(
+        "--also", default="", help="extra local configurations: torch, transformers, bfloat16 (comma-separated)"
+    )
     args = ap.parse_args()
     from bench_label import build_prompts
 
@@ -147,7 +150,7 @@ def main() -> None:
     if not args.skip_local:
         configs: list[tuple[str, LocalBackend, tuple[int, ...]]] = [("", backend, (1, 32))]
         for extra in filter(None, args.also.split(",")):
-            opts = {"kernels": "transformers"} if extra == "transformers" else {"dtype": extra}
+            opts = {"kernels": extra} if extra in ("transformers", "torch") else {"dtype": extra}
             configs.append(
                 (f" ({extra})", LocalBackend("default", **opts), tuple(map(int, args.also_batches.split(","))))
             )

@@ -141,3 +141,11 @@ def test_dynamic_rotary_kinds_take_each_steps_own_position(tiny_model, monkeypat
     monkeypatch.setattr(fast._fast.inner.rotary_emb, "rope_type", "dynamic")
     per_step = step._rotary(40)
     assert all(torch.equal(a, b) for a, b in zip(table, per_step)) and table[0].shape == (fast._fast.head_dim,)
+
+
+def test_kernels_torch_keeps_every_step_in_torch(tiny_model, monkeypatch):
+    backend = LocalBackend(tiny_model, kernels="torch")
+    assert backend._fast is not None and backend._fast.native is None
+    assert backend.info()["kernels"]["decode_b1"] == "torch (kernels=torch)"
+    monkeypatch.setenv("CAI_KERNELS", "torch")
+    assert LocalBackend(tiny_model)._fast.native is None

