@@ -43,25 +43,31 @@ def best_of(fn, repeats: int = 5) -> float:
     return min(times)
 
 
+def read_bandwidth(gib: float = 1.0) -> tuple[float, str]:
+    """Bytes read per second from a float32 tensor of ``gib`` GiB, the faster of torch's ``sum``
+    and the native matrix-vector kernel on it (a [n / 576, 576] matrix), and how each did."""
+    from constitutional_ai.models import native
+
+    n = int(gib * 2**30 / 4)
+    big = torch.ones(n, dtype=torch.float32)
+    bw_sum = n * 4 / best_of(lambda: big.sum())
+    dll, how = native.library()
+    bw_native = 0.0
+    if dll is not None:
+        mat, vec = big[: n // 576 * 576].view(-1, 576), torch.ones(576)
+        bw_native = mat.numel() * 4 / best_of(lambda: native.matvec(dll, mat, vec))
+    sources = f"torch sum {bw_sum / 1e9:.1f} GB/s, " + (
+        f"native matvec {bw_native / 1e9:.1f} GB/s" if dll is not None else f"native matvec not run: {how}"
+    )
+    return max(bw_sum, bw_native), sources
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--gib", type=float, default=1.0)
     args = ap.parse_args()
-    n = int(args.gib * 2**30 / 4)
-    big = torch.ones(n, dtype=torch.float32)
-    bw_sum = n * 4 / best_of(lambda: big.sum())
-    # The same bytes read by the native matrix-vector kernel (one pass over a [n / 576, 576]
-    # matrix): a second way to read memory, and the bound takes the faster of the two.
-    from constitutional_ai.models import native
-
-    dll, how = native.library()
-    bw_native = None
-    if dll is not None:
-        mat, vec = big[: n // 576 * 576].view(-1, 576), torch.ones(576)
-        bw_native = mat.numel() * 4 / best_of(lambda: native.matvec(dll, mat, vec))
-    bw = max(bw_sum, bw_native or 0.0)
-    big = mat = None  # free it before the matmul test
+    bw, sources = read_bandwidth(args.gib)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     peak = 2 * 2048**3 / best_of(lambda: a @ b)
 
@@ -139,9 +145,6 @@ def main() -> None:
     b1 = weight_bytes / bw
     b32 = max(weight_bytes / bw, 32 * flops_token / peak)
     print(f"threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-    sources = f"torch sum {bw_sum / 1e9:.1f} GB/s, " + (
-        f"native matvec {bw_native / 1e9:.1f} GB/s" if bw_native else f"native matvec not run: {how}"
-    )
     print(f"read bandwidth ({args.gib:g} GiB): {bw / 1e9:.1f} GB/s (the faster of {sources})")
     print(f"batch-1 decode step served by: {fast.decode_b1}")
     print(

@@ -20,7 +20,9 @@ speed drifts between runs; llama.cpp's repeats reuse its slots' prompt caches).
 Labelling: the ``cai label`` prompts of the first N bundled comparison pairs (one principle,
 both orders, the default exemplar pool), scored by ``LocalBackend.score_choices`` (prefix cache
 cold at the start) and by llama.cpp as 1-token completions with the top log-probabilities,
-32 requests in flight. Prints Markdown tables and the load average.
+32 requests in flight. Prints Markdown tables, the load average, and the batch-1 bound: the
+weight bytes over the read bandwidth measured at the end of the run (``bench_bound.py``), with
+each local batch-1 row against it (its time per token includes the prompts' prefill).
 """
 
 from __future__ import annotations
@@ -187,6 +189,10 @@ def main() -> None:
     probs, dt = llamacpp_label(url, label_prompts, 32)
     label_rows.append(("llama.cpp server, 1-token completions, 32 in flight", dt))
     loads["end"] = os.getloadavg()[0]
+    from bench_bound import read_bandwidth
+
+    bw, sources = read_bandwidth()
+    weight_bytes = sum(p.numel() * p.element_size() for p in backend.model.parameters())
     print(
         f"\nload average {', '.join(f'{k} {v:.2f}' for k, v in loads.items())}; {len(convs)} prompts, "
         f"max_new_tokens {args.max_new_tokens}; labelling {args.pairs} pairs = {len(label_prompts)} prompts\n"
@@ -196,6 +202,16 @@ def main() -> None:
     for name, n, times in gen_rows:
         dt = statistics.median(times)
         print(f"| {name} | {n} | {dt:.1f} | {n / dt:.1f} | {n / max(times):.1f}–{n / min(times):.1f} |")
+    bound = weight_bytes / bw
+    print(
+        f"\nbatch-1 bound: {weight_bytes / 1e6:.0f} MB of weights read per token at {bw / 1e9:.1f} GB/s "
+        f"(the faster of {sources}, measured after the rows above) = {bound * 1e3:.1f} ms per token, "
+        f"{1 / bound:.1f} tokens/s"
+    )
+    for name, n, times in gen_rows:
+        if name.endswith("batch 1") and name.startswith("project"):
+            per = statistics.median(times) / n
+            print(f"{name}: {per * 1e3:.1f} ms per token = {per / bound:.2f}x the bound")
     n_tok = sum(backend.count_tokens(p) for p in label_prompts)
     print("\n| scorer | seconds | labels/s | prompt tokens/s |\n|---|---:|---:|---:|")
     for name, secs in label_rows:

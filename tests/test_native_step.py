@@ -149,3 +149,21 @@ def test_kernels_torch_keeps_every_step_in_torch(tiny_model, monkeypatch):
     assert backend.info()["kernels"]["decode_b1"] == "torch (kernels=torch)"
     monkeypatch.setenv("CAI_KERNELS", "torch")
     assert LocalBackend(tiny_model)._fast.native is None
+
+
+@pytest.mark.parametrize("shape", [(67, 45), (5, 1), (1, 3), (130, 300), (8, 16)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_products_of_any_shape_layout_and_thread_count_are_torch_products(shape, threads):
+    """Row counts off the 8-row blocks, input lengths off the 16-lane vectors, fewer inputs than
+    threads (a thread with nothing to add)."""
+    dll, _ = native.library()
+    g = torch.Generator().manual_seed(3)
+    w, x, b = torch.randn(*shape, generator=g), torch.randn(shape[1], generator=g), torch.randn(shape[0], generator=g)
+    want = torch.nn.functional.linear(x, w, b)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for stored in (w, w.t().contiguous().t()):
+            assert torch.allclose(native.matvec(dll, stored, x, b), want, atol=1e-4)
+    finally:
+        torch.set_num_threads(saved)

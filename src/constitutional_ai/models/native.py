@@ -2,8 +2,8 @@
 
 At batch 1 a decode step of a small model is bound by reading its weights once, but through
 torch it is also ~25 small operator calls per layer outside the matrix products, each a few
-microseconds plus a wake-up of the thread pool; on the CPUs measured
-(``benchmarks/bench_bound.py``) they cost as much as 40-75 % of the products. ``decode_step.c``
+microseconds plus a wake-up of the thread pool; on the Intel CPUs measured
+(``benchmarks/bench_bound.py``) they added 31-63 % to the products. ``decode_step.c``
 runs the whole step, products included, in one OpenMP parallel region.
 
 The C file ships with the package and is compiled on first use with the system's C compiler
