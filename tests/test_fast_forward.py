@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
 from constitutional_ai.models import Sampling
@@ -146,6 +147,7 @@ def test_bfloat16_runs_the_fast_path_close_to_float32(tiny_model):
 PLANS = [LinearPlan(t, k, k) for t in (False, True) for k in ("aten", "onednn")] + [
     LinearPlan(True, "aten", "onednn"),
     LinearPlan(False, "onednn", "aten"),
+    LinearPlan(False, "aten", "aten", "native"),
 ]
 
 
@@ -160,7 +162,7 @@ def test_every_plan_computes_what_transformers_computes(tiny_model, plan, monkey
     ids = torch.randint(10, 1000, (3, 7))
     pos = torch.arange(7).expand(3, -1)
     ref = plain._forward(ids, pos, DynamicCache()), plain._forward(ids[:1, :2], pos[:1, :2], DynamicCache())
-    monkeypatch.setattr(fast_mod, "plan_for", lambda weights: plan)
+    monkeypatch.setattr(fast_mod, "plan_for", lambda weights, native=True: plan)
     fast = LocalBackend(tiny_model)
     assert set(fast.info()["kernels"]["matmul"].values()) == {str(plan)}
     got = fast._forward(ids, pos, DynamicCache()), fast._forward(ids[:1, :2], pos[:1, :2], DynamicCache())
@@ -172,14 +174,23 @@ def test_every_plan_computes_what_transformers_computes(tiny_model, plan, monkey
 
 
 def fake_timings(monkeypatch, table):
-    """Make plan_for read its timings from ``table`` (in the order it times them)."""
+    """Make plan_for read its timings from ``table`` (in the order of its candidates)."""
     calls = iter(table)
 
-    def timed(fn, repeats=2):
-        fn()  # the products still run
-        return next(calls)
+    def timed(fns, rounds=3):
+        for fn in fns.values():
+            fn()  # the products still run
+        return {key: next(calls) for key in fns}
 
-    monkeypatch.setattr(fast_mod, "_best_time", timed)
+    monkeypatch.setattr(fast_mod, "_best_times", timed)
+
+
+def test_timings_interleave_the_candidates_and_keep_the_best_round(monkeypatch):
+    order, clock = [], iter([0.0, 5.0, 5.0, 6.0, 6.0, 8.0, 8.0, 9.0, 9.0, 10.0, 10.0, 14.0])
+    monkeypatch.setattr(fast_mod.time, "perf_counter", lambda: next(clock))
+    got = fast_mod._best_times({"a": lambda: order.append("a"), "b": lambda: order.append("b")})
+    assert order == ["a", "b"] + ["a", "b"] * 3  # warm-ups, then the rounds take turns
+    assert got == {"a": 1.0, "b": 1.0}  # a: 5, 2, 1; b: 1, 1, 4
 
 
 def test_plan_takes_the_fastest_order_then_the_fastest_kernel_per_regime(tmp_path, monkeypatch):
@@ -187,16 +198,62 @@ def test_plan_takes_the_fastest_order_then_the_fastest_kernel_per_regime(tmp_pat
     monkeypatch.setattr(fast_mod, "onednn_linear_ok", lambda: True)
     ws = [torch.randn(24, 16) for _ in range(3)]
     # order: output-major then input-major; kernels aten, onednn; rows 1, 32
+    monkeypatch.setattr(fast_mod, "native_gemm_ok", lambda: False)
     fake_timings(monkeypatch, [4.0, 40.0, 5.0, 20.0] + [2.0, 50.0, 3.0, 30.0])
     # output-major: best 4 (aten) + 20 (onednn) -> 4/2 + 20/20 = 3; input-major: 2/2 + 30/20 = 2.5
     assert plan_for(ws) == LinearPlan(True, "aten", "onednn")
     saved = json.loads((tmp_path / "kernel-plans.json").read_text())
-    assert list(saved.values()) == [{"transposed": True, "small": "aten", "large": "onednn"}]
+    assert list(saved.values()) == [{"transposed": True, "small": "aten", "large": "onednn", "mid": ""}]
     fake_timings(monkeypatch, [])  # a second call times nothing: the stored plan is reused
     assert plan_for(ws) == LinearPlan(True, "aten", "onednn")
     fake_timings(monkeypatch, [1.0, 1.0, 9.0, 9.0] + [9.0] * 4)  # another shape: timed, its own entry
     assert plan_for([torch.randn(8, 16)]) == LinearPlan(False, "aten", "aten")
     assert len(json.loads((tmp_path / "kernel-plans.json").read_text())) == 2
+
+
+def test_plan_takes_the_native_few_row_kernel_for_batched_steps_where_it_is_fastest(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAI_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(fast_mod, "onednn_linear_ok", lambda: True)
+    monkeypatch.setattr(fast_mod, "native_gemm_ok", lambda: True)
+    ws = [torch.randn(24, 16) for _ in range(3)]
+    # output-major: aten 1/32, onednn 1/32, native 1/32; then input-major: aten 1/32, onednn 1/32,
+    # native 1 (its matrix-vector product; the few-row kernel takes output-major weights only)
+    fake_timings(monkeypatch, [4.0, 40.0, 5.0, 30.0, 4.5, 10.0] + [4.0, 35.0, 6.0, 36.0, 5.0])
+    # output-major: 4/4 + 10/10 = 2 (native counts for 32 rows); input-major: 4/4 + 35/10 = 4.5
+    plan = plan_for(ws)
+    assert plan == LinearPlan(False, "aten", "onednn", "native")  # large: the library's fastest, 30
+    assert plan.kernel(1) is fast_mod.KERNELS["aten"] and plan.kernel(32) is fast_mod.KERNELS["native"]
+    assert plan.kernel(fast_mod.MID_ROWS + 1) is fast_mod.KERNELS["onednn"]  # prefill and scoring
+    assert "native <=32" in str(plan)
+    fake_timings(monkeypatch, [])  # stored, mid included
+    assert plan_for(ws) == plan
+    fake_timings(monkeypatch, [4.0, 40.0, 5.0, 30.0, 4.5, 31.0] + [9.0, 90.0] * 2 + [9.0])  # slower than onednn: no mid
+    assert plan_for([torch.randn(8, 16)]) == LinearPlan(False, "aten", "onednn")
+    # kernels="torch": the native kernels are neither timed nor taken (a plan of its own)
+    fake_timings(monkeypatch, [4.0, 40.0, 5.0, 30.0] + [4.0, 35.0, 6.0, 36.0])
+    assert plan_for(ws, native=False) == LinearPlan(False, "aten", "onednn")
+    assert len(json.loads((tmp_path / "kernel-plans.json").read_text())) == 3
+
+
+@pytest.mark.skipif(not fast_mod.native_gemm_ok(), reason="no native kernels here (no C compiler)")
+@pytest.mark.parametrize("rows", [5, 31, 32, 33, 70])
+def test_native_few_row_kernel_computes_f_linear(rows):
+    g = torch.Generator().manual_seed(rows)
+    for out, inp in ((960, 576), (13, 150), (25, 16)):
+        w, b, x = (
+            torch.randn(out, inp, generator=g),
+            torch.randn(out, generator=g),
+            torch.randn(2, rows, inp, generator=g),
+        )
+        for bias in (b, None):
+            got = fast_mod.KERNELS["native"](x, w, bias)
+            assert got.shape == (2, rows, out)
+            assert torch.allclose(got, F.linear(x, w, bias), atol=1e-4, rtol=1e-5)
+    # what it does not serve runs through F.linear: input-major weights, other dtypes
+    w = torch.randn(7, 16, generator=g)
+    x = torch.randn(9, 16, generator=g)
+    assert torch.allclose(fast_mod.KERNELS["native"](x, w.t().contiguous().t()), F.linear(x, w), atol=1e-5)
+    assert fast_mod.KERNELS["native"](x.bfloat16(), w.bfloat16()).dtype == torch.bfloat16
 
 
 def test_a_corrupt_plans_file_is_timed_again_and_rewritten(tmp_path, monkeypatch):

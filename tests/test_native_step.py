@@ -50,7 +50,7 @@ def served(backend, monkeypatch):
 def test_decode_steps_equal_transformers_logits_and_cache(model_path, plan, monkeypatch):
     """Output-major and input-major weights, GQA, Q/K/V biases (qwen2), tied and untied heads:
     every native step's logits and the cache it writes are transformers' own."""
-    monkeypatch.setattr(fast_mod, "plan_for", lambda weights: plan)
+    monkeypatch.setattr(fast_mod, "plan_for", lambda weights, native=True: plan)
     fast, plain = LocalBackend(model_path), LocalBackend(model_path, kernels="transformers")
     assert fast.info()["kernels"]["decode_b1"].startswith("native")
     calls = served(fast, monkeypatch)

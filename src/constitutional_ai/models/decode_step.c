@@ -229,3 +229,173 @@ void cai_matvec(const Mat *a, const float *x, float *y, float *partial, int thre
 #pragma omp parallel num_threads(threads)
     matvec(a, x, y, 0, partial, omp_get_thread_num(), omp_get_num_threads());
 }
+
+/* ---- y = x W^T + b for a few rows (a batched decode step): cai_gemm ----
+ *
+ * At 32 rows a decode step's products stream every weight once from memory and do 16 FLOP per
+ * weight byte, too few for the library kernels' blocking (made for large products) to keep the
+ * cores busy while the weights arrive. This kernel takes output-major weights as stored:
+ *   - x is transposed once into blocks of 32 rows, [row block][in][32], zero-padded;
+ *   - a tile is 12 weight rows by 32 x rows: 24 accumulators, per input two loads of x, 12
+ *     broadcasts of weights, 24 FMAs; the weights of the tile after next are prefetched into L2;
+ *   - the inputs run in blocks of KC (their part of the transposed x stays in L1) across a group
+ *     of tiles, whose partial sums wait in a small buffer (ct) between blocks;
+ *   - each thread takes a contiguous run of tiles (its own part of the weights), so the result
+ *     depends on the thread count but never on timing, and not on the other rows of x.
+ * Each output is the sum over the inputs in order, then the bias: what F.linear computes up to the
+ * order of the sums. */
+#define G_NR 12
+#define G_KC 128
+#define G_GROUP 128
+#define G_PFD 2
+
+/* Scratch floats cai_gemm needs for rows x [in] by [out][in]. */
+long cai_gemm_scratch_floats(long rows, long in, long out) {
+    return ((rows + 31) / 32) * 32 * in + (out + G_NR) * 32;
+}
+
+#ifdef __AVX512F__
+static inline void gemm_tile(const float *xt, long K, long k0, long k1, const float *w, long N, int nr, float *ct,
+                             float *y, long mrows, __m512i idx, const float *bias) {
+    __m512 acc[G_NR][2];
+    if (k0 == 0)
+        for (int j = 0; j < G_NR; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+    else
+        for (int j = 0; j < G_NR; j++) {
+            acc[j][0] = _mm512_loadu_ps(ct + j * 32);
+            acc[j][1] = _mm512_loadu_ps(ct + j * 32 + 16);
+        }
+    long k = k0;
+    if (nr == G_NR) {
+        for (; k + 16 <= k1; k += 16) {
+            for (int j = 0; j < G_NR; j++) _mm_prefetch((const char *)(w + (G_PFD * G_NR + j) * K + k), _MM_HINT_T1);
+            const float *r0 = w + k, *r3 = r0 + 3 * K, *r6 = r0 + 6 * K, *r9 = r0 + 9 * K, *a = xt + k * 32;
+#pragma GCC unroll 16
+            for (int kk = 0; kk < 16; kk++) {
+                __m512 a0 = _mm512_loadu_ps(a + kk * 32), a1 = _mm512_loadu_ps(a + kk * 32 + 16), b;
+#define CAI_STEP(j, r, o)                                                                                              \
+    b = _mm512_set1_ps(r[(o) + kk]);                                                                                   \
+    acc[j][0] = _mm512_fmadd_ps(b, a0, acc[j][0]);                                                                     \
+    acc[j][1] = _mm512_fmadd_ps(b, a1, acc[j][1]);
+                CAI_STEP(0, r0, 0) CAI_STEP(1, r0, K) CAI_STEP(2, r0, 2 * K)
+                CAI_STEP(3, r3, 0) CAI_STEP(4, r3, K) CAI_STEP(5, r3, 2 * K)
+                CAI_STEP(6, r6, 0) CAI_STEP(7, r6, K) CAI_STEP(8, r6, 2 * K)
+                CAI_STEP(9, r9, 0) CAI_STEP(10, r9, K) CAI_STEP(11, r9, 2 * K)
+#undef CAI_STEP
+            }
+        }
+    }
+    for (; k < k1; k++) {
+        __m512 a0 = _mm512_loadu_ps(xt + k * 32), a1 = _mm512_loadu_ps(xt + k * 32 + 16);
+        for (int j = 0; j < nr; j++) {
+            __m512 b = _mm512_set1_ps(w[j * K + k]);
+            acc[j][0] = _mm512_fmadd_ps(b, a0, acc[j][0]);
+            acc[j][1] = _mm512_fmadd_ps(b, a1, acc[j][1]);
+        }
+    }
+    if (k1 < K) {
+        for (int j = 0; j < G_NR; j++) {
+            _mm512_storeu_ps(ct + j * 32, acc[j][0]);
+            _mm512_storeu_ps(ct + j * 32 + 16, acc[j][1]);
+        }
+        return;
+    }
+    __mmask16 m0 = mrows >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << mrows) - 1);
+    __mmask16 m1 = mrows >= 32 ? (__mmask16)0xFFFF : mrows <= 16 ? (__mmask16)0 : (__mmask16)((1u << (mrows - 16)) - 1);
+    for (int j = 0; j < nr; j++) {
+        __m512 bj = _mm512_set1_ps(bias ? bias[j] : 0.0f);
+        _mm512_mask_i32scatter_ps(y + j, m0, idx, _mm512_add_ps(acc[j][0], bj), 4);
+        if (m1) _mm512_mask_i32scatter_ps(y + 16 * N + j, m1, idx, _mm512_add_ps(acc[j][1], bj), 4);
+    }
+}
+#endif
+
+/* y [rows][out] = x [rows][in] W^T + b for output-major W. Returns 0, or -1 for what it does not
+ * serve (input-major weights, outputs beyond 32-bit indexing). */
+int cai_gemm(const Mat *a, const float *x, long rows, float *y, float *scratch, int threads) {
+    const long K = a->in, N = a->out;
+    if (a->transposed || 32 * N > 2147483647L) return -1;
+#ifdef __AVX512F__
+    const long nb = (rows + 31) / 32, ntiles = (N + G_NR - 1) / G_NR;
+    float *xt = scratch, *ct = scratch + nb * 32 * K;
+    const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                           _mm512_set1_epi32((int)N));
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for schedule(static)
+        for (long m = 0; m < nb * 32; m++) { /* row m of x into column m % 32 of its block */
+            float *col = xt + (m / 32) * K * 32 + m % 32;
+            if (m < rows)
+                for (long k = 0; k < K; k++) col[k * 32] = x[m * K + k];
+            else
+                for (long k = 0; k < K; k++) col[k * 32] = 0.0f;
+        }
+        const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        const long per = (ntiles + nt - 1) / nt, t0 = tid * per, t1 = t0 + per < ntiles ? t0 + per : ntiles;
+        for (long b = 0; b < nb; b++)
+            for (long g0 = t0; g0 < t1; g0 += G_GROUP) {
+                const long g1 = g0 + G_GROUP < t1 ? g0 + G_GROUP : t1;
+                for (long k0 = 0; k0 < K; k0 += G_KC) {
+                    const long k1 = k0 + G_KC < K ? k0 + G_KC : K;
+                    for (long t = g0; t < g1; t++) {
+                        const long n0 = t * G_NR;
+                        const int nr = N - n0 < G_NR ? (int)(N - n0) : G_NR;
+                        gemm_tile(xt + b * K * 32, K, k0, k1, a->w + n0 * K, N, nr, ct + n0 * 32, y + b * 32 * N + n0,
+                                  rows - b * 32, idx, a->b ? a->b + n0 : NULL);
+                    }
+                }
+            }
+    }
+#else
+    (void)scratch;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long o = 0; o < N; o++)
+        for (long m = 0; m < rows; m++) {
+            const float *w = a->w + o * K, *xm = x + m * K;
+            float s = 0.0f;
+            for (long i = 0; i < K; i++) s += w[i] * xm[i];
+            y[m * N + o] = s + (a->b ? a->b[o] : 0.0f);
+        }
+#endif
+    return 0;
+}
+
+/* ---- attention of one new token per row over its cache (a batched decode step): cai_attend ----
+ *
+ * out[b][h] = softmax(scaling * q[b][h] . k[b][h / group][t] + mask[b][t], t < L) . v[b][h / group]
+ * for B rows of nh query heads and nkv key/value heads (group = nh / nkv), the mask additive (0 or
+ * -inf, NULL: none). Strides are in floats; the last dimension of q, k and v is contiguous. What
+ * scaled_dot_product_attention computes for one query, up to the order of the sums; at 32 rows
+ * torch's CPU kernel spends most of its time on blocking made for long queries. scores: B * nh * L
+ * floats. */
+void cai_attend(const float *q, long q_sb, long q_sh, const float *k, const float *v, long kv_sb, long kv_sh,
+                long kv_st, const float *mask, long mask_sb, float *out, int B, int nh, int nkv, long L, int d,
+                float scaling, float *scores, int threads) {
+    const int group = nh / nkv;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long bh = 0; bh < (long)B * nh; bh++) {
+        const long b = bh / nh, h = bh % nh, g = h / group;
+        const float *qv = q + b * q_sb + h * q_sh, *kc = k + b * kv_sb + g * kv_sh, *vc = v + b * kv_sb + g * kv_sh;
+        const float *mk = mask ? mask + b * mask_sb : NULL;
+        float *s = scores + bh * L, mx = -INFINITY, sum = 0.0f;
+        for (long t = 0; t < L; t++) {
+            const float *kt = kc + t * kv_st;
+            float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int j = 0; j < d; j++) dot += qv[j] * kt[j];
+            s[t] = dot * scaling + (mk ? mk[t] : 0.0f);
+            if (s[t] > mx) mx = s[t];
+        }
+        for (long t = 0; t < L; t++) {
+            s[t] = expf(s[t] - mx);
+            sum += s[t];
+        }
+        float *o = out + bh * d, inv = 1.0f / sum;
+        for (int j = 0; j < d; j++) o[j] = 0.0f;
+        for (long t = 0; t < L; t++) {
+            const float *vt = vc + t * kv_st, p = s[t] * inv;
+#pragma omp simd
+            for (int j = 0; j < d; j++) o[j] += p * vt[j];
+        }
+    }
+}

@@ -28,6 +28,8 @@ planned products. ``kernels="transformers"`` (a backend option) turns all of thi
 
 **The batch-1 decode step** (one row, one new token, fp32 on a CPU) runs in one native call
 (``native.py``) where a C compiler builds it; ``kernels="torch"`` keeps it in torch.
+Batched decode steps take the native few-row product where the plan found it fastest
+(:attr:`LinearPlan.mid`) and the native one-token attention.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ import torch
 import torch.nn.functional as F
 
 from .native import NativeStep, library
+from .native import attend as native_attend
+from .native import gemm as native_gemm
+from .native import matvec as native_matvec
 
 FAST_TYPES = ("llama", "qwen2", "mistral")
 
@@ -72,11 +77,34 @@ def _onednn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> 
     return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
 
 
+def native_gemm_ok() -> bool:
+    """Whether the native few-row kernel (``decode_step.c:cai_gemm``) is built and checked here."""
+    return library()[0] is not None
+
+
+def _native(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """The native products: one row by the batch-1 step's matrix-vector kernel (either storage
+    order), more by the few-row kernel (output-major weights); ``F.linear`` for the rest."""
+    dll = library()[0]
+    y = None
+    plain = x.dtype == w.dtype == torch.float32 and w.device.type == "cpu" and (b is None or b.is_contiguous())
+    if dll is not None and plain and x.numel() == x.shape[-1]:
+        y = native_matvec(dll, w, x.reshape(-1).contiguous(), b).view(*x.shape[:-1], w.shape[0])
+    elif dll is not None:
+        y = native_gemm(dll, x, w, b)
+    return F.linear(x, w, b) if y is None else y
+
+
 #: The matrix-product kernels a plan chooses from: ``aten`` is ``F.linear`` (MKL/OpenBLAS on
-#: CPUs), ``onednn`` is oneDNN's linear (CPUs only, where :func:`onednn_linear_ok`).
-KERNELS: dict[str, Callable[..., torch.Tensor]] = {"aten": F.linear, "onednn": _onednn}
+#: CPUs), ``onednn`` is oneDNN's linear (CPUs only, where :func:`onednn_linear_ok`), ``native``
+#: the project's few-row kernel for output-major fp32 weights (where :func:`native_gemm_ok`;
+#: ``F.linear`` for anything it does not serve).
+KERNELS: dict[str, Callable[..., torch.Tensor]] = {"aten": F.linear, "onednn": _onednn, "native": _native}
 #: Passes with at most this many rows (tokens) use a plan's small-batch kernel.
 SMALL_ROWS = 4
+#: Passes with more rows than that and at most this many use a plan's ``mid`` kernel where it
+#: has one (a batched decode step); larger ones (prefill, scoring) its ``large`` kernel.
+MID_ROWS = 32
 #: Row counts kernels are timed at: a batch-1 decode step and a batch-32 one.
 PLAN_ROWS = (1, 32)
 #: Weight bytes timed per plan at most (the first matrices of a kind), to bound the cost.
@@ -88,18 +116,24 @@ class LinearPlan:
     """How one kind of projection runs: its weights' storage order and a kernel per batch regime.
 
     ``transposed`` stores the [out, in] weight input-major (a transposed view of a contiguous
-    [in, out] tensor); ``small`` serves passes of up to :data:`SMALL_ROWS` rows, ``large`` the rest.
+    [in, out] tensor); ``small`` serves passes of up to :data:`SMALL_ROWS` rows, ``mid`` (where
+    set) those of up to :data:`MID_ROWS`, ``large`` the rest.
     """
 
     transposed: bool = False
     small: str = "aten"
     large: str = "aten"
+    mid: str = ""
 
     def kernel(self, rows: int) -> Callable[..., torch.Tensor]:
-        return KERNELS[self.small if rows <= SMALL_ROWS else self.large]
+        if rows <= SMALL_ROWS:
+            return KERNELS[self.small]
+        return KERNELS[self.mid if self.mid and rows <= MID_ROWS else self.large]
 
     def __str__(self) -> str:
         k = self.small if self.small == self.large else f"{self.small} <={SMALL_ROWS} rows, else {self.large}"
+        if self.mid:
+            k = f"{self.small} <={SMALL_ROWS} rows, {self.mid} <={MID_ROWS}, else {self.large}"
         return k + (", input-major" if self.transposed else "")
 
 
@@ -135,13 +169,22 @@ def _plans_file() -> Path:
     return cache_dir() / "kernel-plans.json"
 
 
-def _best_time(fn: Callable[[], object], repeats: int = 2) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+#: Rounds of :func:`_best_times`: every candidate is timed once per round, the rounds interleaved.
+TIMING_ROUNDS = 3
+
+
+def _best_times(fns: dict, rounds: int = TIMING_ROUNDS) -> dict:
+    """The best of ``rounds`` timings of each of ``fns`` (after one warm-up run each), the
+    candidates taking turns in every round, so a drift of the machine's speed over the seconds
+    this takes (virtual machines drift by 15 % and more) reaches all of them alike."""
+    for fn in fns.values():
         fn()
-        best = min(best, time.perf_counter() - t0)
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[key] = min(best[key], time.perf_counter() - t0)
     return best
 
 
@@ -150,17 +193,23 @@ def _stored(w: torch.Tensor, transposed: bool) -> torch.Tensor:
     return w.t().contiguous().t() if transposed else w.contiguous()
 
 
-def plan_for(weights: Sequence[torch.Tensor]) -> LinearPlan:
+def plan_for(weights: Sequence[torch.Tensor], native: bool = True) -> LinearPlan:
     """The fastest plan for projections by these [out, in] ``weights`` (one kind, one per layer).
 
     On CPUs, both storage orders and every kernel that works here are timed at
     :data:`PLAN_ROWS` rows over the first matrices (up to :data:`PLAN_BYTES`), as a decode
-    step streams them; the order is the one whose best kernels are fastest over both row
-    counts together, then each regime takes its fastest kernel in that order. Which kernel
+    step streams them, in interleaved rounds (:func:`_best_times`). The native kernels (fp32
+    only) are timed too: at one row the matrix-vector product in both orders, as it serves
+    batch-1 decode steps; at the batched count the few-row kernel, output-major only. The
+    order is the one whose best kernels are
+    fastest over both row counts together, then each regime takes its fastest kernel in that
+    order: ``small`` and ``large`` among the library kernels, ``mid`` (batched decode steps)
+    the native kernel where it beats ``large``. Which kernel
     wins depends on the CPU (oneDNN was 2x faster than MKL on one AMD machine, slower on an
     Intel one), so nothing is assumed. A plan is stored per CPU model and last-level cache
     size, torch version, thread count, dtype and shape in ``$CAI_CACHE_DIR/kernel-plans.json``
     and reused, so reruns on a machine round identically; delete the file to time again.
+    ``native=False`` leaves the native kernels out (``kernels="torch"``).
     Elsewhere (GPUs): ``F.linear``.
     """
     w0 = weights[0]
@@ -171,9 +220,12 @@ def plan_for(weights: Sequence[torch.Tensor]) -> LinearPlan:
         total += weights[n].numel() * weights[n].element_size()
         n += 1
     kernels = ["aten", "onednn"] if onednn_linear_ok() else ["aten"]
+    # the native kernels (fp32): at one row the batch-1 step's matrix-vector product (which serves
+    # batch-1 decode steps in either order), at the batched count the few-row kernel (output-major)
+    few = ["native"] if native and w0.dtype == torch.float32 and native_gemm_ok() else []
     key = (
         f"{_cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {w0.dtype} | "
-        f"{tuple(w0.shape)} x {n} | {','.join(kernels)}"
+        f"{tuple(w0.shape)} x {n} | {','.join(kernels + few)}"
     )
     path = _plans_file()
     try:
@@ -182,25 +234,39 @@ def plan_for(weights: Sequence[torch.Tensor]) -> LinearPlan:
         known = {}
     known = known if isinstance(known, dict) else {}
     stored = known.get(key)
-    if isinstance(stored, dict) and {stored.get("small"), stored.get("large")} <= set(kernels):
-        return LinearPlan(bool(stored.get("transposed")), stored["small"], stored["large"])
+    if (
+        isinstance(stored, dict)
+        and {stored.get("small"), stored.get("large")} <= set(kernels)
+        and stored.get("mid", "") in ("", *few)
+    ):
+        return LinearPlan(bool(stored.get("transposed")), stored["small"], stored["large"], stored.get("mid", ""))
     g = torch.Generator().manual_seed(0)
     xs = {r: torch.randn(r, w0.shape[1], generator=g).to(w0.dtype) for r in PLAN_ROWS}
-    times: dict[tuple[bool, str, int], float] = {}
+    stored_as = {t: [_stored(w, t) for w in weights[:n]] for t in (False, True)}
+
+    def run(fn: Callable[..., torch.Tensor], x: torch.Tensor, ws: list[torch.Tensor]) -> Callable[[], object]:
+        return lambda: [fn(x, w) for w in ws]
+
+    candidates = {
+        (t, k, r): run(KERNELS[k], x, stored_as[t])
+        for t in (False, True)
+        for k in kernels + few
+        for r, x in xs.items()
+        if not (k in few and t and r > SMALL_ROWS)
+    }
     with torch.inference_mode():
-        for transposed in (False, True):
-            ws = [_stored(w, transposed) for w in weights[:n]]
-            for k in kernels:
-                fn = KERNELS[k]
-                for r, x in xs.items():
-                    times[transposed, k, r] = _best_time(lambda: [fn(x, w) for w in ws])
+        times: dict[tuple[bool, str, int], float] = _best_times(candidates)
+    del stored_as, candidates
 
-    def best(transposed: bool, r: int) -> tuple[float, str]:
-        return min((times[transposed, k, r], k) for k in kernels)
+    def best(transposed: bool, r: int, among: Sequence[str] = ()) -> tuple[float, str]:
+        return min((t, k) for (tr, k, rows), t in times.items() if tr == transposed and rows == r and k in among)
 
-    fastest = {r: min(best(t, r)[0] for t in (False, True)) for r in PLAN_ROWS}
-    order = min((False, True), key=lambda t: sum(best(t, r)[0] / fastest[r] for r in PLAN_ROWS))
-    plan = LinearPlan(order, best(order, PLAN_ROWS[0])[1], best(order, PLAN_ROWS[-1])[1])
+    every = kernels + few
+    fastest = {r: min(best(t, r, every)[0] for t in (False, True)) for r in PLAN_ROWS}
+    order = min((False, True), key=lambda t: sum(best(t, r, every)[0] / fastest[r] for r in PLAN_ROWS))
+    large = best(order, PLAN_ROWS[-1], kernels)[1]
+    mid = best(order, PLAN_ROWS[-1], every)[1]
+    plan = LinearPlan(order, best(order, PLAN_ROWS[0], kernels)[1], large, "" if mid == large else mid)
     known[key] = asdict(plan)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -231,19 +297,21 @@ def _apply(plan: LinearPlan, mods: Sequence[torch.nn.Linear], relayout: bool = T
         m.forward = types.MethodType(_planned_forward, m)
 
 
-def plan_linears(model: torch.nn.Module) -> dict[str, str]:
+def plan_linears(model: torch.nn.Module, native: bool = True) -> dict[str, str]:
     """Plan every ``nn.Linear`` of a CPU ``model`` for inference, one plan per weight shape
     (:func:`plan_for`); returns ``{"OUTxIN": plan}``. Nothing is done on other devices or with
-    ``$CAI_KERNELS=transformers``."""
+    ``$CAI_KERNELS=transformers``; ``native=False`` or ``$CAI_KERNELS=torch`` leave the native
+    kernels out."""
     if os.environ.get("CAI_KERNELS") == "transformers" or next(model.parameters()).device.type != "cpu":
         return {}
+    native = native and os.environ.get("CAI_KERNELS") != "torch"
     groups: dict[tuple, list[torch.nn.Linear]] = {}
     for mod in model.modules():
         if isinstance(mod, torch.nn.Linear):
             groups.setdefault((tuple(mod.weight.shape), mod.weight.dtype), []).append(mod)
     out = {}
     for (shape, _), mods in groups.items():
-        plan = plan_for([m.weight.detach() for m in mods])
+        plan = plan_for([m.weight.detach() for m in mods], native=native)
         _apply(plan, mods)
         out["x".join(map(str, shape))] = str(plan)
     return out
@@ -328,7 +396,7 @@ class FastForward:
                     total += sample[-1].numel() * sample[-1].element_size()
                     if total >= PLAN_BYTES:
                         break
-                self.plans[kind] = plan_for(sample)
+                self.plans[kind] = plan_for(sample, native=native)
                 del sample
             else:
                 self.plans[kind] = LinearPlan()
@@ -416,16 +484,26 @@ class FastForward:
         rows = B * S
         k_qkv, k_o, k_gu, k_down = (self.plans[k].kernel(rows) for k in self.KINDS[:4])
         at = self.attn_dtype
+        # one new token per row: attention by the native kernel (fp32) where it is built
+        attend = self.native.dll if self.native is not None and S == 1 and not torch.is_grad_enabled() else None
         for i, (n1, qkv_w, qkv_b, o_w, o_b, n2, gu_w, gu_b, down_w, down_b) in enumerate(self.layers):
             qkv = k_qkv(norm(x, n1), qkv_w, qkv_b)
             qk = qkv[..., :nqk].view(B, S, nh + nkv, d).transpose(1, 2)
             qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin)
             v = qkv[..., nqk:].view(B, S, nkv, d).transpose(1, 2)
             keys, values = cache.update(qk[:, nh:], v, i)
-            o = F.scaled_dot_product_attention(
-                qk[:, :nh].to(at), keys.to(at), values.to(at), attn_mask=mask, scale=self.scaling, enable_gqa=nh != nkv
-            )
-            x = x + k_o(o.to(x.dtype).transpose(1, 2).reshape(B, S, nh * d), o_w, o_b)
+            o = None if attend is None else native_attend(attend, qk[:, :nh], keys, values, mask, self.scaling)
+            if o is None:
+                o = F.scaled_dot_product_attention(
+                    qk[:, :nh].to(at),
+                    keys.to(at),
+                    values.to(at),
+                    attn_mask=mask,
+                    scale=self.scaling,
+                    enable_gqa=nh != nkv,
+                )
+                o = o.to(x.dtype).transpose(1, 2)
+            x = x + k_o(o.reshape(B, S, nh * d), o_w, o_b)
             gu = k_gu(norm(x, n2), gu_w, gu_b)
             x = x + k_down(F.silu(gu[..., :inter]) * gu[..., inter:], down_w, down_b)
         if isinstance(logits_to_keep, torch.Tensor):

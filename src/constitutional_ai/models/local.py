@@ -58,8 +58,9 @@ GEMMA_NAME = "gemma-3-270m"
 GEMMA_SPECS = ("gemma3-270m", "builtin:gemma3-270m")
 #: ``kernels`` option (also ``$CAI_KERNELS``): "auto" (the lean forward where it applies, matrix-product
 #: kernels and weight layouts timed on this CPU: ``fast.plan_for``, and the batch-1 decode step in one
-#: native call where a C compiler builds it: ``native.py``), "torch" (the same without the native step:
-#: every operator through torch), or "transformers" (transformers' own forward, default matrix products).
+#: native call where a C compiler builds it: ``native.py``), "torch" (the same without native code, no
+#: native step, products or attention: every operator through torch), or "transformers" (transformers'
+#: own forward, default matrix products).
 KERNELS = ("auto", "torch", "transformers")
 #: ``dtype`` option (also ``$CAI_DTYPE``): "auto" is float32 on CPUs, bfloat16 on GPUs.
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -308,7 +309,7 @@ class LocalBackend:
             self._fast = FastForward(self.model, native=kernels == "auto")
             matmul = {kind: str(plan) for kind, plan in self._fast.plans.items()}
         elif kernels != "transformers":
-            matmul = plan_linears(self.model)
+            matmul = plan_linears(self.model, native=kernels == "auto")
         self.kernels = {"forward": "fast" if self._fast else "transformers", "matmul": matmul or "default"}
         if self._fast is not None:
             self.kernels["decode_b1"] = self._fast.decode_b1

@@ -16,6 +16,17 @@ It serves only what it computes exactly like the torch path (up to the order of 
 weights on the CPU, one row, one new token, no mask, a :class:`~.local.SlabLayer` cache with
 room left. Everything else runs through torch. Batch-1 steps therefore round differently from
 batched ones (as the small-row kernels of the plans already do); seeds are per record either way.
+
+The same library also serves two pieces of the *batched* decode step (fp32, CPU), each only
+where it agrees with torch in :func:`_products_agree`:
+
+* :func:`gemm`, a few-row matrix product for output-major weights (:data:`~.fast.MID_ROWS`
+  rows or fewer): the rows are packed once per call and every weight tile is read once for
+  all of them, where the library GEMMs, tuned for large shapes, re-read weights or pack them
+  per call. :func:`~.fast.plan_for` times it against the library kernels and takes it only
+  where it is faster on this CPU.
+* :func:`attend`, attention of one new token per row over the cache (grouped heads, the
+  padding mask), parallel over rows x heads, instead of SDPA's general path.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import torch
@@ -135,6 +147,14 @@ def library() -> tuple[ctypes.CDLL | None, str]:
     dll.cai_scratch_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int]
     dll.cai_matvec.restype = None
     dll.cai_matvec.argtypes = [ctypes.POINTER(_Mat), ptr, ptr, ptr, i32]
+    dll.cai_gemm.restype = ctypes.c_int
+    dll.cai_gemm.argtypes = [ctypes.POINTER(_Mat), ptr, ctypes.c_long, ptr, ptr, i32]
+    lg = ctypes.c_long
+    dll.cai_attend.restype = None
+    dll.cai_attend.argtypes = [ptr, lg, lg, ptr, ptr, lg, lg, lg, ptr, lg, ptr, i32, i32, i32, lg, i32, ctypes.c_float]
+    dll.cai_attend.argtypes += [ptr, i32]
+    dll.cai_gemm_scratch_floats.restype = ctypes.c_long
+    dll.cai_gemm_scratch_floats.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_long]
     if not _products_agree(dll):
         return None, "off (its products disagree with torch's on this machine)"
     return dll, f"native ({Path(cc).name} {' '.join(FLAGS[:3])})"
@@ -150,11 +170,86 @@ def matvec(dll: ctypes.CDLL, w: torch.Tensor, x: torch.Tensor, b: torch.Tensor |
     return y
 
 
+_scratch = threading.local()
+
+
+def gemm_scratch_floats(rows: int, inp: int, out: int) -> int:
+    """``cai_gemm_scratch_floats`` without a native call per product (checked against it once)."""
+    return -(-rows // 32) * 32 * inp + (out + 12) * 32
+
+
+def gemm(dll: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``x W^T + b`` by the native few-row kernel (``cai_gemm``) for fp32 ``x`` [..., in] and an
+    output-major ``w`` [out, in]; None where it does not serve (the caller uses torch's)."""
+    if not w.is_contiguous() or x.dtype != torch.float32 or w.dtype != torch.float32 or w.device.type != "cpu":
+        return None
+    if b is not None and not (b.is_contiguous() and b.dtype == torch.float32):
+        return None
+    out, inp = w.shape
+    x2 = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, inp).contiguous()
+    rows = x2.shape[0]
+    need = gemm_scratch_floats(rows, inp, out)
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.numel() < need:  # kept per thread and reused: no page faults per call
+        _scratch.buf = buf = torch.empty(need)
+    y = torch.empty(*x.shape[:-1], out)
+    mat = _Mat(w.data_ptr(), None if b is None else b.data_ptr(), out, inp, 0)
+    if dll.cai_gemm(ctypes.byref(mat), x2.data_ptr(), rows, y.data_ptr(), buf.data_ptr(), torch.get_num_threads()):
+        return None
+    return y
+
+
+def attend(
+    dll: ctypes.CDLL, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scaling: float
+) -> torch.Tensor | None:
+    """Attention of one new token per row (``q`` [B, nh, 1, d]) over its cache (``k``, ``v``
+    [B, nkv, L, d], e.g. views of a :class:`~.local.SlabLayer`), with an additive ``mask``
+    [B, 1, 1, L] or None, by ``cai_attend``: [B, nh * d]. None where it does not serve."""
+    B, nh, S, d = q.shape
+    L = k.shape[2]
+    if S != 1 or q.dtype != torch.float32 or k.dtype != torch.float32 or v.dtype != torch.float32:
+        return None
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or k.stride() != v.stride() or k.shape != v.shape or nh % k.shape[1]:
+        return None
+    if mask is not None and (mask.dtype != torch.float32 or mask.shape != (B, 1, 1, L) or mask.stride(-1) != 1):
+        return None
+    out = torch.empty(B, nh * d)
+    scores = torch.empty(B * nh * L)
+    dll.cai_attend(
+        q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1), k.stride(2),
+        None if mask is None else mask.data_ptr(), 0 if mask is None else mask.stride(0),
+        out.data_ptr(), B, nh, k.shape[1], L, d, scaling, scores.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    return out
+
+
 def _products_agree(dll: ctypes.CDLL) -> bool:
     g = torch.Generator().manual_seed(0)
     w, x, b = torch.randn(67, 45, generator=g), torch.randn(45, generator=g), torch.randn(67, generator=g)
     want = torch.nn.functional.linear(x, w, b)
-    return all(torch.allclose(matvec(dll, stored, x, b), want, atol=1e-4) for stored in (w, w.t().contiguous().t()))
+    if not all(torch.allclose(matvec(dll, stored, x, b), want, atol=1e-4) for stored in (w, w.t().contiguous().t())):
+        return False
+    if any(
+        dll.cai_gemm_scratch_floats(r, i, o) != gemm_scratch_floats(r, i, o) for r, i, o in ((1, 3, 5), (40, 64, 7))
+    ):
+        return False
+    # the few-row kernel: a partial row block and tile, inputs past a block of 128 and not a multiple of 16
+    w, xs = torch.randn(29, 150, generator=g), torch.randn(37, 150, generator=g)
+    for rows, bias in ((37, torch.randn(29, generator=g)), (5, None)):
+        got = gemm(dll, xs[:rows], w, bias)
+        if got is None or not torch.allclose(got, torch.nn.functional.linear(xs[:rows], w, bias), atol=1e-4):
+            return False
+    # attention of one query per row, grouped heads, a padded key hidden
+    q, k, v = (
+        torch.randn(3, 4, 1, 8, generator=g),
+        torch.randn(3, 2, 5, 8, generator=g),
+        torch.randn(3, 2, 5, 8, generator=g),
+    )
+    mask = torch.zeros(3, 1, 1, 5)
+    mask[1, ..., 0] = float("-inf")
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3, enable_gqa=True)
+    got = attend(dll, q, k, v, mask, 0.3)
+    return got is not None and torch.allclose(got, want.transpose(1, 2).reshape(3, 32), atol=1e-5)
 
 
 class NativeStep:
