@@ -15,14 +15,18 @@ with every operator through torch, the batch-1 native step off: ``kernels="torch
 ``transformers`` (transformers' own forward and matrix products, ``kernels="transformers"``) and ``bfloat16``
 (the opt-in lower precision, ``dtype="bfloat16"``). ``--repeats N`` times every generation
 row N times, one after the other, and reports the median with the range (this machine's
-speed drifts between runs; llama.cpp's repeats reuse its slots' prompt caches).
+speed drifts between runs; llama.cpp's prompt cache is off, so every repeat starts cold).
 
 Labelling: the ``cai label`` prompts of the first N bundled comparison pairs (one principle,
 both orders, the default exemplar pool), scored by ``LocalBackend.score_choices`` (prefix cache
-cold at the start) and by llama.cpp as 1-token completions with the top log-probabilities,
+cold at the start), by the naive scorer of ``bench_label.py`` (one prompt per forward pass,
+transformers' forward, the baseline of its "vs naive" column; its probabilities checked
+against the project's) and by llama.cpp as 1-token completions with the top log-probabilities,
 32 requests in flight. Prints Markdown tables, the load average, and the batch-1 bound: the
 weight bytes over the read bandwidth measured at the end of the run (``bench_bound.py``), with
-each local batch-1 row against it (its time per token includes the prompts' prefill).
+each local batch-1 row against it (its time per token includes the prompts' prefill). Ends with
+the three figures of the CPU targets from this one run: batch 32 against llama.cpp at 32
+requests (median and per repeat), batch 1 against the bound, labelling against the naive scorer.
 """
 
 from __future__ import annotations
@@ -134,7 +138,7 @@ def main() -> None:
         "--also", default="", help="extra local configurations: torch, transformers, bfloat16 (comma-separated)"
     )
     args = ap.parse_args()
-    from bench_label import build_prompts
+    from bench_label import build_prompts, naive
 
     backend = LocalBackend("default")
     convs = [list(p.messages) for p in load_prompts(None, limit=args.prompts)]
@@ -186,6 +190,13 @@ def main() -> None:
             local += backend.score_choices(label_prompts[s : s + backend.batch_size], ["A", "B"])
         label_rows.append(("project score_choices (batch 16, prefix cache cold)", time.perf_counter() - t0))
         progress(label_rows[-1])
+        plain = LocalBackend("default", kernels="transformers")
+        naive(plain, label_prompts[:2])  # warm-up
+        t0 = time.perf_counter()
+        ref = naive(plain, label_prompts)
+        label_rows.append(("naive scorer (one prompt per pass, transformers' forward)", time.perf_counter() - t0))
+        progress(label_rows[-1])
+        del plain
     probs, dt = llamacpp_label(url, label_prompts, 32)
     label_rows.append(("llama.cpp server, 1-token completions, 32 in flight", dt))
     loads["end"] = os.getloadavg()[0]
@@ -220,13 +231,34 @@ def main() -> None:
         from constitutional_ai.feedback import normalise
 
         pa = [normalise(*lp) for lp in local]
+        worst = max(abs(x - y) for x, y in zip(pa, ref))
+        print(f"\nP(A), project vs naive scorer: largest difference {worst:.1e} over {len(pa)} prompts")
+        assert worst < 1e-3, "the project's scorer disagrees with the naive one"
         both = [(x, y) for x, y in zip(pa, probs) if y is not None]
         if both:
             print(
                 f"\nP(A), Q4_1 llama.cpp vs fp32 project on {len(both)}/{len(pa)} prompts: "
                 f"mean abs diff {sum(abs(x - y) for x, y in both) / len(both):.3f}"
             )
+        summary(timings, counts, bound, dict(label_rows))
     server.stop()
+
+
+def summary(timings: dict[str, list[float]], counts: dict[str, int], bound: float, label: dict[str, float]) -> None:
+    """The CPU targets, from this run: batch 32 >= 2x llama.cpp at 32 requests, batch 1 within
+    1.3x of the bound, labelling >= 3x the naive scorer."""
+    ours32, theirs32 = "project LocalBackend, batch 32", "llama.cpp server, 32 requests at a time"
+    n, m = counts[ours32], counts[theirs32]
+    ratio = (n / statistics.median(timings[ours32])) / (m / statistics.median(timings[theirs32]))
+    per_repeat = ", ".join(f"{(n / a) / (m / b):.2f}x" for a, b in zip(timings[ours32], timings[theirs32]))
+    b1 = statistics.median(timings["project LocalBackend, batch 1"]) / counts["project LocalBackend, batch 1"] / bound
+    (ours,) = (v for k, v in label.items() if k.startswith("project"))
+    (base,) = (v for k, v in label.items() if k.startswith("naive"))
+    print(
+        f"\ntargets, this run: batch 32 {ratio:.2f}x llama.cpp at 32 requests (per repeat {per_repeat}; "
+        f"target >= 2x); batch 1 {b1:.2f}x the bound (target <= 1.3x); labelling {base / ours:.1f}x the "
+        "naive scorer (target >= 3x)"
+    )
 
 
 if __name__ == "__main__":
