@@ -285,7 +285,7 @@ def summary(
         f"\ntargets, this run: batch 32 {ratio:.2f}x llama.cpp at 32 requests (per repeat {per_repeat}; "
         f"target >= 2x); batch 1 {statistics.median(b1_ratio):.2f}x the bound (per repeat "
         f"{', '.join(f'{r:.2f}x' for r in b1_ratio)}; target <= 1.3x); labelling "
-        f"{statistics.median(speedups):.1f}x the naive scorer (per repeat {', '.join(f'{r:.1f}x' for r in speedups)}; "
+        f"{statistics.median(speedups):.2f}x the naive scorer (per repeat {', '.join(f'{r:.2f}x' for r in speedups)}; "
         "target >= 3x)"
     )
 
