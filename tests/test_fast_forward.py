@@ -233,6 +233,11 @@ def test_plan_takes_the_native_few_row_kernel_for_batched_steps_where_it_is_fast
     fake_timings(monkeypatch, [4.0, 40.0, 5.0, 30.0] + [4.0, 35.0, 6.0, 36.0])
     assert plan_for(ws, native=False) == LinearPlan(False, "aten", "onednn")
     assert len(json.loads((tmp_path / "kernel-plans.json").read_text())) == 3
+    # other native code (a new version of decode_step.c): timed again, under its own entry
+    monkeypatch.setattr(fast_mod, "source_digest", lambda: "another")
+    fake_timings(monkeypatch, [4.0, 40.0, 5.0, 30.0, 4.5, 10.0] + [4.0, 35.0, 6.0, 36.0, 5.0])
+    assert plan_for(ws) == plan
+    assert len(json.loads((tmp_path / "kernel-plans.json").read_text())) == 4
 
 
 @pytest.mark.skipif(not fast_mod.native_gemm_ok(), reason="no native kernels here (no C compiler)")

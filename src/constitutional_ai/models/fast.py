@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .native import NativeStep, library
+from .native import NativeStep, library, source_digest
 from .native import attend as native_attend
 from .native import gemm as native_gemm
 from .native import matvec as native_matvec
@@ -225,7 +225,7 @@ def plan_for(weights: Sequence[torch.Tensor], native: bool = True) -> LinearPlan
     few = ["native"] if native and w0.dtype == torch.float32 and native_gemm_ok() else []
     key = (
         f"{_cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {w0.dtype} | "
-        f"{tuple(w0.shape)} x {n} | {','.join(kernels + few)}"
+        f"{tuple(w0.shape)} x {n} | {','.join(kernels + few)}" + (f" {source_digest()}" if few else "")
     )
     path = _plans_file()
     try:
