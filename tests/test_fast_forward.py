@@ -87,6 +87,13 @@ def test_logits_and_cache_equal_transformers_with_padding_and_decode_steps(pair)
     a = fast._forward(ids[:1], pos[:1], DynamicCache(), None, 2)
     b = plain._forward(ids[:1], pos[:1], DynamicCache(), None, torch.tensor([L - 2, L - 1]))
     assert a.shape == b.shape == (1, 2, a.shape[-1]) and torch.allclose(a, b, atol=1e-5)
+    # unpadded and without a past the pass is plainly causal: no mask, ``is_causal`` attention
+    ones = torch.ones(2, L, dtype=torch.long)
+    assert fast._fast._mask(ones, 2, L, 0) is None and fast._fast._mask(None, 1, L, 0) is None
+    assert fast._fast._mask(ones, 2, L - 3, 3) is not None and fast._fast._mask(mask[:, :L], B, L, 0) is not None
+    a = fast._forward(ids[1:], pos[1:], DynamicCache(), ones, 0)
+    b = plain._forward(ids[1:], pos[1:], DynamicCache(), ones, 0)
+    assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_generation_and_scoring_match_transformers(pair):

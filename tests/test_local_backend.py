@@ -115,6 +115,27 @@ def test_shared_prefix_path_matches_left_padding(backend):
     assert shared == plain == again
 
 
+def test_batch_of_one_starts_from_what_the_whole_call_shares(backend):
+    """At batch 1 the prefix every prompt of the call shares is encoded once, not per prompt."""
+    c = convs(5, prefix="Every prompt of this call opens with the same long instruction. " * 4)
+    sp = Sampling(max_new_tokens=8)
+    backend.batch_size = 4
+    batched = backend.generate(c, sp, seeds=list(range(5)))
+    backend.batch_size = 1
+    backend.prefix_cache.clear()
+    backend.prefix_cache.reused_tokens = backend.prefix_cache.encoded_tokens = 0
+    try:
+        one = backend.generate(c, sp, seeds=list(range(5)))
+        pc = backend.prefix_cache
+        shared = min(len(backend.tokenizer(backend.render(x)).input_ids) for x in c)
+        assert 40 < pc.encoded_tokens < shared  # the common prefix, once
+        assert pc.reused_tokens == 4 * pc.encoded_tokens  # then taken from the cache by the other 4
+        backend.min_shared_prefix_generate = 10**9  # the whole prompt encoded per prompt
+        plain = backend.generate(c, sp, seeds=list(range(5)))
+    finally:
+        backend.batch_size, backend.min_shared_prefix_generate = 4, 16
+    assert one == batched == plain
+
 def test_stop_strings_cut_the_text(backend):
     # A seeded sample is fixed; stopping at a string inside it must cut the text there.
     (full,) = backend.generate(convs(1), Sampling(max_new_tokens=12), seeds=[5])

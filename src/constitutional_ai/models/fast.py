@@ -432,15 +432,18 @@ class FastForward:
         return weight * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
 
     def _mask(self, attention_mask: torch.Tensor | None, B: int, S: int, past: int) -> torch.Tensor | None:
-        """Additive [B, 1, S, past + S] mask (0 or -inf): causal, padded keys hidden; None when
-        nothing is hidden. Built once per forward (attention would convert a boolean one in
-        every layer).
+        """Additive [B, 1, S, past + S] mask (0 or -inf): causal, padded keys hidden. None when
+        nothing is hidden (one new token), or when the pass is plainly causal (no past, no
+        padding), which attention then runs with ``is_causal``. Built once per forward
+        (attention would convert a boolean one in every layer).
 
         Every query may always see its own key, so a padding query (left padding) never has
         all keys hidden; nothing reads its output.
         """
         if S == 1 and attention_mask is None:
             return None
+        if past == 0 and (attention_mask is None or bool(attention_mask[:, :S].all())):
+            return None  # plain causal attention: ``is_causal`` skips the blocks above the diagonal
         dev = self.model.lm_head.weight.device
         q = torch.arange(S, device=dev).unsqueeze(-1) + past
         k = torch.arange(past + S, device=dev)
@@ -499,6 +502,7 @@ class FastForward:
                     keys.to(at),
                     values.to(at),
                     attn_mask=mask,
+                    is_causal=mask is None and S > 1,
                     scale=self.scaling,
                     enable_gqa=nh != nkv,
                 )

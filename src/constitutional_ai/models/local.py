@@ -402,10 +402,13 @@ class LocalBackend:
         encoded = [self._encode_conversation(i, c, limit) for i, c in enumerate(conversations)]
         # Group by length so padding is small; results go back in input order.
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        # What every prompt of the call shares (a chat template's system prompt, few-shot
+        # exemplars): encoded once, kept in the prefix cache, reused by every batch, batch 1 too.
+        common = _common_prefix_len(encoded) if len(encoded) > 1 else 0
         out: list[str] = [""] * len(encoded)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            texts = self._generate_batch([encoded[i] for i in idx], sampling, [seeds[i] for i in idx])
+            texts = self._generate_batch([encoded[i] for i in idx], sampling, [seeds[i] for i in idx], common)
             for i, t in zip(idx, texts):
                 out[i] = t
         return out
@@ -452,7 +455,7 @@ class LocalBackend:
         j = torch.searchsorted(local, t.clamp_min(0), right=True).clamp_max(bs - 1)
         return (b * bs + j).squeeze(-1).tolist()
 
-    def _prefill(self, prompts: list[list[int]], room: int):
+    def _prefill(self, prompts: list[list[int]], room: int, common: int = 0):
         """Encode a batch of prompts into a preallocated KV cache with ``room`` free positions.
 
         Returns (cache, last logits, attention-mask buffer, mask width so far, next positions);
@@ -461,12 +464,14 @@ class LocalBackend:
         When the prompts share a long token prefix (few-shot exemplars, a common system
         prompt) that prefix is encoded once and its KV cache copied to every row; the
         differing suffixes are then right-padded after it, leaving masked holes that the
-        attention mask skips. Otherwise prompts are left-padded.
+        attention mask skips. Otherwise prompts are left-padded. ``common``: a prefix length that
+        every prompt of the whole call shares, so that a batch of one prompt also starts from
+        it (through the prefix cache) instead of encoding it again.
         """
         B = len(prompts)
-        shared = _common_prefix_len(prompts)
+        shared = max(common, _common_prefix_len(prompts) if B > 1 else 0)
         n_layers = self.model.config.num_hidden_layers
-        if B > 1 and shared >= self.min_shared_prefix_generate:
+        if shared >= self.min_shared_prefix_generate:
             shared = min(shared, min(len(p) for p in prompts) - 1)  # every row keeps a suffix
             S = max(len(p) - shared for p in prompts)
             cache = SlabCache(n_layers, shared + S + room)
@@ -506,10 +511,12 @@ class LocalBackend:
             layer.update(k, v)
 
     @torch.inference_mode()
-    def _generate_batch(self, prompts: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[str]:
+    def _generate_batch(
+        self, prompts: list[list[int]], sampling: Sampling, seeds: list[int], common: int = 0
+    ) -> list[str]:
         tok = self.tokenizer
         B = len(prompts)
-        past, logits, attn, width, next_pos = self._prefill(prompts, sampling.max_new_tokens)
+        past, logits, attn, width, next_pos = self._prefill(prompts, sampling.max_new_tokens, common)
         # Without padding holes no mask is needed: transformers then skips building one per step.
         dense = bool(attn.all())
         rngs = [random.Random(int(s)) for s in seeds]
