@@ -136,6 +136,7 @@ def test_batch_of_one_starts_from_what_the_whole_call_shares(backend):
         backend.batch_size, backend.min_shared_prefix_generate = 4, 16
     assert one == batched == plain
 
+
 def test_stop_strings_cut_the_text(backend):
     # A seeded sample is fixed; stopping at a string inside it must cut the text there.
     (full,) = backend.generate(convs(1), Sampling(max_new_tokens=12), seeds=[5])
