@@ -223,10 +223,10 @@ def test_plan_takes_the_native_few_row_kernel_for_batched_steps_where_it_is_fast
     monkeypatch.setattr(fast_mod, "onednn_linear_ok", lambda: True)
     monkeypatch.setattr(fast_mod, "native_gemm_ok", lambda: True)
     ws = [torch.randn(24, 16) for _ in range(3)]
-    # output-major: aten 1/32, onednn 1/32, native 1/32; then input-major: aten 1/32, onednn 1/32,
-    # native 1 (its matrix-vector product; the few-row kernel takes output-major weights only)
-    fake_timings(monkeypatch, [4.0, 40.0, 5.0, 30.0, 4.5, 10.0] + [4.0, 35.0, 6.0, 36.0, 5.0])
-    # output-major: 4/4 + 10/10 = 2 (native counts for 32 rows); input-major: 4/4 + 35/10 = 4.5
+    # output-major: aten 1/32, onednn 1/32, native 1/32; then input-major the same (at one row the
+    # native kernel is the matrix-vector product, at 32 the few-row kernel, in either order)
+    fake_timings(monkeypatch, [4.0, 40.0, 5.0, 30.0, 4.5, 10.0] + [4.0, 35.0, 6.0, 36.0, 5.0, 12.0])
+    # output-major: 4/4 + 10/10 = 2 (native counts for 32 rows); input-major: 4/4 + 12/10 = 2.2
     plan = plan_for(ws)
     assert plan == LinearPlan(False, "aten", "onednn", "native")  # large: the library's fastest, 30
     assert plan.kernel(1) is fast_mod.KERNELS["aten"] and plan.kernel(32) is fast_mod.KERNELS["native"]
@@ -234,7 +234,7 @@ def test_plan_takes_the_native_few_row_kernel_for_batched_steps_where_it_is_fast
     assert "native <=32" in str(plan)
     fake_timings(monkeypatch, [])  # stored, mid included
     assert plan_for(ws) == plan
-    fake_timings(monkeypatch, [4.0, 40.0, 5.0, 30.0, 4.5, 31.0] + [9.0, 90.0] * 2 + [9.0])  # slower than onednn: no mid
+    fake_timings(monkeypatch, [4.0, 40.0, 5.0, 30.0, 4.5, 31.0] + [9.0, 90.0] * 3)  # slower than onednn: no mid
     assert plan_for([torch.randn(8, 16)]) == LinearPlan(False, "aten", "onednn")
     # kernels="torch": the native kernels are neither timed nor taken (a plan of its own)
     fake_timings(monkeypatch, [4.0, 40.0, 5.0, 30.0] + [4.0, 35.0, 6.0, 36.0])
@@ -242,29 +242,39 @@ def test_plan_takes_the_native_few_row_kernel_for_batched_steps_where_it_is_fast
     assert len(json.loads((tmp_path / "kernel-plans.json").read_text())) == 3
     # other native code (a new version of decode_step.c): timed again, under its own entry
     monkeypatch.setattr(fast_mod, "source_digest", lambda: "another")
-    fake_timings(monkeypatch, [4.0, 40.0, 5.0, 30.0, 4.5, 10.0] + [4.0, 35.0, 6.0, 36.0, 5.0])
+    fake_timings(monkeypatch, [4.0, 40.0, 5.0, 30.0, 4.5, 10.0] + [4.0, 35.0, 6.0, 36.0, 5.0, 12.0])
     assert plan_for(ws) == plan
     assert len(json.loads((tmp_path / "kernel-plans.json").read_text())) == 4
+    # input-major faster at one row, and the few-row kernel as fast there at 32: input-major, native mid
+    fake_timings(monkeypatch, [4.0, 40.0, 5.0, 30.0, 4.5, 10.0] + [2.0, 35.0, 6.0, 36.0, 3.0, 10.0])
+    assert plan_for([torch.randn(16, 16)]) == LinearPlan(True, "aten", "aten", "native")
 
 
 @pytest.mark.skipif(not fast_mod.native_gemm_ok(), reason="no native kernels here (no C compiler)")
 @pytest.mark.parametrize("rows", [5, 31, 32, 33, 70])
 def test_native_few_row_kernel_computes_f_linear(rows):
     g = torch.Generator().manual_seed(rows)
-    for out, inp in ((960, 576), (13, 150), (25, 16)):
+    # output counts past a 12-row tile and a 48-output panel, inputs past a block of 128
+    for out, inp in ((960, 576), (13, 150), (25, 16), (97, 300)):
         w, b, x = (
             torch.randn(out, inp, generator=g),
             torch.randn(out, generator=g),
             torch.randn(2, rows, inp, generator=g),
         )
-        for bias in (b, None):
-            got = fast_mod.KERNELS["native"](x, w, bias)
-            assert got.shape == (2, rows, out)
-            assert torch.allclose(got, F.linear(x, w, bias), atol=1e-4, rtol=1e-5)
-    # what it does not serve runs through F.linear: input-major weights, other dtypes
+        for stored in (w, w.t().contiguous().t()):  # output-major, input-major
+            for bias in (b, None):
+                got = fast_mod.KERNELS["native"](x, stored, bias)
+                assert got.shape == (2, rows, out)
+                assert torch.allclose(got, F.linear(x, w, bias), atol=1e-4, rtol=1e-5)
+        # a row's result does not depend on the other rows of the batch
+        one = fast_mod.KERNELS["native"](x[:1, 2:3].repeat(1, rows, 1), w.t().contiguous().t(), b)
+        alone = fast_mod.KERNELS["native"](x[:1, 2:3], w.t().contiguous().t(), b)
+        assert torch.equal(one[0, -1], one[0, 0]) and torch.allclose(alone[0, 0], one[0, 0], atol=1e-4)
+    # what it does not serve runs through F.linear: weights in neither order, other dtypes
     w = torch.randn(7, 16, generator=g)
     x = torch.randn(9, 16, generator=g)
-    assert torch.allclose(fast_mod.KERNELS["native"](x, w.t().contiguous().t()), F.linear(x, w), atol=1e-5)
+    strided = torch.randn(7, 32, generator=g)[:, ::2]
+    assert torch.allclose(fast_mod.KERNELS["native"](x, strided), F.linear(x, strided), atol=1e-5)
     assert fast_mod.KERNELS["native"](x.bfloat16(), w.bfloat16()).dtype == torch.bfloat16
 
 

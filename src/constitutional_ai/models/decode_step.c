@@ -242,6 +242,12 @@ void cai_matvec(const Mat *a, const float *x, float *y, float *partial, int thre
  *     of tiles, whose partial sums wait in a small buffer (ct) between blocks;
  *   - each thread takes a contiguous run of tiles (its own part of the weights), so the result
  *     depends on the thread count but never on timing, and not on the other rows of x.
+ * Input-major weights ([in][out], as the planner stores a kind that is faster so at one row) run
+ * by gemm_t: a tile is 8 x rows by 48 outputs (24 accumulators; per input three loads of weights,
+ * 8 broadcasts of x, 24 FMAs), x transposed once into blocks of 8 rows, the inputs in blocks of KC
+ * with the 8-row tiles of a 48-output panel taking turns over each block (it stays in L1), the
+ * partial sums kept in y between blocks, the next panel's weights prefetched; each thread takes a
+ * contiguous run of panels.
  * Each output is the sum over the inputs in order, then the bias: what F.linear computes up to the
  * order of the sums. */
 #define G_NR 12
@@ -310,12 +316,96 @@ static inline void gemm_tile(const float *xt, long K, long k0, long k1, const fl
 }
 #endif
 
-/* y [rows][out] = x [rows][in] W^T + b for output-major W. Returns 0, or -1 for what it does not
- * serve (input-major weights, outputs beyond 32-bit indexing). */
+#ifdef __AVX512F__
+#define T_MR 8
+#define T_NV 3
+#define T_NR (16 * T_NV)
+#define T_KC 128
+
+/* One 8-row by 48-output tile over inputs k0..k1 of input-major weights w (at the tile's first
+ * output, row stride N): mk masks the outputs past N, rows past mr are computed on zeros and not
+ * stored, pf (or NULL) the next panel's weights to prefetch. */
+static inline void gemm_t_tile(const float *xt, const float *w, long N, long k0, long k1, float *y, int mr,
+                               const __mmask16 *mk, const float *bias, const float *pf) {
+    __m512 acc[T_MR][T_NV];
+#pragma GCC unroll 8
+    for (int r = 0; r < T_MR; r++)
+#pragma GCC unroll 3
+        for (int v = 0; v < T_NV; v++)
+            acc[r][v] = k0 > 0 && r < mr ? _mm512_maskz_loadu_ps(mk[v], y + r * N + 16 * v) : _mm512_setzero_ps();
+    for (long k = k0; k < k1; k++) {
+        const float *wk = w + k * N, *a = xt + k * T_MR;
+        if (pf)
+            for (int v = 0; v < T_NV; v++) _mm_prefetch((const char *)(pf + k * N + 16 * v), _MM_HINT_T0);
+        const __m512 b0 = _mm512_maskz_loadu_ps(mk[0], wk), b1 = _mm512_maskz_loadu_ps(mk[1], wk + 16),
+                     b2 = _mm512_maskz_loadu_ps(mk[2], wk + 32);
+#pragma GCC unroll 8
+        for (int r = 0; r < T_MR; r++) {
+            const __m512 s = _mm512_set1_ps(a[r]);
+            acc[r][0] = _mm512_fmadd_ps(s, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(s, b1, acc[r][1]);
+            acc[r][2] = _mm512_fmadd_ps(s, b2, acc[r][2]);
+        }
+    }
+    if (bias) /* the last block of inputs: the bias, once */
+#pragma GCC unroll 3
+        for (int v = 0; v < T_NV; v++) {
+            const __m512 bv = _mm512_maskz_loadu_ps(mk[v], bias + 16 * v);
+#pragma GCC unroll 8
+            for (int r = 0; r < T_MR; r++) acc[r][v] = _mm512_add_ps(acc[r][v], bv);
+        }
+#pragma GCC unroll 8
+    for (int r = 0; r < T_MR; r++)
+#pragma GCC unroll 3
+        for (int v = 0; v < T_NV; v++)
+            if (r < mr) _mm512_mask_storeu_ps(y + r * N + 16 * v, mk[v], acc[r][v]);
+}
+
+/* y [rows][N] = x [rows][K] W + b for input-major W ([K][N]); xt: scratch for x transposed. */
+static void gemm_t(const Mat *a, const float *x, long rows, float *y, float *xt, int threads) {
+    const long K = a->in, N = a->out, nt = (rows + T_MR - 1) / T_MR, np = (N + T_NR - 1) / T_NR;
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for schedule(static)
+        for (long m = 0; m < nt * T_MR; m++) { /* row m of x into column m % 8 of its block */
+            float *col = xt + (m / T_MR) * K * T_MR + m % T_MR;
+            if (m < rows)
+                for (long k = 0; k < K; k++) col[k * T_MR] = x[m * K + k];
+            else
+                for (long k = 0; k < K; k++) col[k * T_MR] = 0.0f;
+        }
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+        const long per = (np + nth - 1) / nth, p0 = tid * per, p1 = p0 + per < np ? p0 + per : np;
+        for (long p = p0; p < p1; p++) {
+            const long n0 = p * T_NR;
+            __mmask16 mk[T_NV];
+            for (int v = 0; v < T_NV; v++) {
+                const long c = N - n0 - 16 * v;
+                mk[v] = c >= 16 ? (__mmask16)0xFFFF : c <= 0 ? (__mmask16)0 : (__mmask16)((1u << c) - 1);
+            }
+            for (long k0 = 0; k0 < K; k0 += T_KC) {
+                const long k1 = k0 + T_KC < K ? k0 + T_KC : K;
+                for (long t = 0; t < nt; t++) {
+                    const long mr = rows - t * T_MR < T_MR ? rows - t * T_MR : T_MR;
+                    gemm_t_tile(xt + t * K * T_MR, a->w + n0, N, k0, k1, y + t * T_MR * N + n0, (int)mr, mk,
+                                k1 == K && a->b ? a->b + n0 : NULL, t == 0 && p + 1 < p1 ? a->w + n0 + T_NR : NULL);
+                }
+            }
+        }
+    }
+}
+#endif
+
+/* y [rows][out] = x [rows][in] W^T + b for W output-major, or input-major (gemm_t). Returns 0, or
+ * -1 for what it does not serve (outputs beyond 32-bit indexing). */
 int cai_gemm(const Mat *a, const float *x, long rows, float *y, float *scratch, int threads) {
     const long K = a->in, N = a->out;
-    if (a->transposed || 32 * N > 2147483647L) return -1;
+    if (32 * N > 2147483647L) return -1;
 #ifdef __AVX512F__
+    if (a->transposed) {
+        gemm_t(a, x, rows, y, scratch, threads);
+        return 0;
+    }
     const long nb = (rows + 31) / 32, ntiles = (N + G_NR - 1) / G_NR;
     float *xt = scratch, *ct = scratch + nb * 32 * K;
     const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
@@ -351,9 +441,12 @@ int cai_gemm(const Mat *a, const float *x, long rows, float *y, float *scratch, 
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long o = 0; o < N; o++)
         for (long m = 0; m < rows; m++) {
-            const float *w = a->w + o * K, *xm = x + m * K;
+            const float *xm = x + m * K;
             float s = 0.0f;
-            for (long i = 0; i < K; i++) s += w[i] * xm[i];
+            if (a->transposed)
+                for (long i = 0; i < K; i++) s += a->w[i * N + o] * xm[i];
+            else
+                for (long i = 0; i < K; i++) s += a->w[o * K + i] * xm[i];
             y[m * N + o] = s + (a->b ? a->b[o] : 0.0f);
         }
 #endif

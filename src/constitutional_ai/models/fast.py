@@ -84,7 +84,7 @@ def native_gemm_ok() -> bool:
 
 def _native(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """The native products: one row by the batch-1 step's matrix-vector kernel (either storage
-    order), more by the few-row kernel (output-major weights); ``F.linear`` for the rest."""
+    order), more by the few-row kernel (either order as well); ``F.linear`` for the rest."""
     dll = library()[0]
     y = None
     plain = x.dtype == w.dtype == torch.float32 and w.device.type == "cpu" and (b is None or b.is_contiguous())
@@ -97,7 +97,7 @@ def _native(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> 
 
 #: The matrix-product kernels a plan chooses from: ``aten`` is ``F.linear`` (MKL/OpenBLAS on
 #: CPUs), ``onednn`` is oneDNN's linear (CPUs only, where :func:`onednn_linear_ok`), ``native``
-#: the project's few-row kernel for output-major fp32 weights (where :func:`native_gemm_ok`;
+#: the project's few-row kernel for fp32 weights in either order (where :func:`native_gemm_ok`;
 #: ``F.linear`` for anything it does not serve).
 KERNELS: dict[str, Callable[..., torch.Tensor]] = {"aten": F.linear, "onednn": _onednn, "native": _native}
 #: Passes with at most this many rows (tokens) use a plan's small-batch kernel.
@@ -200,7 +200,7 @@ def plan_for(weights: Sequence[torch.Tensor], native: bool = True) -> LinearPlan
     :data:`PLAN_ROWS` rows over the first matrices (up to :data:`PLAN_BYTES`), as a decode
     step streams them, in interleaved rounds (:func:`_best_times`). The native kernels (fp32
     only) are timed too: at one row the matrix-vector product in both orders, as it serves
-    batch-1 decode steps; at the batched count the few-row kernel, output-major only. The
+    batch-1 decode steps; at the batched count the few-row kernel, also in both orders. The
     order is the one whose best kernels are
     fastest over both row counts together, then each regime takes its fastest kernel in that
     order: ``small`` and ``large`` among the library kernels, ``mid`` (batched decode steps)
@@ -221,7 +221,7 @@ def plan_for(weights: Sequence[torch.Tensor], native: bool = True) -> LinearPlan
         n += 1
     kernels = ["aten", "onednn"] if onednn_linear_ok() else ["aten"]
     # the native kernels (fp32): at one row the batch-1 step's matrix-vector product (which serves
-    # batch-1 decode steps in either order), at the batched count the few-row kernel (output-major)
+    # batch-1 decode steps in either order), at the batched count the few-row kernel (either order)
     few = ["native"] if native and w0.dtype == torch.float32 and native_gemm_ok() else []
     key = (
         f"{_cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {w0.dtype} | "
@@ -248,11 +248,7 @@ def plan_for(weights: Sequence[torch.Tensor], native: bool = True) -> LinearPlan
         return lambda: [fn(x, w) for w in ws]
 
     candidates = {
-        (t, k, r): run(KERNELS[k], x, stored_as[t])
-        for t in (False, True)
-        for k in kernels + few
-        for r, x in xs.items()
-        if not (k in few and t and r > SMALL_ROWS)
+        (t, k, r): run(KERNELS[k], x, stored_as[t]) for t in (False, True) for k in kernels + few for r, x in xs.items()
     }
     with torch.inference_mode():
         times: dict[tuple[bool, str, int], float] = _best_times(candidates)

@@ -20,7 +20,7 @@ batched ones (as the small-row kernels of the plans already do); seeds are per r
 The same library also serves two pieces of the *batched* decode step (fp32, CPU), each only
 where it agrees with torch in :func:`_products_agree`:
 
-* :func:`gemm`, a few-row matrix product for output-major weights (:data:`~.fast.MID_ROWS`
+* :func:`gemm`, a few-row matrix product for output- or input-major weights (:data:`~.fast.MID_ROWS`
   rows or fewer): the rows are packed once per call and every weight tile is read once for
   all of them, where the library GEMMs, tuned for large shapes, re-read weights or pack them
   per call. :func:`~.fast.plan_for` times it against the library kernels and takes it only
@@ -196,9 +196,12 @@ def gemm_scratch_floats(rows: int, inp: int, out: int) -> int:
 
 
 def gemm(dll: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor | None:
-    """``x W^T + b`` by the native few-row kernel (``cai_gemm``) for fp32 ``x`` [..., in] and an
-    output-major ``w`` [out, in]; None where it does not serve (the caller uses torch's)."""
-    if not w.is_contiguous() or x.dtype != torch.float32 or w.dtype != torch.float32 or w.device.type != "cpu":
+    """``x W^T + b`` by the native few-row kernel (``cai_gemm``) for fp32 ``x`` [..., in] and
+    ``w`` [out, in] stored output-major (contiguous) or input-major (a transposed view of a
+    contiguous [in, out] tensor); None where it does not serve (the caller uses torch's)."""
+    if not (w.is_contiguous() or w.t().is_contiguous()) or w.device.type != "cpu":
+        return None
+    if x.dtype != torch.float32 or w.dtype != torch.float32:
         return None
     if b is not None and not (b.is_contiguous() and b.dtype == torch.float32):
         return None
@@ -207,7 +210,7 @@ def gemm(dll: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | N
     rows = x2.shape[0]
     buf = _scratch_buffer(gemm_scratch_floats(rows, inp, out))
     y = torch.empty(*x.shape[:-1], out)
-    mat = _Mat(w.data_ptr(), None if b is None else b.data_ptr(), out, inp, 0)
+    mat = _mat(w, b)
     if dll.cai_gemm(ctypes.byref(mat), x2.data_ptr(), rows, y.data_ptr(), buf.data_ptr(), torch.get_num_threads()):
         return None
     return y
@@ -248,11 +251,13 @@ def _products_agree(dll: ctypes.CDLL) -> bool:
     ):
         return False
     # the few-row kernel: a partial row block and tile, inputs past a block of 128 and not a multiple of 16
+    # (and input-major: a partial 8-row tile and 48-output panel)
     w, xs = torch.randn(29, 150, generator=g), torch.randn(37, 150, generator=g)
     for rows, bias in ((37, torch.randn(29, generator=g)), (5, None)):
-        got = gemm(dll, xs[:rows], w, bias)
-        if got is None or not torch.allclose(got, torch.nn.functional.linear(xs[:rows], w, bias), atol=1e-4):
-            return False
+        for stored in (w, w.t().contiguous().t()):
+            got = gemm(dll, xs[:rows], stored, bias)
+            if got is None or not torch.allclose(got, torch.nn.functional.linear(xs[:rows], w, bias), atol=1e-4):
+                return False
     # attention of one query per row, grouped heads, a padded key hidden
     q, k, v = (
         torch.randn(3, 4, 1, 8, generator=g),
