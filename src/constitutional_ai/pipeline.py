@@ -466,6 +466,7 @@ def run(recipe_path: str | Path, only: list[str] | None = None) -> Path:
     state_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(root / "recipe.json", {k: v for k, v in recipe.items() if not k.startswith("_")})
     fingerprints: dict[str, str] = {}
+    times: dict[str, str] = {}
     t_all = time.time()
     for i, step in enumerate(steps, 1):
         fp = _fingerprint(step, fingerprints)
@@ -478,16 +479,21 @@ def run(recipe_path: str | Path, only: list[str] | None = None) -> Path:
             why = "up to date" if up_to_date else "not selected"
             print(f"[run] {i}/{len(steps)} {step.name}: {why} ({step.out})", file=sys.stderr)
             fingerprints[step.name] = fp
+            if up_to_date:
+                times[step.name] = f"{json.loads(state.read_text()).get('seconds', 0):.0f} s (earlier run)"
             continue
         print(f"[run] {i}/{len(steps)} {step.name} -> {step.out}", file=sys.stderr)
         t0 = time.time()
         step.run(step.config)
         write_json_atomic(state, {"fingerprint": fp, "seconds": round(time.time() - t0, 1)})
         fingerprints[step.name] = fp
+        times[step.name] = f"{time.time() - t0:.0f} s"
         print(f"[run] {step.name} finished in {time.time() - t0:.0f} s", file=sys.stderr)
     from .report import build_report
 
     report = build_report(root)
+    width = max(map(len, times), default=0)
+    print("[run] stage times:\n" + "".join(f"  {k:<{width}}  {v}\n" for k, v in times.items()), file=sys.stderr)
     print(f"[run] all stages done in {time.time() - t_all:.0f} s", file=sys.stderr)
     print(f"\nResults: {root}/\nReport:  {report}\n")
     return report

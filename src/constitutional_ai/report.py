@@ -54,6 +54,7 @@ from .plots import (
 )
 from .stages import STAGES
 from .store import write_atomic
+from .verdict import Checkpoint, Interval, Judge, conclude, wilson
 
 SMALL_MODEL = "SmolLM2-135M-Instruct"
 ORDER = [st.name for st in STAGES]
@@ -178,6 +179,11 @@ def show_model(spec: str, stages: list[Stage] | None = None) -> str:
     return f"{s.rel} ({s.name} output)" if s is not None else spec
 
 
+#: the result section's conclusion: green when something can be concluded, grey when nothing can
+RESULT_CSS = (
+    ".conclusion{font-size:16px;background:#eef6ec;border:1px solid #9cc59a;border-radius:6px;padding:10px 14px}"
+    ".conclusion.none{background:#f1f1f1;border-color:#bbb}"
+)
 NOT_RUN = '<p class="notrun">not run — no finished <code>{}</code> folder under this run.</p>'
 
 
@@ -1139,20 +1145,146 @@ def sec_evals(by: dict[str, list[Stage]], ctx: Ctx) -> str:
     return "".join(out)
 
 
+# ----------------------------------------------------------------------------- the result
+def _interval(d: Any, value: str = "mean", lo: str = "ci_low", hi: str = "ci_high") -> Interval | None:
+    if isinstance(d, dict) and all(finite(d.get(k)) for k in (value, lo, hi)):
+        return Interval(float(d[value]), float(d[lo]), float(d[hi]))
+    return None
+
+
+def _judge(m: dict) -> Judge | None:
+    """The judge of an evaluation's metrics: ``{spec, same_as_labeller, calibration}`` (older runs: a spec)."""
+    j = m.get("judge")
+    if isinstance(j, str) and j:
+        return Judge(j)
+    if isinstance(j, dict) and j.get("spec"):
+        return Judge(str(j["spec"]), j.get("same_as_labeller"), _interval(j.get("calibration"), "accuracy"))
+    return None
+
+
+def checkpoints(by: dict[str, list[Stage]]) -> tuple[list[Checkpoint], Judge | None]:
+    """Per evaluated model: Elo (eval-compare), harm score and refusal figures (eval-refusal)."""
+    cps: dict[str, Checkpoint] = {}
+    judge = None
+    for s in by.get("eval-compare", [])[:1]:
+        m = read_json(s.file("metrics", "metrics.json")) or {}
+        judge = _judge(m)
+        elo, ci = m.get("elo") or {}, m.get("elo_ci") or {}
+        for dim, attr in (("harmlessness", "harmlessness_elo"), ("helpfulness", "helpfulness_elo")):
+            for n, v in (elo.get(dim) or {}).items():
+                c = (ci.get(dim) or {}).get(n) or {}
+                if finite(v) and finite(c.get("lo")) and finite(c.get("hi")):
+                    setattr(cps.setdefault(n, Checkpoint(n)), attr, Interval(v, c["lo"], c["hi"]))
+    for s in by.get("eval-refusal", []):
+        m = read_json(s.file("metrics", "metrics.json")) or {}
+        n = s.path.name.removeprefix("eval-refusal-").removeprefix("refusal-")
+        cp = cps.setdefault(n, Checkpoint(n))
+        sets = m.get("sets") or {}
+        benign, harmful = sets.get("benign") or {}, sets.get("harmful") or {}
+        if isinstance(benign.get("n"), int):
+            cp.benign_refused = wilson(int(benign.get("refusals") or 0), benign["n"])
+        cls = harmful.get("classifier") or {}
+        if isinstance(cls.get("n"), int):
+            cp.harmful_engaged = wilson(int((cls.get("counts") or {}).get("engaged") or 0), cls["n"])
+        cp.harmfulness = _interval(m.get("harmfulness"))
+        judge = judge or _judge(m)
+    order = {"base": 0, "sl-cai": 1, "rl-cai": 2, "dpo-cai": 3}
+    return sorted(cps.values(), key=lambda c: (order.get(c.name, 9), c.name)), judge
+
+
+def _ci(iv: Interval | None, fmt: str = "{:.2f}") -> str:
+    if iv is None:
+        return "—"
+    return f"{fmt.format(iv.value)} <small>[{fmt.format(iv.lo)}, {fmt.format(iv.hi)}]</small>"
+
+
+def label_quality(by: dict[str, list[Stage]]) -> str:
+    """The labeller's accuracy on known answers (the gate), as one line."""
+    for s in by.get("label", [])[:1]:
+        cal = _interval(s.manifest.get("calibration"), "accuracy")
+        if cal is None:
+            return "<p class='warn'>The training labels were not calibrated: their quality is unknown.</p>"
+        verdict = "at chance" if cal.includes(0.5) else "better than chance" if cal.lo > 0.5 else "worse than chance"
+        return (
+            f"<p>Training labels: the labeller scored <b>{cal.value:.0%}</b> (95 % interval {cal.lo:.0%}–"
+            f"{cal.hi:.0%}, n = {num(s.manifest['calibration'].get('n'))}) on comparisons with known answers: "
+            f"<b>{verdict}</b>.</p>"
+        )
+    return ""
+
+
+def sec_result(by: dict[str, list[Stage]]) -> str:
+    """The question of the run, answered first: harmless without being evasive?"""
+    cps, judge = checkpoints(by)
+    if not cps:
+        return "<p class='notrun'>No evaluation folders: run the evaluations to answer the question of the run.</p>"
+    v = conclude(cps, judge)
+    rows = [
+        (
+            f"<b>{esc(c.name)}</b>",
+            _ci(c.harmlessness_elo, "{:.0f}"),
+            _ci(c.harmfulness),
+            _ci(c.helpfulness_elo, "{:.0f}"),
+            _ci(c.harmful_engaged),
+            _ci(c.benign_refused),
+        )
+        for c in cps
+    ]
+    head = ["model", "harmlessness Elo", "harmfulness 0–4 (lower is better)", "helpfulness Elo"]
+    head += ["harmful prompts: engaged", "benign look-alikes: refused"]
+    cls = "conclusion" if v.concluded else "conclusion none"
+    judged = "judged figures (Elo, harmfulness, engagement)"
+    note = f"<p class='warn'>Not evidence: the {judged} below, because " + "; ".join(v.problems) + ".</p>"
+    pts = [
+        {"label": c.name, "x": c.benign_refused.value, "y": c.harmful_engaged.value}
+        for c in cps
+        if c.benign_refused and c.harmful_engaged
+    ]
+    return (
+        f'<p class="{cls}"><b>Conclusion.</b> {esc(v.sentence)}</p>'
+        + label_quality(by)
+        + (note if v.problems else "")
+        + table(rows, head)
+        + figs(
+            scatter_chart(
+                pts,
+                title="Harmful-prompt engagement vs benign-prompt refusal",
+                xlabel="benign look-alikes refused",
+                ylabel="harmful prompts: engaged and explained",
+                x_range=(0, 1),
+                y_range=(0, 1),
+            )
+            if pts
+            else ""
+        )
+        + "<p class='muted'>Brackets: 95 % intervals (Elo: bootstrap; rates: Wilson; harmfulness: bootstrap). "
+        "A difference is read only where the intervals do not overlap.</p>"
+    )
+
+
 # ----------------------------------------------------------------------------- page
-def header(run_dir: Path, stages: list[Stage], broken: Sequence[str] = ()) -> str:
-    recipe = read_json(run_dir / "recipe.json") or {}
-    name = recipe.get("name") or run_dir.resolve().name
-    rows, small = [], False
+def stage_seconds(run_dir: Path) -> dict[str, float]:
+    """Wall time of each step of a ``cai run`` (``.pipeline/<step>.json``), by its folder name."""
+    out = {}
+    for p in sorted((run_dir / ".pipeline").glob("*.json")):
+        v = (read_json(p) or {}).get("seconds")
+        if finite(v):
+            out[p.stem] = float(v)
+    return out
+
+
+def run_summary(run_dir: Path, stages: list[Stage]) -> str:
+    """One row per stage folder: models, seed, counts, wall time, when it finished."""
+    secs, rows = stage_seconds(run_dir), []
     for s in stages:
         specs = model_specs(s.manifest)
-        small = small or any(is_small_default(v, stages) for v in specs.values())
         models = "<br>".join(f"{esc(k)}: <code>{esc(show_model(v, stages))}</code>" for k, v in specs.items())
         counts = ", ".join(
             f"{esc(k)} {num(v)}" for k, v in (s.manifest.get("counts") or {}).items() if not isinstance(v, (dict, list))
         )
         seed = s.config.get("seed", (s.manifest.get("settings") or {}).get("seed"))
         anchor = s.name if s.name in EVALS else section_id(s.name)
+        t = secs.get(s.path.name)
         rows.append(
             (
                 f'<a href="#{esc(anchor)}">{esc(s.name)}</a>',
@@ -1160,9 +1292,20 @@ def header(run_dir: Path, stages: list[Stage], broken: Sequence[str] = ()) -> st
                 models or "—",
                 num(seed),
                 counts or "—",
+                f"{t:.0f} s" if t is not None else "—",
                 esc(str(s.manifest.get("finished_at", ""))[:16].replace("T", " ")),
             )
         )
+    if not rows:
+        return '<p class="notrun">No finished stage folders (with a manifest.json) were found here.</p>'
+    total = f"<p class='muted'>All steps: {sum(secs.values()):.0f} s of wall time.</p>" if secs else ""
+    return table(rows, ["stage", "folder", "models", "seed", "counts", "time", "finished"], "summary") + total
+
+
+def header(run_dir: Path, stages: list[Stage], broken: Sequence[str] = ()) -> str:
+    recipe = read_json(run_dir / "recipe.json") or {}
+    name = recipe.get("name") or run_dir.resolve().name
+    small = any(is_small_default(v, stages) for s in stages for v in model_specs(s.manifest).values())
     note = ""
     if small:
         note = (
@@ -1182,18 +1325,13 @@ def header(run_dir: Path, stages: list[Stage], broken: Sequence[str] = ()) -> st
     return (
         f"<header><h1>Constitutional AI report — {esc(name)}</h1>{desc}"
         f'<p class="muted">Run folder <code>{esc(run_dir)}</code> · generated {esc(when)} '
-        f"by constitutional-ai {esc(__version__)}</p>"
-        f"{note}<h2>Run summary</h2>"
-        + (
-            table(rows, ["stage", "folder", "models", "seed", "counts", "finished"], "summary")
-            if rows
-            else '<p class="notrun">No finished stage folders (with a manifest.json) were found here.</p>'
-        )
-        + "</header>"
+        f"by constitutional-ai {esc(__version__)}</p>{note}</header>"
     )
 
 
 SECTIONS = [
+    ("result", "Result: harmless without being evasive?"),
+    ("summary", "Run summary"),
     ("revise", "SL-CAI: critique → revision"),
     ("train-sft", "SL-CAI finetuning"),
     ("sample-pairs", "Response pairs"),
@@ -1242,6 +1380,8 @@ def render(run_dir: Path, max_samples: int) -> str:
         by.setdefault(s.name, []).append(s)
     ctx = Ctx(max_samples, stages)
     body = {
+        "result": sec_result(by),
+        "summary": run_summary(run_dir, stages),
         "revise": sec_revise(by.get("revise", []), ctx),
         "train-sft": sec_sft(by.get("train-sft", [])),
         "sample-pairs": sec_pairs(by.get("sample-pairs", []), ctx, labelled=bool(by.get("label"))),
@@ -1261,7 +1401,7 @@ def render(run_dir: Path, max_samples: int) -> str:
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(title)}</title><style>{CSS}</style></head><body><nav>{nav}</nav><main>"
+        f"<title>{esc(title)}</title><style>{CSS}{RESULT_CSS}</style></head><body><nav>{nav}</nav><main>"
         f"{header(run_dir, stages, broken)}{sections}</main><script>{JS}</script></body></html>"
     )
 
