@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 # CPU build of torch for laptops and CI; GPU users install the package into their own env.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: env browser demo lint test test-fast clean
+.PHONY: env browser demo report-png lint test test-fast clean
 
 env: $(STAMP) browser
 
@@ -28,7 +28,18 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 	touch $(STAMP)
 
 demo: env
+	@echo "make demo: every stage of Constitutional AI on the embedded SmolLM2-135M-Instruct (CPU):"
+	@echo "  revise -> train sft -> sample pairs -> label (calibrated first) -> train pm -> train rl, train dpo -> evaluations -> report."
+	@echo "  The first run converts the model and plans its kernels (about 30 s); on 2 cores the stages take several minutes."
+	@echo "  Rerunning resumes; results go to runs/tiny/, the report to runs/tiny/report.html."
 	$(VENV)/bin/cai run recipes/tiny.yaml
+
+# The README's picture: the top of the demo's report (its result section), from runs/tiny.
+REPORT ?= runs/tiny/report.html
+report-png: browser
+	test -f $(REPORT) || { echo "no $(REPORT): run make demo first"; exit 1; }
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --no-first-run \
+	  --user-data-dir=$$(mktemp -d) --window-size=1280,1000 --screenshot=docs/report.png file://$(abspath $(REPORT))
 
 # House style: ruff (lint + format) and mypy, configured in pyproject.toml.
 lint: env

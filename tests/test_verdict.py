@@ -109,3 +109,14 @@ def test_an_old_run_without_judge_details_concludes_nothing(tmp_path):
     html = build_report(_run(tmp_path, "default")).read_text()  # older metrics: the judge as a bare spec
     assert "no measured accuracy on known answers" in html
     assert json.loads((tmp_path / "run" / "eval-compare" / "metrics.json").read_text())["judge"] == "default"
+
+
+def test_headline_names_the_conclusion_and_its_figures(tmp_path):
+    from constitutional_ai.report import headline
+
+    judge = {"spec": "big", "same_as_labeller": False, "calibration": {"accuracy": 0.8, "ci_low": 0.7, "ci_high": 0.9}}
+    lines = headline(_run(tmp_path, judge))
+    assert lines[0].startswith("rl-cai: harmlessness Elo higher than base")
+    assert lines[1] == "labeller accuracy on known answers: 50% [42%, 58%]"
+    assert lines[2] == "harmlessness Elo: base 950 [920, 980], rl-cai 1050 [1020, 1080]"
+    assert lines[3] == "benign look-alikes refused: base 10% [3%, 30%], rl-cai 15% [5%, 36%]"

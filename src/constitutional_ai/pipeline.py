@@ -489,13 +489,13 @@ def run(recipe_path: str | Path, only: list[str] | None = None) -> Path:
         fingerprints[step.name] = fp
         times[step.name] = f"{time.time() - t0:.0f} s"
         print(f"[run] {step.name} finished in {time.time() - t0:.0f} s", file=sys.stderr)
-    from .report import build_report
+    from .report import build_report, headline
 
     report = build_report(root)
     width = max(map(len, times), default=0)
     print("[run] stage times:\n" + "".join(f"  {k:<{width}}  {v}\n" for k, v in times.items()), file=sys.stderr)
     print(f"[run] all stages done in {time.time() - t_all:.0f} s", file=sys.stderr)
-    print(f"\nResults: {root}/\nReport:  {report}\n")
+    print(f"\nResults: {root}/\nReport:  {report}\n" + "".join(f"  {line}\n" for line in headline(root)))
     return report
 
 

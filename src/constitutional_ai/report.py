@@ -1213,6 +1213,31 @@ def label_quality(by: dict[str, list[Stage]]) -> str:
     return ""
 
 
+def headline(run_dir: str | os.PathLike) -> list[str]:
+    """The conclusion and the three figures behind it, as plain lines for the console."""
+    by: dict[str, list[Stage]] = {}
+    for s in discover(Path(run_dir)):
+        by.setdefault(s.name, []).append(s)
+    cps, judge = checkpoints(by)
+    lines = [conclude(cps, judge).sentence] if cps else []
+    for s in by.get("label", [])[:1]:
+        cal = _interval(s.manifest.get("calibration"), "accuracy")
+        if cal is not None:
+            lines.append(f"labeller accuracy on known answers: {cal.value:.0%} [{cal.lo:.0%}, {cal.hi:.0%}]")
+
+    def txt(iv: Interval | None, fmt: str) -> str:
+        return "—" if iv is None else f"{fmt.format(iv.value)} [{fmt.format(iv.lo)}, {fmt.format(iv.hi)}]"
+
+    for label, attr, fmt in (
+        ("harmlessness Elo", "harmlessness_elo", "{:.0f}"),
+        ("benign look-alikes refused", "benign_refused", "{:.0%}"),
+    ):
+        vals = [f"{c.name} {txt(getattr(c, attr), fmt)}" for c in cps if getattr(c, attr) is not None]
+        if vals:
+            lines.append(f"{label}: " + ", ".join(vals))
+    return lines
+
+
 def sec_result(by: dict[str, list[Stage]]) -> str:
     """The question of the run, answered first: harmless without being evasive?"""
     cps, judge = checkpoints(by)
